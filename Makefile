@@ -1,0 +1,60 @@
+# Every set-up step lives here so that a fresh machine (and CI) needs only `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+PROTO_SRC := proto/southwest/ai/agent/v1/agent.proto
+GEN_DIR   := shared/_gen
+PYTEST_ARGS ?=
+
+.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install the project with its dev extras
+
+proto: $(STAMP)  ## regenerate shared/_gen from proto/ (never edit the output by hand)
+	rm -rf $(GEN_DIR)/southwest
+	$(PY) -m grpc_tools.protoc -I$(GEN_DIR)=proto \
+		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	$(PY) scripts/gen_init.py $(GEN_DIR)
+
+proto-check: $(STAMP)  ## fail when the committed generated code is stale
+	$(PY) scripts/check_generated.py
+
+test: $(STAMP)  ## run the whole test suite
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: $(STAMP)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: $(STAMP)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: $(STAMP)
+	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
+
+lint: $(STAMP)  ## ruff
+	$(BIN)/ruff check shared commander dispatcher tests scripts
+
+typecheck: $(STAMP)  ## mypy --strict on our packages
+	$(BIN)/mypy
+
+check: proto-check lint typecheck test  ## what CI runs
+
+demo: $(STAMP)  ## a dispatcher and two commander sessions (one finishes, one is stopped mid-answer)
+	$(PY) scripts/demo.py
+
+serve: $(STAMP)  ## run a dispatcher on 127.0.0.1:50051
+	$(BIN)/dispatcher serve --listen 127.0.0.1:50051
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

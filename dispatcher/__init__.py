@@ -1,0 +1,1 @@
+"""The dispatcher: a grpc.aio server that runs tools for commanders and stops them."""

@@ -1,0 +1,191 @@
+"""The composition root: builds the grpc.aio server and runs it until shutdown.
+
+Shutdown (SIGTERM/SIGINT or `request_shutdown()`): health goes NOT_SERVING, new
+sessions are refused with UNAVAILABLE, every open session gets a SHUTDOWN stop, the
+sessions get `shutdown_grace_s` to confirm, then the server stops and whatever is
+left is cancelled.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import grpc
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dispatcher.config import DispatcherConfig
+from dispatcher.registry import SessionRegistry
+from dispatcher.service import AgentInteractionService
+from dispatcher.tools import ToolExecutor, ToolRegistry, default_registry
+from shared import settings, wire
+from shared.model import StopCode, StopInfo
+
+__all__ = ["Dispatcher"]
+
+log = structlog.get_logger("dispatcher")
+
+
+class Dispatcher:
+    """One dispatcher process: server, health, reflection, sessions, tools."""
+
+    def __init__(self, config: DispatcherConfig, tools: ToolRegistry | None = None) -> None:
+        self.config = config
+        self.tools = tools if tools is not None else default_registry()
+        self.registry = SessionRegistry(
+            max_open=config.server.max_sessions, ended_kept=config.session.ended_sessions_kept
+        )
+        self.address: str | None = None
+        self._shutdown = anyio.Event()
+        self._shutdown_reason = ""
+        self._draining = False
+        self._tg: TaskGroup | None = None
+        self.health = health.aio.HealthServicer()
+
+    @property
+    def is_draining(self) -> bool:
+        return self._draining
+
+    def request_shutdown(self, reason: str = "shutdown requested") -> None:
+        """Begin a graceful shutdown (idempotent; safe from any task of the loop)."""
+        if not self._shutdown.is_set():
+            self._shutdown_reason = reason
+            self._shutdown.set()
+
+    async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve until shutdown is requested; reports the bound HOST:PORT through `task_status`."""
+        config = self.config
+        if config.server.otel:
+            _instrument_otel()
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            service = AgentInteractionService(
+                config=config,
+                registry=self.registry,
+                executor=ToolExecutor(self.tools, max_result_bytes=_max_result_bytes(config)),
+                spawn=self._spawn,
+                is_draining=lambda: self._draining,
+            )
+            server = grpc.aio.server(options=config.grpc_options())
+            wire.add_servicer(service, server)
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+            if config.server.reflection:
+                reflection.enable_server_reflection(
+                    (wire.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                    server,
+                )
+            host = config.server.listen.rsplit(":", 1)[0]
+            port = server.add_insecure_port(config.server.listen)
+            if port == 0:
+                raise OSError(f"could not listen on {config.server.listen}")
+            self.address = f"{host}:{port}"
+            await server.start()
+            await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(wire.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+            if config.server.ready_file:
+                Path(config.server.ready_file).write_text(self.address + "\n")
+            log.info(
+                "dispatcher.serving",
+                address=self.address,
+                instance=service.hop,
+                tools=self.tools.names(),
+                config=settings.describe(config),
+            )
+            task_status.started(self.address)
+            try:
+                await self._shutdown.wait()
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await self._drain(server, service.hop)
+                    tg.cancel_scope.cancel()
+
+    async def _drain(self, server: grpc.aio.Server, hop: str) -> None:
+        grace_s = self.config.server.shutdown_grace_s
+        self._draining = True
+        open_count = self.registry.open_count
+        log.info("dispatcher.draining", reason=self._shutdown_reason, open_sessions=open_count, grace_s=grace_s)
+        await self.health.enter_graceful_shutdown()
+        stop = StopInfo(
+            code=StopCode.SHUTDOWN,
+            reason="dispatcher is shutting down",
+            cause=self._shutdown_reason,
+            path=(f"shutdown:{self._shutdown_reason.split(' ')[0] or 'request'}",),
+        )
+        for handle in self.registry.open_sessions():
+            handle.request_stop(stop)
+        with anyio.move_on_after(grace_s):
+            while self.registry.open_count:
+                await _sessions_changed(self.registry)
+        left = self.registry.open_count
+        # Whatever is still open is cut now; grpc cancels the remaining calls.
+        await server.stop(grace=0.2 if left else None)
+        log.info("dispatcher.stopped", sessions_cut=left)
+
+    def _spawn(self, func: Callable[[wire.pb.UpstreamPacket], Any], first: wire.pb.UpstreamPacket) -> None:
+        assert self._tg is not None
+        self._tg.start_soon(func, first)
+
+
+async def _sessions_changed(registry: SessionRegistry) -> None:
+    """Wait until some open session ends (each runner sets `done` when it ends)."""
+    handles = list(registry.open_sessions())
+    if not handles:
+        return
+    async with anyio.create_task_group() as tg:
+
+        async def wait_one(event: anyio.Event) -> None:
+            await event.wait()
+            tg.cancel_scope.cancel()
+
+        for handle in handles:
+            done = getattr(handle, "done", None)
+            if isinstance(done, anyio.Event):
+                tg.start_soon(wait_one, done)
+
+
+def _max_result_bytes(config: DispatcherConfig) -> int:
+    # Leave room for the envelope (tool name, call id, error) inside one downstream message.
+    return max(1024, config.server.max_send_message_bytes - 4096)
+
+
+def _instrument_otel() -> None:
+    """Trace every RPC except health checks; spans go to stderr unless OTEL_* says otherwise."""
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
+
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        provider = TracerProvider()
+        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        trace.set_tracer_provider(provider)
+    GrpcAioInstrumentorServer().instrument()
+
+
+async def run_until_signalled(dispatcher: Dispatcher) -> None:
+    """Serve; the first SIGTERM/SIGINT drains gracefully, a second one exits at once."""
+    async with anyio.create_task_group() as tg:
+
+        async def watch_signals() -> None:
+            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                async for signum in signals:
+                    name = signal.Signals(signum).name
+                    if dispatcher.is_draining or dispatcher._shutdown.is_set():
+                        log.warning("dispatcher.forced_exit", signal=name)
+                        tg.cancel_scope.cancel()
+                        return
+                    dispatcher.request_shutdown(f"{name} received")
+
+        tg.start_soon(watch_signals)
+        await dispatcher.serve()
+        tg.cancel_scope.cancel()
+
+
+_ = math  # reserved for deadline arithmetic in later additions

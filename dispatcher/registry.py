@@ -1,0 +1,73 @@
+"""Which sessions are open, and how the recent ended ones ended (bounded)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from dispatcher.session import SessionOutcome
+from shared.errors import AtCapacity, SessionConflict
+from shared.model import StopInfo
+
+__all__ = ["EndedSession", "SessionHandle", "SessionRegistry"]
+
+
+class SessionHandle(Protocol):
+    """What the registry needs from a running session."""
+
+    session_id: str
+
+    def request_stop(self, stop: StopInfo) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class EndedSession:
+    session_id: str
+    started_at_ms: int
+    outcome: SessionOutcome
+    packets_in: dict[str, int]
+    dropped_packets: int
+
+
+class SessionRegistry:
+    """Open sessions by id; ended ones kept up to `ended_kept`, oldest dropped first."""
+
+    def __init__(self, *, max_open: int, ended_kept: int) -> None:
+        self._max_open = max_open
+        self._ended_kept = ended_kept
+        self._open: dict[str, SessionHandle] = {}
+        self._ended: OrderedDict[str, EndedSession] = OrderedDict()
+
+    def claim(self, session_id: str, handle: SessionHandle) -> None:
+        """Register an opening session; its id must not be held by another open stream."""
+        if session_id in self._open:
+            raise SessionConflict(f"session id {session_id!r} is already in use by another open stream")
+        if self._max_open and len(self._open) >= self._max_open:
+            raise AtCapacity(f"dispatcher at capacity ({self._max_open} open sessions); retry later")
+        self._open[session_id] = handle
+        self._ended.pop(session_id, None)  # a reused id starts a new history
+
+    def release(self, ended: EndedSession) -> None:
+        self._open.pop(ended.session_id, None)
+        self._ended[ended.session_id] = ended
+        self._ended.move_to_end(ended.session_id)
+        while len(self._ended) > self._ended_kept:
+            self._ended.popitem(last=False)
+
+    def get_open(self, session_id: str) -> SessionHandle | None:
+        return self._open.get(session_id)
+
+    def get_ended(self, session_id: str) -> EndedSession | None:
+        return self._ended.get(session_id)
+
+    def open_sessions(self) -> Iterator[SessionHandle]:
+        return iter(list(self._open.values()))
+
+    def ended_sessions(self) -> Iterator[EndedSession]:
+        return iter(list(self._ended.values()))
+
+    @property
+    def open_count(self) -> int:
+        return len(self._open)

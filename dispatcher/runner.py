@@ -1,0 +1,302 @@
+"""Runs one session: pumps upstream packets into the state machine and carries out its actions.
+
+One session = one task group (inbound pump, timer, tool calls), started in the
+dispatcher's root task group. The ChatStream handler only drains the outbox: no anyio
+cancel scope ever spans one of its `yield`s (grpc drives that generator and may stop
+it from outside), which is why the session's tasks live here and not in the handler.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import anyio
+import grpc
+import structlog
+from anyio.abc import TaskGroup
+
+from dispatcher.registry import EndedSession, SessionRegistry
+from dispatcher.session import (
+    Action,
+    CancelTools,
+    EndStream,
+    Report,
+    Send,
+    Session,
+    SessionOutcome,
+    StartTool,
+)
+from dispatcher.tools import ToolExecutor, ToolOutcome
+from shared import wire
+from shared.model import StopInfo
+
+__all__ = ["SessionRunner", "tool_result_to_wire"]
+
+log = structlog.get_logger("dispatcher.session")
+_clock = time.monotonic
+
+
+def tool_result_to_wire(outcome: ToolOutcome) -> wire.pb.ToolCallResult:
+    result = wire.pb.ToolCallResult(
+        tool_name=outcome.tool_name,
+        call_id=outcome.call_id,
+        result_json=outcome.result_json,
+        execution_time_us=outcome.execution_time_us,
+    )
+    if outcome.error_code is not None:
+        result.error.code = wire.pb.ToolErrorCode.Value("TOOL_ERROR_CODE_" + outcome.error_code.name)
+        result.error.message = outcome.error_message
+    return result
+
+
+class SessionRunner:
+    """The IO around one `Session` state machine."""
+
+    def __init__(
+        self,
+        *,
+        machine: Session,
+        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        executor: ToolExecutor,
+        registry: SessionRegistry,
+        outbox_size: int,
+        max_concurrent_tool_calls: int,
+        peer: str,
+    ) -> None:
+        self.session_id = machine.session_id
+        self.machine = machine
+        self.outcome: SessionOutcome | None = None
+        self._requests = requests
+        self._executor = executor
+        self._registry = registry
+        self._peer = peer
+        self._outbox_send, self.outbox = anyio.create_memory_object_stream[wire.pb.DownstreamPacket](outbox_size)
+        # Packets that must not wait behind a full outbox (stops from timers or other tasks);
+        # the handler drains these first. Bounded: at most one stop plus its ack per session.
+        self.urgent: deque[wire.pb.DownstreamPacket] = deque()
+        self._tool_slots = anyio.Semaphore(max_concurrent_tool_calls)
+        self._tool_scopes: dict[str, anyio.CancelScope] = {}
+        self._cancel_reasons: dict[str, str] = {}
+        self._tg: TaskGroup | None = None
+        self._timer_scope: anyio.CancelScope | None = None
+        self._armed = math.inf
+        self._gone_reason: str | None = None
+        self.done = anyio.Event()
+
+    # -- called from other tasks ------------------------------------------------------
+
+    def request_stop(self, stop: StopInfo) -> None:
+        """Deliver a stop from outside the packet stream (shutdown, operator). Never blocks."""
+        self._apply_nowait(self.machine.request_stop(stop, _clock()))
+        self._rearm_timer()
+
+    def peer_gone(self, reason: str) -> None:
+        """The RPC ended under us (client cancel, connection lost): stop everything."""
+        if self.outcome is not None:
+            return
+        self._gone_reason = reason
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
+
+    # -- the session task ------------------------------------------------------------
+
+    async def run(self, first: wire.pb.UpstreamPacket) -> None:
+        with structlog.contextvars.bound_contextvars(session_id=self.session_id):
+            log.info("session.opened", peer=self._peer)
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    if self._gone_reason is not None:
+                        tg.cancel_scope.cancel()
+                    tg.start_soon(self._timer_loop)
+                    await self._apply(self.machine.on_packet(first, _clock()))
+                    self._rearm_timer()
+                    if not self.machine.is_ended:
+                        await self._pump_upstream()
+            except Exception:
+                log.exception("session.crashed")
+                if self.machine.outcome is None:
+                    self.machine.on_upstream_failed("INTERNAL", "internal error in the dispatcher", _clock())
+            finally:
+                self._finish()
+
+    def _finish(self) -> None:
+        outcome = self.machine.outcome or self.machine.on_peer_gone(self._gone_reason or "stream closed")
+        self.outcome = outcome
+        self._outbox_send.close()
+        self._registry.release(
+            EndedSession(
+                session_id=self.session_id,
+                started_at_ms=self.machine.started_at_ms,
+                outcome=outcome,
+                packets_in=dict(self.machine.packets_in),
+                dropped_packets=self.machine.dropped_packets,
+            )
+        )
+        log.info(
+            "session.ended",
+            state=outcome.state.value,
+            reason=outcome.reason,
+            ended_by=outcome.ended_by,
+            status=outcome.status,
+            stop_code=outcome.stop.code.name if outcome.stop else None,
+            stop_path=list(outcome.stop.path) if outcome.stop else None,
+            stop_confirmed=outcome.stop_confirmed if outcome.stop else None,
+            stop_to_confirm_ms=round(outcome.stop_to_confirm_ms, 3) if outcome.stop_to_confirm_ms else None,
+            packets_in=sum(self.machine.packets_in.values()),
+            dropped=self.machine.dropped_packets,
+        )
+        self.done.set()
+
+    async def _pump_upstream(self) -> None:
+        machine = self.machine
+        try:
+            async for packet in self._requests:
+                actions = machine.on_packet(packet, _clock())
+                if actions:
+                    await self._apply(actions)
+                if machine.wake_at is not None and machine.wake_at < self._armed:
+                    self._rearm_timer()
+                if machine.is_ended:
+                    return
+        except grpc.aio.AioRpcError as exc:  # pragma: no cover - grpc reports most read failures as cancel
+            await self._apply(machine.on_upstream_failed(exc.code().name, exc.details() or "read failed", _clock()))
+            return
+        except grpc.aio.UsageError:
+            return
+        await self._apply(machine.on_upstream_closed(_clock()))
+        self._rearm_timer()
+
+    async def _timer_loop(self) -> None:
+        while True:
+            wake = self.machine.wake_at
+            self._armed = wake if wake is not None else math.inf
+            with anyio.CancelScope(deadline=self._armed) as scope:
+                self._timer_scope = scope
+                await anyio.sleep_forever()
+            self._timer_scope = None
+            now = _clock()
+            if wake is not None and now >= wake:
+                self._apply_nowait(self.machine.on_timer(now))
+
+    def _rearm_timer(self) -> None:
+        wake = self.machine.wake_at
+        scope = self._timer_scope
+        if scope is not None and wake is not None and wake < self._armed:
+            self._armed = wake
+            scope.deadline = wake
+
+    # -- actions ----------------------------------------------------------------------
+
+    async def _apply(self, actions: Sequence[Action]) -> None:
+        """Carry out actions from a task that may wait: a full outbox pushes back on it."""
+        for action in actions:
+            if type(action) is Send:
+                if action.packet.HasField("ack"):
+                    self._send_ack(action.packet)
+                elif action.packet.HasField("stop"):
+                    self._send_urgent(action.packet)
+                else:
+                    await self._outbox_send.send(action.packet)
+            else:
+                await self._apply_other(action)
+
+    def _apply_nowait(self, actions: Sequence[Action]) -> None:
+        """Carry out actions from a task that must not wait (timer, other sessions' callers)."""
+        for action in actions:
+            if type(action) is Send:
+                if action.packet.HasField("ack"):
+                    self._send_ack(action.packet)
+                else:
+                    self._send_urgent(action.packet)
+            elif type(action) is StartTool:  # pragma: no cover - tools start only from packets
+                raise AssertionError("tool calls start from the upstream pump")
+            else:
+                self._apply_control(action)
+
+    async def _apply_other(self, action: Action) -> None:
+        if type(action) is StartTool:
+            # Waiting for a slot stops the pump reading: HTTP/2 flow control then pushes
+            # back on the commander instead of tool calls piling up here.
+            await self._tool_slots.acquire()
+            assert self._tg is not None
+            self._tg.start_soon(self._run_tool, action, name=f"tool:{action.call_id}")
+        else:
+            self._apply_control(action)
+
+    def _apply_control(self, action: Action) -> None:
+        if type(action) is CancelTools:
+            for call_id, scope in self._tool_scopes.items():
+                self._cancel_reasons[call_id] = action.reason
+                scope.cancel()
+        elif type(action) is Report:
+            log.warning("packet.rejected", code=action.code, seq=action.seq, detail=action.message)
+        elif type(action) is EndStream:
+            self.outcome = action.outcome
+            if self._tg is not None:
+                self._tg.cancel_scope.cancel()
+
+    def _end_reason(self) -> str:
+        outcome = self.outcome or self.machine.outcome
+        if outcome is not None:
+            return f"session ended {outcome.state.value}: {outcome.reason}"
+        return f"session ended: {self._gone_reason or 'stream closed'}"
+
+    def _send_ack(self, packet: wire.pb.DownstreamPacket) -> None:
+        # Acks are cumulative: when the outbox is full the next one covers this one.
+        try:
+            self._outbox_send.send_nowait(packet)
+        except (anyio.WouldBlock, anyio.ClosedResourceError):
+            pass
+
+    def _send_urgent(self, packet: wire.pb.DownstreamPacket) -> None:
+        try:
+            self._outbox_send.send_nowait(packet)
+        except anyio.WouldBlock:
+            self.urgent.append(packet)  # the handler yields these before the queued packets
+        except anyio.ClosedResourceError:
+            pass
+
+    async def _run_tool(self, action: StartTool) -> None:
+        scope = anyio.CancelScope()
+        self._tool_scopes[action.call_id] = scope
+        outcome: ToolOutcome | None = None
+        try:
+            with structlog.contextvars.bound_contextvars(call_id=action.call_id, tool=action.tool_name):
+                try:
+                    with scope:
+                        outcome = await self._executor.execute(
+                            action.call_id, action.tool_name, action.arguments_json, action.timeout_s
+                        )
+                except anyio.get_cancelled_exc_class():
+                    # The whole session is going away (end of stream, peer gone, shutdown).
+                    log.info("tool.cancelled", reason=self._cancel_reasons.pop(action.call_id, self._end_reason()))
+                    raise
+                if outcome is None:
+                    log.info("tool.cancelled", reason=self._cancel_reasons.pop(action.call_id, "session ended"))
+                    return
+                if outcome.is_error:
+                    log.info(
+                        "tool.failed",
+                        code=outcome.error_code.name if outcome.error_code else None,
+                        detail=outcome.error_message,
+                    )
+                else:
+                    log.debug("tool.finished", execution_us=outcome.execution_time_us)
+        finally:
+            self._tool_scopes.pop(action.call_id, None)
+            self._tool_slots.release()
+        actions = self.machine.on_tool_done(action.call_id, tool_result_to_wire(outcome), _clock())
+        await self._apply(actions)
+        self._rearm_timer()
+
+
+def describe_peer(context: Any) -> str:
+    try:
+        return str(context.peer())
+    except Exception:  # pragma: no cover - peer() only fails on a dead call
+        return "unknown"

@@ -1,0 +1,185 @@
+"""The AgentInteraction servicer: admits a stream, starts its runner, drains its outbox.
+
+Status mapping happens here and only here: an `AgentRuntimeError` raised while admitting
+becomes its class's status; a session's outcome becomes the stream's final status and
+`x-*` trailers; anything unexpected is INTERNAL with a generic message.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import anyio
+import grpc
+import structlog
+
+from dispatcher.config import DispatcherConfig
+from dispatcher.policies import Policy
+from dispatcher.registry import SessionRegistry
+from dispatcher.runner import SessionRunner, describe_peer
+from dispatcher.session import Session, SessionOutcome
+from dispatcher.tools import ToolExecutor
+from shared import wire
+from shared.errors import AgentRuntimeError, ProtocolViolation, ShuttingDown
+from shared.wire import MetadataKey, encode_metadata_value
+
+__all__ = ["AgentInteractionService"]
+
+log = structlog.get_logger("dispatcher.service")
+
+_SESSION_ID = re.compile(r"[\x21-\x7e]{1,128}")
+Spawn = Callable[[Callable[[wire.pb.UpstreamPacket], Any], wire.pb.UpstreamPacket], None]
+
+
+class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[misc]
+    def __init__(
+        self,
+        *,
+        config: DispatcherConfig,
+        registry: SessionRegistry,
+        executor: ToolExecutor,
+        spawn: Spawn,
+        is_draining: Callable[[], bool],
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._executor = executor
+        self._spawn = spawn
+        self._is_draining = is_draining
+        self._policy = Policy(config.policy)
+        self.hop = f"dispatcher:{config.server.instance}"
+        self._limits = _limits(config)
+
+    async def ChatStream(  # noqa: N802 - the proto's name
+        self, request_iterator: AsyncIterator[wire.pb.UpstreamPacket], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[wire.pb.DownstreamPacket]:
+        runner = await self._admit(request_iterator, context)
+        if runner is None:
+            return
+        # Whatever ends the RPC (client cancel, deadline, connection loss), the runner
+        # learns of it here, even if grpc never resumes this generator.
+        context.add_done_callback(lambda _ctx: runner.peer_gone("the commander cancelled or disconnected"))
+        receive = runner.outbox
+        urgent = runner.urgent
+        while True:
+            if urgent:
+                yield urgent.popleft()
+                continue
+            try:
+                packet = await receive.receive()
+            except anyio.EndOfStream:
+                break
+            yield packet
+        while urgent:
+            yield urgent.popleft()
+        await runner.done.wait()
+        _set_final_status(context, runner.outcome, runner.session_id)
+
+    async def _admit(
+        self, requests: AsyncIterator[wire.pb.UpstreamPacket], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> SessionRunner | None:
+        try:
+            if self._is_draining():
+                raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
+            first = await anext(aiter(requests), None)
+            if first is None:
+                return None  # the commander half-closed before saying anything: no session
+            if self._is_draining():
+                raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
+            session_id = _choose_session_id(first, context)
+            machine = Session(
+                session_id=session_id,
+                dispatcher_hop=self.hop,
+                config=self._config.session,
+                policy=self._policy,
+                limits=self._limits,
+                now=time.monotonic(),
+            )
+            runner = SessionRunner(
+                machine=machine,
+                requests=requests,
+                executor=self._executor,
+                registry=self._registry,
+                outbox_size=self._config.session.outbox_size,
+                max_concurrent_tool_calls=self._config.session.max_concurrent_tool_calls,
+                peer=describe_peer(context),
+            )
+            self._registry.claim(session_id, runner)
+        except AgentRuntimeError as exc:
+            log.warning("session.refused", code=exc.status_code.name, detail=str(exc), peer=describe_peer(context))
+            await context.abort(exc.status_code, str(exc))
+            raise AssertionError("unreachable") from None  # abort() always raises
+        await context.send_initial_metadata(
+            ((MetadataKey.SESSION_ID, session_id), (MetadataKey.DISPATCHER_ID, encode_metadata_value(self.hop)))
+        )
+        self._spawn(runner.run, first)
+        return runner
+
+
+def _choose_session_id(first: wire.pb.UpstreamPacket, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    """The id the commander asked for (Hello, then the packet, then metadata), else a new one."""
+    wanted = ""
+    if first.WhichOneof("payload") == "hello":
+        wanted = first.hello.session_id
+    wanted = wanted or first.session_id
+    if not wanted:
+        for key, value in context.invocation_metadata() or ():
+            if key == MetadataKey.SESSION_ID and isinstance(value, str):
+                wanted = value
+    if not wanted:
+        return str(uuid.uuid4())
+    if not _SESSION_ID.fullmatch(wanted):
+        raise ProtocolViolation("session_id must be 1-128 printable ASCII characters without spaces")
+    return wanted
+
+
+def _limits(config: DispatcherConfig) -> wire.pb.SessionLimits:
+    p, s = config.policy, config.session
+    return wire.pb.SessionLimits(
+        max_receive_message_bytes=config.server.max_receive_message_bytes,
+        max_send_message_bytes=config.server.max_send_message_bytes,
+        max_content_chars=p.max_content_chars,
+        max_thought_chars=p.max_thought_chars,
+        max_tool_calls=p.max_tool_calls,
+        max_session_s=int(p.max_session_s),
+        idle_timeout_s=int(p.idle_timeout_s),
+        max_concurrent_tool_calls=s.max_concurrent_tool_calls,
+        stop_grace_ms=s.stop_grace_ms,
+        ack_every_packets=s.ack_every_packets,
+        ack_interval_ms=s.ack_interval_ms,
+    )
+
+
+def _set_final_status(
+    context: grpc.aio.ServicerContext[Any, Any], outcome: SessionOutcome | None, session_id: str
+) -> None:
+    if outcome is None:  # pragma: no cover - the runner always records one
+        context.set_code(grpc.StatusCode.INTERNAL)
+        context.set_details("session ended without an outcome")
+        return
+    trailers: list[tuple[str, str]] = [
+        (MetadataKey.SESSION_ID, session_id),
+        (MetadataKey.SESSION_STATE, outcome.state.value),
+    ]
+    stop = outcome.stop
+    if stop is not None:
+        trailers += [
+            (MetadataKey.STOP_CODE, stop.code.name),
+            (MetadataKey.STOP_REASON, encode_metadata_value(stop.reason)),
+            (MetadataKey.STOP_PATH, encode_metadata_value(",".join(stop.path))),
+            (MetadataKey.STOP_ID, stop.stop_id),
+            (MetadataKey.STOP_CONFIRMED, "true" if outcome.stop_confirmed else "false"),
+        ]
+        if stop.cause:
+            trailers.append((MetadataKey.STOP_CAUSE, encode_metadata_value(stop.cause)))
+    context.set_trailing_metadata(tuple(trailers))
+    if outcome.status != "OK":
+        context.set_code(grpc.StatusCode[outcome.status])
+        if stop is not None:
+            context.set_details(f"session {outcome.state.value}: {stop.describe()}")
+        else:
+            context.set_details(f"session {outcome.state.value}: {outcome.reason}")

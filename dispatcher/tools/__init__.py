@@ -1,0 +1,23 @@
+"""Tools: the registry, the executor of one tool call, and the built-in tools.
+
+Domain types only (no grpc, no protobuf): the servicer puts `ToolOutcome` on the wire.
+"""
+
+from __future__ import annotations
+
+from dispatcher.tools.builtin import default_registry
+from dispatcher.tools.calculator import CalculatorError, evaluate
+from dispatcher.tools.executor import ToolErrorCode, ToolExecutor, ToolOutcome
+from dispatcher.tools.registry import ToolFunc, ToolRegistry, ToolSpec
+
+__all__ = [
+    "CalculatorError",
+    "ToolErrorCode",
+    "ToolExecutor",
+    "ToolFunc",
+    "ToolOutcome",
+    "ToolRegistry",
+    "ToolSpec",
+    "default_registry",
+    "evaluate",
+]

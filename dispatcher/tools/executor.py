@@ -1,0 +1,221 @@
+"""Run one tool call: look up, parse, validate, run under limits, serialise.
+
+Every failure the caller could cause, and every exception the tool raises, becomes a
+`ToolOutcome` with an error code; only cancellation from the caller's own scope escapes,
+because the caller must record that call as CANCELLED, not as a tool result.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import anyio
+from jsonschema.exceptions import best_match
+
+from dispatcher.tools.registry import ToolRegistry, ToolSpec
+
+__all__ = ["ToolErrorCode", "ToolExecutor", "ToolOutcome"]
+
+
+class ToolErrorCode(enum.Enum):
+    UNKNOWN_TOOL = "unknown_tool"
+    INVALID_ARGUMENTS = "invalid_arguments"
+    TIMEOUT = "timeout"
+    FAILED = "failed"
+    # Recorded by callers whose own scope was cancelled; execute() never returns it.
+    CANCELLED = "cancelled"
+    RESULT_TOO_LARGE = "result_too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolOutcome:
+    """One call's result: `result_json` on success, else `error_code` and a message."""
+
+    call_id: str
+    tool_name: str
+    result_json: str = ""
+    error_code: ToolErrorCode | None = None
+    error_message: str = ""
+    execution_time_us: int = 0
+
+    @property
+    def is_error(self) -> bool:
+        return self.error_code is not None
+
+    @classmethod
+    def failure(
+        cls,
+        call_id: str,
+        tool_name: str,
+        code: ToolErrorCode,
+        message: str,
+        execution_time_us: int = 0,
+    ) -> ToolOutcome:
+        return cls(
+            call_id=call_id,
+            tool_name=tool_name,
+            error_code=code,
+            error_message=message,
+            execution_time_us=execution_time_us,
+        )
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # NaN/Infinity are Python extensions, not JSON; a peer sending them has a bug.
+    raise ValueError(f"arguments_json is not valid JSON: {name} is not a JSON value")
+
+
+# Built once: json.loads/dumps with keyword arguments would build a codec per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_MAX_DETAIL_CHARS = 1000
+
+
+def _parse_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any] | str:
+    """The validated arguments object, or the INVALID_ARGUMENTS message."""
+    if not arguments_json:
+        args: Any = {}
+    else:
+        try:
+            args = _DECODER.decode(arguments_json)
+        except json.JSONDecodeError as exc:
+            return (
+                f"arguments_json is not valid JSON: {exc.msg} "
+                f"at line {exc.lineno} column {exc.colno}"
+            )
+        except ValueError as exc:  # from _reject_constant
+            return str(exc)
+        except RecursionError:
+            return "arguments_json is nested too deeply"
+        if type(args) is not dict:
+            kind = "null" if args is None else type(args).__name__
+            return f"arguments must be a JSON object, got {kind}"
+    validator = spec.validator
+    if not validator.is_valid(args):
+        # Only the failing path pays for collecting and ranking every error.
+        error = best_match(validator.iter_errors(args))
+        assert error is not None
+        return f"arguments failed the schema at {error.json_path}: {error.message}"
+    return args  # type: ignore[no-any-return]
+
+
+def _describe(exc: Exception) -> str:
+    """`Type: message`, bounded: it goes on the wire and may be huge."""
+    kind = type(exc).__name__
+    try:
+        detail = str(exc)
+    except Exception:  # a broken __str__ must not turn a tool failure into our crash
+        detail = ""
+    if len(detail) > _MAX_DETAIL_CHARS:
+        detail = detail[:_MAX_DETAIL_CHARS] + "..."
+    return f"{kind}: {detail}" if detail else kind
+
+
+class ToolExecutor:
+    """Executes calls against one registry; holds no per-call state."""
+
+    __slots__ = ("_max_result_bytes", "_registry")
+
+    def __init__(
+        self, registry: ToolRegistry, *, max_result_bytes: int = 4 * 1024 * 1024
+    ) -> None:
+        if max_result_bytes < 1:
+            raise ValueError(f"max_result_bytes must be >= 1, got {max_result_bytes}")
+        self._registry = registry
+        self._max_result_bytes = max_result_bytes
+
+    @property
+    def registry(self) -> ToolRegistry:
+        return self._registry
+
+    async def execute(
+        self,
+        call_id: str,
+        tool_name: str,
+        arguments_json: str,
+        timeout_s: float | None = None,
+    ) -> ToolOutcome:
+        """Run one call; `timeout_s` (if given and > 0) only shortens the tool's own."""
+        spec = self._registry.get(tool_name)
+        if spec is None:
+            known = ", ".join(self._registry.names()) or "(none)"
+            message = f"unknown tool {tool_name!r}; known tools: {known}"
+            return ToolOutcome.failure(
+                call_id, tool_name, ToolErrorCode.UNKNOWN_TOOL, message
+            )
+        args = _parse_arguments(spec, arguments_json)
+        if isinstance(args, str):
+            return ToolOutcome.failure(
+                call_id, tool_name, ToolErrorCode.INVALID_ARGUMENTS, args
+            )
+
+        timeout = spec.timeout_s
+        if timeout_s is not None and 0 < timeout_s < timeout:
+            timeout = timeout_s
+        elapsed_ns = 0
+        failure: Exception | None = None
+        result: Any = None
+        # The deadline covers queueing on the limiter: a call waits at most `timeout`.
+        # move_on_after absorbs only its own deadline; an outer cancellation propagates.
+        with anyio.move_on_after(timeout) as scope:
+            async with spec.limiter:
+                started_ns = time.perf_counter_ns()
+                try:
+                    result = await spec.func(args)
+                except Exception as exc:  # a tool bug is a FAILED outcome, not ours
+                    failure = exc
+                finally:
+                    elapsed_ns = time.perf_counter_ns() - started_ns
+        elapsed_us = elapsed_ns // 1000
+
+        if scope.cancelled_caught:
+            message = f"tool {tool_name!r} timed out after {timeout:g} s"
+            return ToolOutcome.failure(
+                call_id, tool_name, ToolErrorCode.TIMEOUT, message, elapsed_us
+            )
+        if failure is not None:
+            message = f"tool {tool_name!r} failed: {_describe(failure)}"
+            return ToolOutcome.failure(
+                call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us
+            )
+        return self._serialise(call_id, tool_name, result, elapsed_us)
+
+    def _serialise(
+        self, call_id: str, tool_name: str, result: Any, elapsed_us: int
+    ) -> ToolOutcome:
+        code = ToolErrorCode.FAILED
+        try:
+            result_json = _ENCODER.encode(result)
+            # isascii() is O(1) in CPython (a flag), so ASCII results never re-encode;
+            # a strict encode also catches lone surrogates the wire could not carry.
+            size = (
+                len(result_json)
+                if result_json.isascii()
+                else len(result_json.encode("utf-8"))
+            )
+        except UnicodeEncodeError:
+            message = f"tool {tool_name!r} returned a string that is not valid Unicode"
+        except (TypeError, ValueError, RecursionError) as exc:
+            message = (
+                f"tool {tool_name!r} returned a value that is not JSON-serialisable: "
+                f"{_describe(exc)}"
+            )
+        else:
+            limit = self._max_result_bytes
+            if size <= limit:
+                return ToolOutcome(
+                    call_id=call_id,
+                    tool_name=tool_name,
+                    result_json=result_json,
+                    execution_time_us=elapsed_us,
+                )
+            code = ToolErrorCode.RESULT_TOO_LARGE
+            message = (
+                f"tool {tool_name!r} returned {size} bytes of JSON; "
+                f"the limit is {limit} bytes"
+            )
+        return ToolOutcome.failure(call_id, tool_name, code, message, elapsed_us)

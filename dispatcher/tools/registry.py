@@ -1,0 +1,155 @@
+"""Tool specifications and the registry that names them.
+
+Everything expensive about a tool (schema check, validator compilation, its concurrency
+limiter) happens once, when it is registered, so the per-call path only looks things up.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+
+__all__ = ["ToolFunc", "ToolRegistry", "ToolSpec"]
+
+ToolFunc = Callable[[dict[str, Any]], Awaitable[Any]]
+"""An async function of the validated arguments object, returning a JSON value."""
+
+_F = TypeVar("_F", bound=ToolFunc)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ToolSpec:
+    """One tool and its limits; validated and compiled on construction.
+
+    `eq=False`: a spec owns a limiter, so equality is identity.
+    """
+
+    name: str
+    func: ToolFunc
+    schema: Mapping[str, Any]
+    description: str = ""
+    timeout_s: float = 10.0
+    max_concurrency: int = 64
+    validator: Draft202012Validator = field(init=False, repr=False)
+    # Process-wide: every session calling this tool draws from the same limiter. anyio 4
+    # binds it to the running backend lazily, so it can be built outside an event loop.
+    limiter: anyio.CapacityLimiter = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.name, str)
+            or not self.name
+            or self.name != self.name.strip()
+        ):
+            raise ValueError(
+                f"tool name must be non-empty without edge spaces: {self.name!r}"
+            )
+        if not callable(self.func):
+            raise TypeError(f"tool {self.name!r}: func must be callable")
+        # `not x > 0` also rejects NaN.
+        if isinstance(self.timeout_s, bool) or not self.timeout_s > 0:
+            raise ValueError(
+                f"tool {self.name!r}: timeout_s must be > 0, got {self.timeout_s!r}"
+            )
+        if (
+            isinstance(self.max_concurrency, bool)
+            or not isinstance(self.max_concurrency, int)
+            or self.max_concurrency < 1
+        ):
+            raise ValueError(
+                f"tool {self.name!r}: max_concurrency must be an int >= 1, "
+                f"got {self.max_concurrency!r}"
+            )
+        if not isinstance(self.schema, Mapping):
+            raise ValueError(
+                f"tool {self.name!r}: schema must be a JSON object (mapping)"
+            )
+        try:
+            Draft202012Validator.check_schema(self.schema)
+        except SchemaError as exc:
+            path = exc.json_path if exc.path else "$"
+            raise ValueError(
+                f"tool {self.name!r}: invalid JSON schema at {path}: {exc.message}"
+            ) from exc
+        object.__setattr__(self, "validator", Draft202012Validator(self.schema))
+        object.__setattr__(self, "limiter", anyio.CapacityLimiter(self.max_concurrency))
+
+
+def _first_doc_line(func: Callable[..., Any]) -> str:
+    for line in (inspect.getdoc(func) or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+class ToolRegistry:
+    """Name -> ToolSpec. Not thread-safe; fill it at start-up, then only read it."""
+
+    __slots__ = ("_specs",)
+
+    def __init__(self) -> None:
+        self._specs: dict[str, ToolSpec] = {}
+
+    def tool(
+        self,
+        name: str | None = None,
+        *,
+        schema: Mapping[str, Any] | None = None,
+        description: str = "",
+        timeout_s: float = 10.0,
+        max_concurrency: int = 64,
+    ) -> Callable[[_F], _F]:
+        """Decorator registering an async function as a tool; returns it unchanged.
+
+        Defaults: name = the function's `__name__`, description = its docstring's first
+        line, schema = any JSON object.
+        """
+
+        def decorate(func: _F) -> _F:
+            # A plain bool: the TypeGuard would narrow `func` away from `_F`.
+            is_async = inspect.iscoroutinefunction(func)
+            if not is_async:
+                label = name or getattr(func, "__name__", repr(func))
+                raise TypeError(f"tool {label!r} must be an async function")
+            self.register(
+                ToolSpec(
+                    name=name if name is not None else func.__name__,
+                    func=func,
+                    schema=schema if schema is not None else {"type": "object"},
+                    description=description or _first_doc_line(func),
+                    timeout_s=timeout_s,
+                    max_concurrency=max_concurrency,
+                )
+            )
+            return func
+
+        return decorate
+
+    def register(self, spec: ToolSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"tool {spec.name!r} is already registered")
+        self._specs[spec.name] = spec
+
+    def get(self, name: str) -> ToolSpec | None:
+        return self._specs.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def copy(self) -> ToolRegistry:
+        """An independent registry sharing these specs (and so their limiters)."""
+        other = ToolRegistry()
+        other._specs = dict(self._specs)
+        return other
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __len__(self) -> int:
+        return len(self._specs)

@@ -1,0 +1,85 @@
+"""One error base, one status table.
+
+Each subclass names whose fault it is. Only the dispatcher's servicer turns these into
+gRPC statuses (`status_for`); unexpected exceptions become INTERNAL with a generic
+message to the peer and the traceback in the log.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+__all__ = [
+    "AtCapacity",
+    "AgentRuntimeError",
+    "HandshakeError",
+    "MessageTooLarge",
+    "ProtocolViolation",
+    "RemoteError",
+    "SessionConflict",
+    "ShuttingDown",
+    "ToolCallError",
+]
+
+
+class AgentRuntimeError(Exception):
+    """Base of every error this runtime raises on purpose."""
+
+    status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+
+class ProtocolViolation(AgentRuntimeError):
+    """The peer broke the contract (seq regression, wrong session id...): the peer's fault."""
+
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class SessionConflict(AgentRuntimeError):
+    """The session id asked for is held by another open stream: the caller's fault."""
+
+    status_code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class ShuttingDown(AgentRuntimeError):
+    """The dispatcher is draining and takes no new sessions: retry elsewhere."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+
+class MessageTooLarge(AgentRuntimeError):
+    """A message exceeded the configured size limit: the sender's fault."""
+
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class AtCapacity(AgentRuntimeError):
+    """The dispatcher serves its configured maximum of sessions: retry later or elsewhere."""
+
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class HandshakeError(AgentRuntimeError):
+    """Commander side: the dispatcher refused the session before it started."""
+
+    status_code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class RemoteError(AgentRuntimeError):
+    """Commander side: the RPC ended with a non-OK status (the cause is kept)."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: dict[str, str] | None = None):
+        super().__init__(f"{code.name}: {details}")
+        self.code = code
+        self.details = details
+        self.trailers = dict(trailers or {})
+
+
+class ToolCallError(AgentRuntimeError):
+    """Commander side: a tool call came back with a structured error (the stream goes on)."""
+
+    def __init__(self, tool_name: str, call_id: str, code: str, message: str):
+        super().__init__(f"tool {tool_name!r} (call {call_id}) failed with {code}: {message}")
+        self.tool_name = tool_name
+        self.call_id = call_id
+        self.code = code
+        self.message = message

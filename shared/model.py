@@ -1,0 +1,129 @@
+"""Domain types both processes share: stop codes, session states, stop descriptions.
+
+Plain Python, no grpc and no protobuf: `shared.wire` converts these to and from the
+generated messages, so the rest of the code never spells a wire enum.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from dataclasses import dataclass, field
+
+__all__ = [
+    "STOP_STATUS_NAME",
+    "TERMINAL_STATES",
+    "SessionState",
+    "StopCode",
+    "StopInfo",
+    "now_ms",
+]
+
+
+def now_ms() -> int:
+    """Wall-clock Unix epoch milliseconds (the unit of every *_ms timestamp on the wire)."""
+    return time.time_ns() // 1_000_000
+
+
+class StopCode(enum.Enum):
+    """Why a generation was stopped; mirrors the proto's StopCode (names without prefix)."""
+
+    UNSPECIFIED = 0
+    USER_CANCEL = 1
+    POLICY_VIOLATION = 2
+    BUDGET_EXCEEDED = 3
+    OPERATOR = 4
+    SHUTDOWN = 5
+    TIMEOUT = 6
+    IDLE_TIMEOUT = 7
+
+
+class SessionState(enum.Enum):
+    """The session lifecycle (DESIGN.md §3) plus STOPPING: a stop was sent, not yet confirmed."""
+
+    OPEN = "OPEN"
+    ACTIVE = "ACTIVE"
+    AWAITING_TOOL = "AWAITING_TOOL"
+    STOPPING = "STOPPING"
+    FINISHED = "FINISHED"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    EXPIRED = "EXPIRED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATES
+
+
+TERMINAL_STATES = frozenset(
+    {
+        SessionState.FINISHED,
+        SessionState.STOPPED,
+        SessionState.FAILED,
+        SessionState.CANCELLED,
+        SessionState.EXPIRED,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StopInfo:
+    """One stop order: what, why, and every hop it went through (origin first)."""
+
+    code: StopCode
+    reason: str
+    cause: str = ""
+    path: tuple[str, ...] = ()
+    stop_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    issued_at_ms: int = field(default_factory=now_ms)
+    grace_ms: int = 0
+
+    def relayed_by(self, hop: str) -> StopInfo:
+        """The same stop with `hop` appended to its path."""
+        return StopInfo(
+            code=self.code,
+            reason=self.reason,
+            cause=self.cause,
+            path=(*self.path, hop),
+            stop_id=self.stop_id,
+            issued_at_ms=self.issued_at_ms,
+            grace_ms=self.grace_ms,
+        )
+
+    def with_grace(self, grace_ms: int) -> StopInfo:
+        return StopInfo(
+            code=self.code,
+            reason=self.reason,
+            cause=self.cause,
+            path=self.path,
+            stop_id=self.stop_id,
+            issued_at_ms=self.issued_at_ms,
+            grace_ms=grace_ms,
+        )
+
+    def describe(self) -> str:
+        """One line for humans: `POLICY_VIOLATION: reason (cause) via a -> b`."""
+        text = f"{self.code.name}: {self.reason}"
+        if self.cause:
+            text += f" ({self.cause})"
+        if self.path:
+            text += " via " + " -> ".join(self.path)
+        return text
+
+
+# How a stopped stream ends, by stop code, as grpc.StatusCode names (this module has no
+# grpc import). Generic clients and retry policies read the status; ours read the
+# `x-stop-*` trailers. SHUTDOWN is UNAVAILABLE on purpose: the same request may succeed
+# on another dispatcher.
+STOP_STATUS_NAME: dict[StopCode, str] = {
+    StopCode.UNSPECIFIED: "ABORTED",
+    StopCode.USER_CANCEL: "CANCELLED",
+    StopCode.POLICY_VIOLATION: "PERMISSION_DENIED",
+    StopCode.BUDGET_EXCEEDED: "RESOURCE_EXHAUSTED",
+    StopCode.OPERATOR: "ABORTED",
+    StopCode.SHUTDOWN: "UNAVAILABLE",
+    StopCode.TIMEOUT: "DEADLINE_EXCEEDED",
+    StopCode.IDLE_TIMEOUT: "DEADLINE_EXCEEDED",
+}

@@ -1,0 +1,128 @@
+"""The only door to the generated code: message classes, stubs, conversions, metadata keys.
+
+Everything else imports wire types from here, never from `shared._gen` directly, so a
+regeneration or a package move touches one file.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import quote, unquote
+
+from shared._gen.southwest.ai.agent.v1 import agent_pb2 as pb
+from shared._gen.southwest.ai.agent.v1 import agent_pb2_grpc as pb_grpc
+from shared.model import StopCode, StopInfo
+
+__all__ = [
+    "FEATURES",
+    "SERVICE_NAME",
+    "Ack",
+    "ContentChunk",
+    "DownstreamPacket",
+    "ErrorSignal",
+    "Hello",
+    "PendingToolCall",
+    "SessionLimits",
+    "StopConfirm",
+    "StopSignal",
+    "ThoughtChain",
+    "ToolCallFate",
+    "ToolCallRequest",
+    "ToolCallResult",
+    "ToolError",
+    "ToolErrorCode",
+    "UpstreamPacket",
+    "Welcome",
+    "add_servicer",
+    "decode_metadata_value",
+    "encode_metadata_value",
+    "pb",
+    "pb_grpc",
+    "stop_from_wire",
+    "stop_to_wire",
+]
+
+UpstreamPacket = pb.UpstreamPacket
+DownstreamPacket = pb.DownstreamPacket
+ThoughtChain = pb.ThoughtChain
+ContentChunk = pb.ContentChunk
+ToolCallRequest = pb.ToolCallRequest
+ToolCallResult = pb.ToolCallResult
+ToolError = pb.ToolError
+ErrorSignal = pb.ErrorSignal
+Hello = pb.Hello
+Welcome = pb.Welcome
+SessionLimits = pb.SessionLimits
+Ack = pb.Ack
+StopSignal = pb.StopSignal
+StopConfirm = pb.StopConfirm
+PendingToolCall = pb.PendingToolCall
+ToolCallFate = pb.ToolCallFate
+ToolErrorCode = pb.ToolErrorCode
+
+SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AgentInteraction"].full_name
+AgentInteractionStub = pb_grpc.AgentInteractionStub
+AgentInteractionServicer = pb_grpc.AgentInteractionServicer
+add_servicer = pb_grpc.add_AgentInteractionServicer_to_server
+
+# Protocol features this implementation speaks (Hello.features / Welcome.features).
+FEATURES: tuple[str, ...] = ("seq", "call_id", "stop_confirm", "ack")
+
+
+class MetadataKey:
+    """Response metadata keys. Initial: session id. Trailing: how the session ended."""
+
+    SESSION_ID = "x-session-id"
+    DISPATCHER_ID = "x-dispatcher-id"
+    SESSION_STATE = "x-session-state"
+    STOP_CODE = "x-stop-code"
+    STOP_REASON = "x-stop-reason"
+    STOP_CAUSE = "x-stop-cause"
+    STOP_PATH = "x-stop-path"
+    STOP_ID = "x-stop-id"
+    STOP_CONFIRMED = "x-stop-confirmed"
+
+
+def encode_metadata_value(text: str) -> str:
+    """Metadata values must be printable ASCII: percent-encode anything else."""
+    return quote(text, safe=" !#$&'()*+,/:;=?@[]^_`{|}~-.")
+
+
+def decode_metadata_value(text: str) -> str:
+    return unquote(text)
+
+
+_STOP_CODE_PREFIX = "STOP_CODE_"
+
+
+def stop_to_wire(stop: StopInfo) -> pb.StopSignal:
+    return pb.StopSignal(
+        reason=stop.reason,
+        code=stop.code.value,  # type: ignore[arg-type]  # proto enums are ints on the wire
+        cause=stop.cause,
+        path=list(stop.path),
+        stop_id=stop.stop_id,
+        issued_at_ms=stop.issued_at_ms,
+        grace_ms=stop.grace_ms,
+    )
+
+
+def stop_from_wire(signal: pb.StopSignal) -> StopInfo:
+    """A StopSignal as a StopInfo; an original-contract stop (reason only) is UNSPECIFIED."""
+    try:
+        code = StopCode(signal.code)
+    except ValueError:  # a newer dispatcher's code this build does not know
+        code = StopCode.UNSPECIFIED
+    return StopInfo(
+        code=code,
+        reason=signal.reason,
+        cause=signal.cause,
+        path=tuple(signal.path),
+        stop_id=signal.stop_id,
+        issued_at_ms=signal.issued_at_ms,
+        grace_ms=signal.grace_ms,
+    )
+
+
+def stop_code_name(code: StopCode) -> str:
+    """The proto enum value name, e.g. STOP_CODE_POLICY_VIOLATION."""
+    return _STOP_CODE_PREFIX + code.name
