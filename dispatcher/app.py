@@ -8,10 +8,8 @@ left is cancelled.
 
 from __future__ import annotations
 
-import math
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -78,7 +76,11 @@ class Dispatcher:
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             if config.server.reflection:
                 reflection.enable_server_reflection(
-                    (wire.SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+                    (
+                        wire.SERVICE_NAME,
+                        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                        reflection.SERVICE_NAME,
+                    ),
                     server,
                 )
             host = config.server.listen.rsplit(":", 1)[0]
@@ -90,7 +92,7 @@ class Dispatcher:
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
             await self.health.set(wire.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
             if config.server.ready_file:
-                Path(config.server.ready_file).write_text(self.address + "\n")
+                await anyio.Path(config.server.ready_file).write_text(self.address + "\n")
             log.info(
                 "dispatcher.serving",
                 address=self.address,
@@ -186,6 +188,3 @@ async def run_until_signalled(dispatcher: Dispatcher) -> None:
         tg.start_soon(watch_signals)
         await dispatcher.serve()
         tg.cancel_scope.cancel()
-
-
-_ = math  # reserved for deadline arithmetic in later additions

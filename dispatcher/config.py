@@ -27,44 +27,73 @@ def _default_instance() -> str:
 
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
-    listen: str = setting("127.0.0.1:50051", "address to listen on, HOST:PORT (port 0 = any free port)", flag="listen")
-    instance_id: str = setting("", "this dispatcher's name in stop paths and logs (default: HOST-PID)", flag="instance-id")
+    listen: str = setting(
+        "127.0.0.1:50051",
+        "address to listen on, HOST:PORT (port 0 = any free port)",
+        flag="listen",
+    )
+    instance_id: str = setting(
+        "",
+        "this dispatcher's name in stop paths and logs (default: HOST-PID)",
+        flag="instance-id",
+    )
     max_concurrent_streams: int = setting(
-        1024, "HTTP/2 streams (sessions) one connection may open at once (grpc.max_concurrent_streams)"
+        1024,
+        "HTTP/2 streams (sessions) one connection may open at once (grpc.max_concurrent_streams)",
     )
     max_sessions: int = setting(
-        10_000, "sessions the process serves at once; more are refused with RESOURCE_EXHAUSTED (0 = unlimited)"
+        10_000,
+        "sessions the process serves at once; more are refused with RESOURCE_EXHAUSTED (0 = unlimited)",
     )
     max_receive_message_bytes: int = setting(
-        4 * MiB, "largest upstream message accepted; bigger ends that stream with RESOURCE_EXHAUSTED"
+        4 * MiB,
+        "largest upstream message accepted; bigger ends that stream with RESOURCE_EXHAUSTED",
     )
     max_send_message_bytes: int = setting(
-        4 * MiB, "largest downstream message; a bigger tool result becomes a RESULT_TOO_LARGE tool error"
+        4 * MiB,
+        "largest downstream message; a bigger tool result becomes a RESULT_TOO_LARGE tool error",
     )
     max_connection_idle_ms: int = setting(
-        300_000, "close connections with no open stream after this long (grpc.max_connection_idle_ms; 0 = never)"
+        300_000,
+        "close connections with no open stream after this long (grpc.max_connection_idle_ms; 0 = never)",
     )
     max_connection_age_ms: int = setting(
-        0, "GOAWAY connections older than this, for load-balancer rebalancing (0 = never)"
+        0,
+        "GOAWAY connections older than this, for load-balancer rebalancing (0 = never)",
     )
     max_connection_age_grace_ms: int = setting(
-        900_000, "after max age, how long open streams may still run (grpc.max_connection_age_grace_ms)"
+        900_000,
+        "after max age, how long open streams may still run (grpc.max_connection_age_grace_ms)",
     )
     lookahead_bytes: int = setting(
-        262_144, "per-stream HTTP/2 read-ahead window: bounds what an unread stream buffers (grpc.http2.lookahead_bytes)"
+        262_144,
+        "per-stream HTTP/2 read-ahead window: bounds what an unread stream buffers (grpc.http2.lookahead_bytes)",
     )
     bdp_probe: bool = setting(False, "let grpc grow stream windows by BDP probing (more memory per stream)")
     shutdown_grace_s: float = setting(
-        10.0, "on SIGTERM/SIGINT: time sessions get to confirm the shutdown stop before the server closes"
+        10.0,
+        "on SIGTERM/SIGINT: time sessions get to confirm the shutdown stop before the server closes",
+        flag="shutdown-grace-s",
     )
-    ready_file: str = setting("", "write the bound HOST:PORT to this file once serving (for scripts)")
+    ready_file: str = setting(
+        "",
+        "write the bound HOST:PORT to this file once serving (for scripts)",
+        flag="ready-file",
+    )
     reflection: bool = setting(True, "serve gRPC server reflection")
-    otel: bool = setting(False, "trace RPCs with OpenTelemetry (spans to stderr unless OTEL_* exporters are set)")
+    otel: bool = setting(
+        False,
+        "trace RPCs with OpenTelemetry (spans to stderr unless OTEL_* exporters are set)",
+    )
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"\[?[\w.:-]*\]?:\d+", self.listen):
             raise ValueError(f"listen must be HOST:PORT, got {self.listen!r}")
-        for name in ("max_receive_message_bytes", "max_send_message_bytes", "max_concurrent_streams"):
+        for name in (
+            "max_receive_message_bytes",
+            "max_send_message_bytes",
+            "max_concurrent_streams",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         if self.shutdown_grace_s < 0:
@@ -78,16 +107,22 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class SessionConfig:
     stop_grace_ms: int = setting(
-        2_000, "after a stop, how long the commander has to confirm before the stream is ended anyway"
+        2_000,
+        "after a stop, how long the commander has to confirm before the stream is ended anyway",
     )
     finish_linger_ms: int = setting(
-        2_000, "after is_finish or an error packet, how long to wait for the commander's half-close"
+        2_000,
+        "after is_finish or an error packet, how long to wait for the commander's half-close",
     )
-    outbox_size: int = setting(64, "downstream packets buffered per session; a full outbox pushes back on the commander")
+    outbox_size: int = setting(
+        64,
+        "downstream packets buffered per session; a full outbox pushes back on the commander",
+    )
     ack_every_packets: int = setting(32, "send a cumulative Ack at least every this many upstream packets")
     ack_interval_ms: int = setting(200, "...or this long after the first unacknowledged packet")
     max_concurrent_tool_calls: int = setting(
-        8, "tool calls of one session running at once; more wait (the commander's writes are pushed back)"
+        8,
+        "tool calls of one session running at once; more wait (the commander's writes are pushed back)",
     )
     ended_sessions_kept: int = setting(1_000, "ended sessions whose outcome stays visible")
 
@@ -95,7 +130,12 @@ class SessionConfig:
         for name in ("outbox_size", "ack_every_packets", "max_concurrent_tool_calls"):
             if getattr(self, name) < 1:
                 raise ValueError(f"session {name} must be >= 1")
-        for name in ("stop_grace_ms", "finish_linger_ms", "ack_interval_ms", "ended_sessions_kept"):
+        for name in (
+            "stop_grace_ms",
+            "finish_linger_ms",
+            "ack_interval_ms",
+            "ended_sessions_kept",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"session {name} must be >= 0")
 
@@ -103,15 +143,35 @@ class SessionConfig:
 @dataclass(frozen=True, slots=True)
 class PolicyConfig:
     block_patterns: tuple[str, ...] = setting(
-        (), "regular expressions that stop a session when its content matches (POLICY_VIOLATION)"
+        (),
+        "regular expressions that stop a session when its content matches (POLICY_VIOLATION)",
+        flag="block-pattern",
     )
-    scan_thoughts: bool = setting(False, "also apply the block-list to thought deltas")
-    max_content_chars: int = setting(0, "content characters per session before BUDGET_EXCEEDED (0 = no limit)")
-    max_thought_chars: int = setting(0, "thought characters per session before BUDGET_EXCEEDED (0 = no limit)")
-    max_tool_calls: int = setting(0, "tool calls per session before BUDGET_EXCEEDED (0 = no limit)")
-    max_session_s: float = setting(3_600.0, "wall-clock seconds per session before a TIMEOUT stop (0 = no limit)")
+    scan_thoughts: bool = setting(False, "also apply the block-list to thought deltas", flag="scan-thoughts")
+    max_content_chars: int = setting(
+        0,
+        "content characters per session before BUDGET_EXCEEDED (0 = no limit)",
+        flag="max-content-chars",
+    )
+    max_thought_chars: int = setting(
+        0,
+        "thought characters per session before BUDGET_EXCEEDED (0 = no limit)",
+        flag="max-thought-chars",
+    )
+    max_tool_calls: int = setting(
+        0,
+        "tool calls per session before BUDGET_EXCEEDED (0 = no limit)",
+        flag="max-tool-calls",
+    )
+    max_session_s: float = setting(
+        3_600.0,
+        "wall-clock seconds per session before a TIMEOUT stop (0 = no limit)",
+        flag="max-session-s",
+    )
     idle_timeout_s: float = setting(
-        300.0, "seconds the commander may stay silent (no tool running) before an IDLE_TIMEOUT stop (0 = never)"
+        300.0,
+        "seconds the commander may stay silent (no tool running) before an IDLE_TIMEOUT stop (0 = never)",
+        flag="idle-timeout-s",
     )
 
     def __post_init__(self) -> None:
@@ -120,7 +180,13 @@ class PolicyConfig:
                 re.compile(pattern)
             except re.error as exc:
                 raise ValueError(f"block pattern {pattern!r} is not a valid regular expression: {exc}") from exc
-        for name in ("max_content_chars", "max_thought_chars", "max_tool_calls", "max_session_s", "idle_timeout_s"):
+        for name in (
+            "max_content_chars",
+            "max_thought_chars",
+            "max_tool_calls",
+            "max_session_s",
+            "idle_timeout_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"policy {name} must be >= 0")
 
@@ -128,7 +194,11 @@ class PolicyConfig:
 @dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = setting("info", "log level: debug, info, warning, error", flag="log-level")
-    format: str = setting("auto", "log format: auto (console on a TTY, else JSON), json, console", flag="log-format")
+    format: str = setting(
+        "auto",
+        "log format: auto (console on a TTY, else JSON), json, console",
+        flag="log-format",
+    )
 
     def __post_init__(self) -> None:
         if self.level.lower() not in {"debug", "info", "warning", "error"}:
@@ -149,7 +219,12 @@ class DispatcherConfig:
     def for_tests(cls, **sections: object) -> DispatcherConfig:
         """Fast defaults for tests: any free port, short graces and timers."""
         base = cls(
-            server=ServerConfig(listen="127.0.0.1:0", instance_id="test", shutdown_grace_s=2.0, reflection=True),
+            server=ServerConfig(
+                listen="127.0.0.1:0",
+                instance_id="test",
+                shutdown_grace_s=2.0,
+                reflection=True,
+            ),
             session=SessionConfig(stop_grace_ms=1_000, finish_linger_ms=500, ack_interval_ms=50),
             policy=PolicyConfig(max_session_s=60.0, idle_timeout_s=30.0),
         )

@@ -17,6 +17,7 @@ __all__ = ["Policy", "PolicyTracker", "Violation"]
 
 # A blocked phrase split across deltas is caught if it is at most this long.
 _MAX_TAIL_CHARS = 256
+_GLOBAL_FLAGS = re.compile(r"\(\?([imsx]+)\)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class Policy:
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
         self.blocklist: re.Pattern[str] | None = (
-            re.compile("|".join(f"(?:{p})" for p in config.block_patterns)) if config.block_patterns else None
+            re.compile("|".join(_scoped(p) for p in config.block_patterns)) if config.block_patterns else None
         )
 
     def tracker(self) -> PolicyTracker:
@@ -45,7 +46,15 @@ class Policy:
 class PolicyTracker:
     """One session's counters and block-list tails."""
 
-    __slots__ = ("_blocklist", "_config", "_content_tail", "_thought_tail", "content_chars", "thought_chars", "tool_calls")
+    __slots__ = (
+        "_blocklist",
+        "_config",
+        "_content_tail",
+        "_thought_tail",
+        "content_chars",
+        "thought_chars",
+        "tool_calls",
+    )
 
     def __init__(self, policy: Policy) -> None:
         self._config = policy.config
@@ -90,15 +99,21 @@ class PolicyTracker:
         return None
 
     def _blocked(self, where: str, match: re.Match[str]) -> Violation:
-        pattern = next(
-            (p for p in self._config.block_patterns if re.search(p, match.group(0))), match.re.pattern
-        )
+        pattern = next((p for p in self._config.block_patterns if re.search(p, match.group(0))), match.re.pattern)
         return Violation(
             code=StopCode.POLICY_VIOLATION,
             reason=f"{where} matched a blocked pattern",
             cause=f"policy=content_blocklist pattern={pattern!r}",
             origin="policy:content_blocklist",
         )
+
+
+def _scoped(pattern: str) -> str:
+    """`(?i)word` -> `(?i:word)`: global flags are only legal at the start of the whole union."""
+    match = _GLOBAL_FLAGS.match(pattern)
+    if match:
+        return f"(?{match.group(1)}:{pattern[match.end() :]})"
+    return f"(?:{pattern})"
 
 
 def _budget(name: str, limit: int, used: int) -> Violation:

@@ -174,6 +174,8 @@ def _set_final_status(
             (MetadataKey.STOP_ID, stop.stop_id),
             (MetadataKey.STOP_CONFIRMED, "true" if outcome.stop_confirmed else "false"),
         ]
+        if outcome.stop_to_confirm_ms is not None:
+            trailers.append((MetadataKey.STOP_TO_CONFIRM_MS, f"{outcome.stop_to_confirm_ms:.3f}"))
         if stop.cause:
             trailers.append((MetadataKey.STOP_CAUSE, encode_metadata_value(stop.cause)))
     context.set_trailing_metadata(tuple(trailers))

@@ -198,9 +198,7 @@ class Session:
             if kind == "error":
                 return self._on_commander_error(packet.error, now)
             if kind == "stop_confirm":
-                return self._reject(
-                    "UNEXPECTED_STOP_CONFIRM", f"stop_confirm at seq {seq} but no stop was sent", seq
-                )
+                return self._reject("UNEXPECTED_STOP_CONFIRM", f"stop_confirm at seq {seq} but no stop was sent", seq)
             return self._reject(
                 "MISSING_PAYLOAD",
                 f"packet seq {seq} has no payload (empty oneof, or a member this dispatcher does not know)",
@@ -258,11 +256,7 @@ class Session:
                         now,
                     )
                 )
-        if (
-            self.state is SessionState.STOPPING
-            and self._grace_deadline is not None
-            and now >= self._grace_deadline
-        ):
+        if self.state is SessionState.STOPPING and self._grace_deadline is not None and now >= self._grace_deadline:
             actions.extend(self._end_stop(confirmed=False, how="grace period expired without stop_confirm", now=now))
         if self._linger_deadline is not None and now >= self._linger_deadline and not self._ended:
             actions.extend(self._end())
@@ -401,8 +395,10 @@ class Session:
             self.dropped_packets += 1  # in flight when the stop went out: counted, never forwarded
             return _NO_ACTIONS
         self.dropped_packets += 1
-        code = "PACKET_AFTER_STOP" if self.state in (SessionState.STOPPED, SessionState.EXPIRED) else (
-            "PACKET_AFTER_FINISH" if self.state is SessionState.FINISHED else "PACKET_AFTER_END"
+        code = (
+            "PACKET_AFTER_STOP"
+            if self.state in (SessionState.STOPPED, SessionState.EXPIRED)
+            else ("PACKET_AFTER_FINISH" if self.state is SessionState.FINISHED else "PACKET_AFTER_END")
         )
         seq = packet.seq or self.last_seq + 1
         return self._reject(
@@ -453,9 +449,7 @@ class Session:
         return (Report(code, message, seq), send)
 
     def _violated(self, violation: Violation, now: float) -> Sequence[Action]:
-        stop = StopInfo(
-            code=violation.code, reason=violation.reason, cause=violation.cause, path=(violation.origin,)
-        )
+        stop = StopInfo(code=violation.code, reason=violation.reason, cause=violation.cause, path=(violation.origin,))
         actions = self._stop_now(stop, now)
         self._recompute_wake(now)
         return actions

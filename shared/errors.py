@@ -10,8 +10,8 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
-    "AtCapacity",
     "AgentRuntimeError",
+    "AtCapacity",
     "HandshakeError",
     "MessageTooLarge",
     "ProtocolViolation",

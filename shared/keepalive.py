@@ -17,9 +17,7 @@ __all__ = ["KeepaliveConfig"]
 
 @dataclass(frozen=True, slots=True)
 class KeepaliveConfig:
-    time_ms: int = setting(
-        20_000, "send a keepalive PING after this long without activity (grpc.keepalive_time_ms)"
-    )
+    time_ms: int = setting(20_000, "send a keepalive PING after this long without activity (grpc.keepalive_time_ms)")
     timeout_ms: int = setting(
         10_000, "close the connection when a PING is not answered within this (grpc.keepalive_timeout_ms)"
     )

@@ -21,9 +21,7 @@ def configure_logging(level: str = "info", *, json: bool | None = None, stream: 
     out = stream or sys.stderr
     use_json = (not out.isatty()) if json is None else json
     renderer: Any = (
-        structlog.processors.JSONRenderer()
-        if use_json
-        else structlog.dev.ConsoleRenderer(colors=out.isatty())
+        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=out.isatty())
     )
     processors: list[Any] = [
         structlog.contextvars.merge_contextvars,

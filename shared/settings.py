@@ -37,7 +37,7 @@ class _Meta:
     flag: str | None
 
 
-def setting(default: Any, help: str, *, flag: str | None = None) -> Any:  # noqa: A002 - mirrors click
+def setting(default: Any, help: str, *, flag: str | None = None) -> Any:
     """Declare a config field with its help text (and optionally its own flag name)."""
     meta = {_META: _Meta(help=help, flag=flag)}
     if isinstance(default, (list, dict, set)):
@@ -162,8 +162,7 @@ def load_config(
     start: Any = base if base is not None else cls()
     try:
         sections = {
-            name: dataclasses.replace(getattr(start, name), **values.get(name, {}))
-            for name, _ in _sections(cls)
+            name: dataclasses.replace(getattr(start, name), **values.get(name, {})) for name, _ in _sections(cls)
         }
         return cls(**sections)
     except (ValueError, TypeError) as exc:
@@ -180,9 +179,7 @@ def config_options(cls: type[Any], *, env_prefix: str) -> Callable[[Callable[...
             if typing.get_origin(s.type) is tuple:
                 option = click.option(f"--{s.flag}", s.dest, multiple=True, help=help_text + " (repeatable)")
             elif s.type is bool:
-                option = click.option(
-                    f"--{s.flag}/--no-{s.flag}", s.dest, default=None, help=help_text
-                )
+                option = click.option(f"--{s.flag}/--no-{s.flag}", s.dest, default=None, help=help_text)
             else:
                 click_type = {int: click.INT, float: click.FLOAT, str: click.STRING}[s.type]
                 option = click.option(f"--{s.flag}", s.dest, type=click_type, default=None, help=help_text)

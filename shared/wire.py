@@ -80,6 +80,7 @@ class MetadataKey:
     STOP_PATH = "x-stop-path"
     STOP_ID = "x-stop-id"
     STOP_CONFIRMED = "x-stop-confirmed"
+    STOP_TO_CONFIRM_MS = "x-stop-to-confirm-ms"
 
 
 def encode_metadata_value(text: str) -> str:

@@ -23,16 +23,12 @@ def default_registry() -> ToolRegistry:
         """Return the arguments object unchanged."""
         return args
 
-    @registry.tool(
-        schema={"type": "object", "properties": {}, "additionalProperties": False}
-    )
+    @registry.tool(schema={"type": "object", "properties": {}, "additionalProperties": False})
     async def clock(args: dict[str, Any]) -> dict[str, Any]:
         """Current UTC time as ISO-8601 and as Unix epoch milliseconds."""
         unix_ms = time.time_ns() // 1_000_000
         # Both fields come from the same millisecond, so they always agree.
-        moment = datetime.fromtimestamp(unix_ms // 1000, UTC).replace(
-            microsecond=unix_ms % 1000 * 1000
-        )
+        moment = datetime.fromtimestamp(unix_ms // 1000, UTC).replace(microsecond=unix_ms % 1000 * 1000)
         return {
             "utc": moment.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "unix_ms": unix_ms,
@@ -41,9 +37,7 @@ def default_registry() -> ToolRegistry:
     @registry.tool(
         schema={
             "type": "object",
-            "properties": {
-                "expression": {"type": "string", "maxLength": MAX_EXPRESSION_LENGTH}
-            },
+            "properties": {"expression": {"type": "string", "maxLength": MAX_EXPRESSION_LENGTH}},
             "required": ["expression"],
             "additionalProperties": False,
         },
@@ -57,9 +51,7 @@ def default_registry() -> ToolRegistry:
     @registry.tool(
         schema={
             "type": "object",
-            "properties": {
-                "seconds": {"type": "number", "minimum": 0, "maximum": 3600}
-            },
+            "properties": {"seconds": {"type": "number", "minimum": 0, "maximum": 3600}},
             "required": ["seconds"],
             "additionalProperties": False,
         },

@@ -115,13 +115,10 @@ _UNCOUNTED = (ast.expr_context, ast.operator, ast.unaryop, ast.boolop, ast.cmpop
 def evaluate(expression: str) -> int | float:
     """Evaluate an arithmetic expression; raise CalculatorError for anything else."""
     if not isinstance(expression, str):
-        raise CalculatorError(
-            f"expression must be a string, got {type(expression).__name__}"
-        )
+        raise CalculatorError(f"expression must be a string, got {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_LENGTH:
         raise CalculatorError(
-            f"expression is too long: {len(expression)} characters; "
-            f"the limit is {MAX_EXPRESSION_LENGTH}"
+            f"expression is too long: {len(expression)} characters; the limit is {MAX_EXPRESSION_LENGTH}"
         )
     if not expression.strip():
         raise CalculatorError("expression is empty")
@@ -144,13 +141,9 @@ def _check_size(tree: ast.AST) -> None:
         node, depth = stack.pop()
         count += 1
         if count > MAX_NODES:
-            raise CalculatorError(
-                f"expression is too complex: more than {MAX_NODES} nodes"
-            )
+            raise CalculatorError(f"expression is too complex: more than {MAX_NODES} nodes")
         if depth > MAX_DEPTH:
-            raise CalculatorError(
-                f"expression is nested too deeply: more than {MAX_DEPTH} levels"
-            )
+            raise CalculatorError(f"expression is nested too deeply: more than {MAX_DEPTH} levels")
         for child in ast.iter_child_nodes(node):
             if not isinstance(child, _UNCOUNTED):
                 stack.append((child, depth + 1))
@@ -174,18 +167,14 @@ def _checked(value: object) -> Number:
     # Each intermediate result is checked, so no later step starts from something huge.
     if type(value) is int:
         if value.bit_length() > MAX_INT_BITS:
-            raise CalculatorError(
-                f"integer result is too large: more than {MAX_INT_BITS} bits"
-            )
+            raise CalculatorError(f"integer result is too large: more than {MAX_INT_BITS} bits")
         return value
     if type(value) is float:
         if not math.isfinite(value):
             raise CalculatorError("result is not a finite number")
         return value
     if isinstance(value, complex):
-        raise CalculatorError(
-            "result is a complex number (e.g. a fractional power of a negative number)"
-        )
+        raise CalculatorError("result is a complex number (e.g. a fractional power of a negative number)")
     raise CalculatorError(f"result has unsupported type {type(value).__name__}")
 
 
@@ -223,12 +212,8 @@ def _eval_node(node: ast.AST) -> Number:
         if node.id in _CONSTANTS:
             return _CONSTANTS[node.id]
         if node.id in _FUNCTIONS:
-            raise CalculatorError(
-                f"{node.id!r} is a function; call it, e.g. {node.id}(x)"
-            )
-        raise CalculatorError(
-            f"unknown name {node.id!r} (known constants: {', '.join(_CONSTANT_NAMES)})"
-        )
+            raise CalculatorError(f"{node.id!r} is a function; call it, e.g. {node.id}(x)")
+        raise CalculatorError(f"unknown name {node.id!r} (known constants: {', '.join(_CONSTANT_NAMES)})")
     if isinstance(node, ast.Call):
         return _call(node)
     construct = _CONSTRUCTS.get(type(node), type(node).__name__)
@@ -237,14 +222,11 @@ def _eval_node(node: ast.AST) -> Number:
 
 def _call(node: ast.Call) -> Number:
     if not isinstance(node.func, ast.Name):
-        raise CalculatorError(
-            "unsupported expression: only calls to named functions are supported"
-        )
+        raise CalculatorError("unsupported expression: only calls to named functions are supported")
     name = node.func.id
     if name not in _FUNCTIONS:
         raise CalculatorError(
-            f"unsupported expression: function call to {name!r} "
-            f"(known functions: {', '.join(_FUNCTION_NAMES)})"
+            f"unsupported expression: function call to {name!r} (known functions: {', '.join(_FUNCTION_NAMES)})"
         )
     if node.keywords:
         raise CalculatorError(f"{name}() takes positional arguments only")
@@ -270,12 +252,8 @@ def _call(node: ast.Call) -> Number:
 def _check_power(base: Number, exponent: Number) -> None:
     if abs(exponent) > MAX_EXPONENT:
         # Not formatted: a 4096-bit exponent has no useful (or float-convertible) text.
-        raise CalculatorError(
-            f"exponent is too large: its magnitude must be at most {MAX_EXPONENT}"
-        )
+        raise CalculatorError(f"exponent is too large: its magnitude must be at most {MAX_EXPONENT}")
     # Float powers overflow cheaply (OverflowError); only int powers grow unbounded.
     if type(base) is int and type(exponent) is int and exponent > 0 and abs(base) > 1:
         if exponent * math.log2(abs(base)) > MAX_INT_BITS:
-            raise CalculatorError(
-                f"power is too large: the result would exceed {MAX_INT_BITS} bits"
-            )
+            raise CalculatorError(f"power is too large: the result would exceed {MAX_INT_BITS} bits")

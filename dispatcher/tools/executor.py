@@ -83,10 +83,7 @@ def _parse_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any] | st
         try:
             args = _DECODER.decode(arguments_json)
         except json.JSONDecodeError as exc:
-            return (
-                f"arguments_json is not valid JSON: {exc.msg} "
-                f"at line {exc.lineno} column {exc.colno}"
-            )
+            return f"arguments_json is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         except ValueError as exc:  # from _reject_constant
             return str(exc)
         except RecursionError:
@@ -120,9 +117,7 @@ class ToolExecutor:
 
     __slots__ = ("_max_result_bytes", "_registry")
 
-    def __init__(
-        self, registry: ToolRegistry, *, max_result_bytes: int = 4 * 1024 * 1024
-    ) -> None:
+    def __init__(self, registry: ToolRegistry, *, max_result_bytes: int = 4 * 1024 * 1024) -> None:
         if max_result_bytes < 1:
             raise ValueError(f"max_result_bytes must be >= 1, got {max_result_bytes}")
         self._registry = registry
@@ -144,14 +139,10 @@ class ToolExecutor:
         if spec is None:
             known = ", ".join(self._registry.names()) or "(none)"
             message = f"unknown tool {tool_name!r}; known tools: {known}"
-            return ToolOutcome.failure(
-                call_id, tool_name, ToolErrorCode.UNKNOWN_TOOL, message
-            )
+            return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.UNKNOWN_TOOL, message)
         args = _parse_arguments(spec, arguments_json)
         if isinstance(args, str):
-            return ToolOutcome.failure(
-                call_id, tool_name, ToolErrorCode.INVALID_ARGUMENTS, args
-            )
+            return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.INVALID_ARGUMENTS, args)
 
         timeout = spec.timeout_s
         if timeout_s is not None and 0 < timeout_s < timeout:
@@ -174,36 +165,23 @@ class ToolExecutor:
 
         if scope.cancelled_caught:
             message = f"tool {tool_name!r} timed out after {timeout:g} s"
-            return ToolOutcome.failure(
-                call_id, tool_name, ToolErrorCode.TIMEOUT, message, elapsed_us
-            )
+            return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.TIMEOUT, message, elapsed_us)
         if failure is not None:
             message = f"tool {tool_name!r} failed: {_describe(failure)}"
-            return ToolOutcome.failure(
-                call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us
-            )
+            return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us)
         return self._serialise(call_id, tool_name, result, elapsed_us)
 
-    def _serialise(
-        self, call_id: str, tool_name: str, result: Any, elapsed_us: int
-    ) -> ToolOutcome:
+    def _serialise(self, call_id: str, tool_name: str, result: Any, elapsed_us: int) -> ToolOutcome:
         code = ToolErrorCode.FAILED
         try:
             result_json = _ENCODER.encode(result)
             # isascii() is O(1) in CPython (a flag), so ASCII results never re-encode;
             # a strict encode also catches lone surrogates the wire could not carry.
-            size = (
-                len(result_json)
-                if result_json.isascii()
-                else len(result_json.encode("utf-8"))
-            )
+            size = len(result_json) if result_json.isascii() else len(result_json.encode("utf-8"))
         except UnicodeEncodeError:
             message = f"tool {tool_name!r} returned a string that is not valid Unicode"
         except (TypeError, ValueError, RecursionError) as exc:
-            message = (
-                f"tool {tool_name!r} returned a value that is not JSON-serialisable: "
-                f"{_describe(exc)}"
-            )
+            message = f"tool {tool_name!r} returned a value that is not JSON-serialisable: {_describe(exc)}"
         else:
             limit = self._max_result_bytes
             if size <= limit:
@@ -214,8 +192,5 @@ class ToolExecutor:
                     execution_time_us=elapsed_us,
                 )
             code = ToolErrorCode.RESULT_TOO_LARGE
-            message = (
-                f"tool {tool_name!r} returned {size} bytes of JSON; "
-                f"the limit is {limit} bytes"
-            )
+            message = f"tool {tool_name!r} returned {size} bytes of JSON; the limit is {limit} bytes"
         return ToolOutcome.failure(call_id, tool_name, code, message, elapsed_us)

@@ -42,41 +42,26 @@ class ToolSpec:
     limiter: anyio.CapacityLimiter = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        if (
-            not isinstance(self.name, str)
-            or not self.name
-            or self.name != self.name.strip()
-        ):
-            raise ValueError(
-                f"tool name must be non-empty without edge spaces: {self.name!r}"
-            )
+        if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
+            raise ValueError(f"tool name must be non-empty without edge spaces: {self.name!r}")
         if not callable(self.func):
             raise TypeError(f"tool {self.name!r}: func must be callable")
         # `not x > 0` also rejects NaN.
         if isinstance(self.timeout_s, bool) or not self.timeout_s > 0:
-            raise ValueError(
-                f"tool {self.name!r}: timeout_s must be > 0, got {self.timeout_s!r}"
-            )
+            raise ValueError(f"tool {self.name!r}: timeout_s must be > 0, got {self.timeout_s!r}")
         if (
             isinstance(self.max_concurrency, bool)
             or not isinstance(self.max_concurrency, int)
             or self.max_concurrency < 1
         ):
-            raise ValueError(
-                f"tool {self.name!r}: max_concurrency must be an int >= 1, "
-                f"got {self.max_concurrency!r}"
-            )
+            raise ValueError(f"tool {self.name!r}: max_concurrency must be an int >= 1, got {self.max_concurrency!r}")
         if not isinstance(self.schema, Mapping):
-            raise ValueError(
-                f"tool {self.name!r}: schema must be a JSON object (mapping)"
-            )
+            raise ValueError(f"tool {self.name!r}: schema must be a JSON object (mapping)")
         try:
             Draft202012Validator.check_schema(self.schema)
         except SchemaError as exc:
             path = exc.json_path if exc.path else "$"
-            raise ValueError(
-                f"tool {self.name!r}: invalid JSON schema at {path}: {exc.message}"
-            ) from exc
+            raise ValueError(f"tool {self.name!r}: invalid JSON schema at {path}: {exc.message}") from exc
         object.__setattr__(self, "validator", Draft202012Validator(self.schema))
         object.__setattr__(self, "limiter", anyio.CapacityLimiter(self.max_concurrency))
 

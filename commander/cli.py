@@ -1,0 +1,77 @@
+"""`commander run`: one session of the built-in scripted agent against a dispatcher."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import anyio
+import click
+
+from commander.config import CommanderConfig
+from commander.models import ScriptedAgent
+from commander.render import ConsoleRenderer, JsonRenderer
+from commander.session import SessionResult, run_session
+from commander.transport import open_channel
+from shared.log import configure_logging
+from shared.model import SessionState
+from shared.settings import ConfigError, config_options, load_config
+
+__all__ = ["main"]
+
+EXIT_FINISHED = 0
+EXIT_FAILED = 1
+EXIT_STOPPED = 2
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+def main() -> None:
+    """The commander: runs an agent and streams its thoughts, answer and tool calls to a dispatcher."""
+
+
+@main.command()
+@click.option("--prompt", "-p", required=True, help="the input the agent works on")
+@click.option("--session-id", default=None, help="ask the dispatcher for this session id (default: a new UUID)")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="TOML file with [connection], [keepalive] and [agent] sections [env COMMANDER_CONFIG]",
+    envvar="COMMANDER_CONFIG",
+)
+@click.option("--json", "as_json", is_flag=True, help="print events and the result as JSON lines")
+@click.option("--log-level", default="warning", show_default=True, help="log level for stderr")
+@config_options(CommanderConfig, env_prefix="COMMANDER_")
+def run(
+    prompt: str, session_id: str | None, config_file: str | None, as_json: bool, log_level: str, **flags: Any
+) -> None:
+    """Run one session of the built-in scripted agent (no LLM, no network but the dispatcher).
+
+    Exit status: 0 finished, 2 stopped by the dispatcher, 1 failed or refused.
+    """
+    configure_logging(log_level)
+    try:
+        config = load_config(CommanderConfig, env_prefix="COMMANDER_", toml_path=config_file, flags=flags)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
+    renderer = JsonRenderer() if as_json else ConsoleRenderer()
+    result = anyio.run(_run, config, prompt, session_id, renderer)
+    renderer.result(result)
+    sys.exit(exit_code(result))
+
+
+async def _run(config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any) -> SessionResult:
+    agent = ScriptedAgent(tokens_per_s=config.agent.tokens_per_s, first_token_delay_s=config.agent.first_token_delay_s)
+    async with open_channel(config.connection, config.keepalive) as channel:
+        return await run_session(
+            agent, prompt, channel=channel, config=config, session_id=session_id, observer=renderer
+        )
+
+
+def exit_code(result: SessionResult) -> int:
+    if result.state is SessionState.FINISHED:
+        return EXIT_FINISHED
+    if result.state in (SessionState.STOPPED, SessionState.EXPIRED):
+        return EXIT_STOPPED
+    return EXIT_FAILED

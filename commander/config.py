@@ -1,0 +1,66 @@
+"""The commander's settings: flags, COMMANDER_* environment variables, a TOML file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shared.keepalive import KeepaliveConfig
+from shared.settings import setting
+
+__all__ = ["AgentConfig", "CommanderConfig", "ConnectionConfig"]
+
+MiB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionConfig:
+    target: str = setting("127.0.0.1:50051", "dispatcher address HOST:PORT", flag="target")
+    tls: bool = setting(False, "use TLS (server certificate checked against --ca-file or the system roots)", flag="tls")
+    ca_file: str = setting("", "PEM file of the CA that signs the dispatcher's certificate", flag="ca-file")
+    cert_file: str = setting("", "PEM client certificate, for mutual TLS", flag="cert-file")
+    key_file: str = setting("", "PEM private key of --cert-file", flag="key-file")
+    max_receive_message_bytes: int = setting(4 * MiB, "largest downstream message accepted")
+    max_send_message_bytes: int = setting(4 * MiB, "largest upstream message sent")
+    handshake_timeout_s: float = setting(
+        5.0, "wait this long for the dispatcher's Welcome; none means an original-contract dispatcher"
+    )
+    end_timeout_s: float = setting(10.0, "after the last packet, wait this long for the dispatcher to end the stream")
+    outbox_size: int = setting(32, "upstream packets buffered before the agent's say()/think() waits (backpressure)")
+
+    def __post_init__(self) -> None:
+        if self.outbox_size < 1:
+            raise ValueError("outbox_size must be >= 1")
+        if self.handshake_timeout_s < 0 or self.end_timeout_s <= 0:
+            raise ValueError("handshake_timeout_s must be >= 0 and end_timeout_s > 0")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("--cert-file and --key-file go together")
+
+    def channel_options(self, keepalive: KeepaliveConfig) -> list[tuple[str, int]]:
+        return [
+            ("grpc.max_receive_message_length", self.max_receive_message_bytes),
+            ("grpc.max_send_message_length", self.max_send_message_bytes),
+            *keepalive.client_options(),
+        ]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    name: str = setting("scripted-agent", "agent name sent in the handshake", flag="agent-name")
+    version: str = setting("0.1.0", "agent version sent in the handshake", flag="agent-version")
+    tokens_per_s: float = setting(
+        40.0, "scripted agent: answer tokens per second (0 = as fast as possible)", flag="tokens-per-s"
+    )
+    first_token_delay_s: float = setting(
+        0.0, "scripted agent: silence before the first token, like an LLM's prefill", flag="first-token-delay-s"
+    )
+
+    def __post_init__(self) -> None:
+        if self.tokens_per_s < 0 or self.first_token_delay_s < 0:
+            raise ValueError("tokens_per_s and first_token_delay_s must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class CommanderConfig:
+    connection: ConnectionConfig = field(default_factory=ConnectionConfig)
+    keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)

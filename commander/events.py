@@ -1,0 +1,72 @@
+"""What a session reports while it runs, for a CLI, a UI or a test to observe.
+
+Observers are called inline from the session's tasks: they must be quick and must not
+block (render, append, set an event).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared.model import StopInfo
+
+__all__ = [
+    "ContentEmitted",
+    "HandshakeDone",
+    "Observer",
+    "SessionEvent",
+    "StopReceived",
+    "ThoughtEmitted",
+    "ToolCallSent",
+    "ToolResultReceived",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeDone:
+    session_id: str
+    dispatcher_id: str
+    compat_mode: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ThoughtEmitted:
+    step: str
+    delta: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContentEmitted:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallSent:
+    call_id: str
+    tool_name: str
+    arguments_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class ToolResultReceived:
+    call_id: str
+    tool_name: str
+    result_json: str
+    error_code: str  # "" when the call succeeded
+    error_message: str
+    execution_time_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class StopReceived:
+    stop: StopInfo
+
+
+SessionEvent = HandshakeDone | ThoughtEmitted | ContentEmitted | ToolCallSent | ToolResultReceived | StopReceived
+
+
+class Observer:
+    """Receives session events; the default ignores them all."""
+
+    def __call__(self, event: SessionEvent) -> None:
+        return None

@@ -1,0 +1,161 @@
+"""The grpc side of the commander: channel, one ChatStream call, its writer and reader.
+
+grpc.aio awaits live only in the two pump tasks here, never in the agent's task:
+cancelling a `call.write()` cancels the whole RPC, and an anyio cancel scope around
+`call.read()` can let a bare CancelledError escape. So the agent talks to a bounded
+memory stream (its `await send()` is the backpressure), one writer task drains it into
+the call, one reader task dispatches downstream packets, and the call is ended with
+`done_writing()` or, as a last resort, `call.cancel()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+import grpc
+from anyio.abc import TaskStatus
+
+from commander.config import ConnectionConfig
+from commander.context import stamp
+from shared import wire
+from shared.keepalive import KeepaliveConfig
+
+__all__ = ["Link", "StreamEnd", "open_channel"]
+
+
+def open_channel(connection: ConnectionConfig, keepalive: KeepaliveConfig) -> grpc.aio.Channel:
+    """A channel with keepalive matching the dispatcher's policy; TLS when configured."""
+    options = connection.channel_options(keepalive)
+    if not connection.tls:
+        return grpc.aio.insecure_channel(connection.target, options=options)
+    root = Path(connection.ca_file).read_bytes() if connection.ca_file else None
+    key = Path(connection.key_file).read_bytes() if connection.key_file else None
+    chain = Path(connection.cert_file).read_bytes() if connection.cert_file else None
+    credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
+    return grpc.aio.secure_channel(connection.target, credentials, options=options)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    """How the call ended, as the dispatcher (or the transport) said."""
+
+    code: grpc.StatusCode
+    details: str
+    trailers: dict[str, str] = field(default_factory=dict)
+
+
+def _metadata_dict(metadata: Sequence[tuple[str, str | bytes]] | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for key, value in metadata or ():
+        if isinstance(value, str):
+            out[key] = wire.decode_metadata_value(value)
+    return out
+
+
+class Link:
+    """One ChatStream call with its writer and reader pumps."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        session_id: str,
+        outbox_size: int,
+        on_packet: Callable[[wire.pb.DownstreamPacket], None],
+        on_end: Callable[[], None],
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        self.session_id = session_id
+        self.last_seq = 0
+        self.end: StreamEnd | None = None
+        self.initial_metadata: dict[str, str] = {}
+        self.ended = anyio.Event()
+        self._stub = wire.AgentInteractionStub(channel)
+        self._metadata = tuple(metadata)
+        self._on_packet = on_packet
+        self._on_end = on_end
+        self._outbox_send, self._outbox_receive = anyio.create_memory_object_stream[wire.pb.UpstreamPacket](outbox_size)
+        self._call: grpc.aio.StreamStreamCall[wire.pb.UpstreamPacket, wire.pb.DownstreamPacket] | None = None
+        self._cancelled_locally = False
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Open the call and pump both directions until the call has ended."""
+        self._call = self._stub.ChatStream(metadata=self._metadata or None)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._write_loop)
+            tg.start_soon(self._read_loop)
+            task_status.started()
+
+    async def send(self, packet: wire.pb.UpstreamPacket) -> None:
+        """Queue a packet; waits while the outbox is full. Safe to cancel."""
+        await self._outbox_send.send(packet)
+
+    def discard_queued(self) -> int:
+        """Drop every packet queued but not yet written (after a stop: never sent, never paid for)."""
+        dropped = 0
+        while True:
+            try:
+                self._outbox_receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return dropped
+            dropped += 1
+
+    def close_upstream(self) -> None:
+        """No more packets: the writer flushes the queue, then half-closes the call."""
+        self._outbox_send.close()
+
+    def cancel(self) -> None:
+        """Cancel the RPC (RST_STREAM). Last resort: the dispatcher sees the peer go away."""
+        if self._call is not None and not self._call.done():
+            self._cancelled_locally = True
+            self._call.cancel()
+
+    async def _write_loop(self) -> None:
+        call = self._call
+        assert call is not None
+        seq = 0
+        try:
+            async with self._outbox_receive:
+                async for packet in self._outbox_receive:
+                    seq += 1
+                    stamp(packet, seq=seq, session_id=self.session_id)
+                    if packet.HasField("stop_confirm"):
+                        packet.stop_confirm.last_seq = seq - 1
+                    await call.write(packet)
+                    self.last_seq = seq
+            await call.done_writing()
+        except (grpc.aio.AioRpcError, asyncio.InvalidStateError, grpc.aio.UsageError):
+            pass  # the call already ended; the reader reports how
+        except asyncio.CancelledError:
+            if not self._cancelled_locally:
+                raise
+
+    async def _read_loop(self) -> None:
+        call = self._call
+        assert call is not None
+        try:
+            while True:
+                packet = await call.read()
+                if packet is grpc.aio.EOF:
+                    break
+                self._on_packet(packet)
+            self.initial_metadata = _metadata_dict(await call.initial_metadata())
+            self.end = StreamEnd(
+                await call.code(), await call.details() or "", _metadata_dict(await call.trailing_metadata())
+            )
+        except grpc.aio.AioRpcError as exc:
+            self.initial_metadata = _metadata_dict(exc.initial_metadata())
+            self.end = StreamEnd(exc.code(), exc.details() or "", _metadata_dict(exc.trailing_metadata()))
+        except asyncio.CancelledError:
+            if not self._cancelled_locally:
+                raise
+            self.end = StreamEnd(grpc.StatusCode.CANCELLED, "cancelled by the commander")
+        finally:
+            if self.end is None:
+                self.end = StreamEnd(grpc.StatusCode.UNKNOWN, "stream ended abnormally")
+            self.ended.set()
+            self._on_end()
