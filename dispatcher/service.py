@@ -65,17 +65,20 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         context.add_done_callback(lambda _ctx: runner.peer_gone("the commander cancelled or disconnected"))
         receive = runner.outbox
         urgent = runner.urgent
-        while True:
-            if urgent:
+        try:
+            while True:
+                if urgent:
+                    yield urgent.popleft()
+                    continue
+                try:
+                    packet = await receive.receive()
+                except anyio.EndOfStream:
+                    break
+                yield packet
+            while urgent:
                 yield urgent.popleft()
-                continue
-            try:
-                packet = await receive.receive()
-            except anyio.EndOfStream:
-                break
-            yield packet
-        while urgent:
-            yield urgent.popleft()
+        finally:
+            receive.close()
         await runner.done.wait()
         _set_final_status(context, runner.outcome, runner.session_id)
 

@@ -53,6 +53,9 @@ def test_config(**sections: Any) -> DispatcherConfig:
     return replace(base, **{name: replace(getattr(base, name), **fields) for name, fields in sections.items()})
 
 
+test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
 class Gate:
     """A test tool's remote control: `started` is set when a call begins, `release` lets it return."""
 
