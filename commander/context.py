@@ -66,9 +66,7 @@ class AgentContext:
         await self._send(wire.pb.UpstreamPacket(content=wire.pb.ContentChunk(text=text)))
         self._observe(ContentEmitted(text))
 
-    async def call_tool(
-        self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None
-    ) -> Any:
+    async def call_tool(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
         """Run a tool on the dispatcher and return its parsed JSON result.
 
         Raises `ToolCallError` when the call comes back with a structured error (unknown

@@ -194,13 +194,14 @@ async def run_session(
                             await agent(ctx, prompt)
                         except Exception as exc:  # the agent's own failure: reported upstream
                             agent_error = exc
-                    halted_at = time.perf_counter()
+                    if run.stop_received_at is not None:  # else the agent had returned before any stop
+                        halted_at = time.perf_counter()
                     if not link.ended.is_set():
                         if ctx.stop is not None:
                             discarded = link.discard_queued()
                             run.pending_at_stop = _pending_fates(ctx)
                             if not run.compat_mode:
-                                await link.send(_confirm(ctx.stop, run, discarded, halted_at))
+                                await link.send(_confirm(ctx.stop, run, discarded, halted_at or time.perf_counter()))
                         elif agent_error is not None:
                             log.error("agent.failed", error=repr(agent_error))
                             await link.send(
@@ -218,6 +219,7 @@ async def run_session(
                     link.cancel()
         except BaseException:
             link.cancel()  # our caller cancelled us: take the RPC down with us
+            link.close_upstream()
             raise
     return _result(session_id, run, link, agent_error, halted_at, discarded)
 

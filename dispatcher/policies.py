@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from dispatcher.config import PolicyConfig
 from shared.model import StopCode
 
-__all__ = ["Policy", "PolicyTracker", "Violation"]
+__all__ = ["Blocklist", "Policy", "PolicyTracker", "Violation", "compile_blocklist"]
 
 # A blocked phrase split across deltas is caught if it is at most this long.
 _MAX_TAIL_CHARS = 256
-_GLOBAL_FLAGS = re.compile(r"\(\?([imsx]+)\)")
+_GLOBAL_FLAGS = re.compile(r"\(\?([aiLmsux]+)\)")
+_GROUP_REFERENCES = re.compile(r"\\[1-9]|\(\?P[=<]|\(\?\(")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,14 +31,41 @@ class Violation:
     origin: str  # first hop of the stop path, e.g. "policy:content_blocklist"
 
 
+class Blocklist:
+    """Several patterns searched as one regex when that is equivalent, else one by one."""
+
+    def __init__(self, patterns: tuple[str, ...]) -> None:
+        self.patterns = patterns
+        self._each = [re.compile(p) for p in patterns]
+        self._union: re.Pattern[str] | None = None
+        # A union renumbers groups and rejects repeated group names: patterns that refer to
+        # their own groups are searched one by one instead.
+        if not any(_GROUP_REFERENCES.search(p) for p in patterns):
+            try:
+                self._union = re.compile("|".join(_scoped(p) for p in patterns))
+            except re.error:
+                self._union = None
+
+    def search(self, text: str) -> str | None:
+        """The first pattern that matches `text`, or None."""
+        if self._union is not None and self._union.search(text) is None:
+            return None
+        for pattern, compiled in zip(self.patterns, self._each, strict=True):
+            if compiled.search(text) is not None:
+                return pattern
+        return None
+
+
+def compile_blocklist(patterns: tuple[str, ...]) -> Blocklist | None:
+    return Blocklist(patterns) if patterns else None
+
+
 class Policy:
     """The compiled, shared part of the policies (one per dispatcher)."""
 
     def __init__(self, config: PolicyConfig) -> None:
         self.config = config
-        self.blocklist: re.Pattern[str] | None = (
-            re.compile("|".join(_scoped(p) for p in config.block_patterns)) if config.block_patterns else None
-        )
+        self.blocklist = compile_blocklist(config.block_patterns)
 
     def tracker(self) -> PolicyTracker:
         return PolicyTracker(self)
@@ -67,26 +95,26 @@ class PolicyTracker:
 
     def on_content(self, text: str) -> Violation | None:
         self.content_chars += len(text)
-        limit = self._config.max_content_chars
         if self._blocklist is not None and text:
             window = self._content_tail + text
-            match = self._blocklist.search(window)
-            if match is not None:
-                return self._blocked("content", match)
+            pattern = self._blocklist.search(window)
+            if pattern is not None:
+                return _blocked("content", pattern)
             self._content_tail = window[-_MAX_TAIL_CHARS:]
+        limit = self._config.max_content_chars
         if limit and self.content_chars > limit:
             return _budget("content_chars", limit, self.content_chars)
         return None
 
     def on_thought(self, delta: str) -> Violation | None:
         self.thought_chars += len(delta)
-        limit = self._config.max_thought_chars
         if self._blocklist is not None and self._config.scan_thoughts and delta:
             window = self._thought_tail + delta
-            match = self._blocklist.search(window)
-            if match is not None:
-                return self._blocked("thought", match)
+            pattern = self._blocklist.search(window)
+            if pattern is not None:
+                return _blocked("thought", pattern)
             self._thought_tail = window[-_MAX_TAIL_CHARS:]
+        limit = self._config.max_thought_chars
         if limit and self.thought_chars > limit:
             return _budget("thought_chars", limit, self.thought_chars)
         return None
@@ -98,22 +126,26 @@ class PolicyTracker:
             return _budget("tool_calls", limit, self.tool_calls)
         return None
 
-    def _blocked(self, where: str, match: re.Match[str]) -> Violation:
-        pattern = next((p for p in self._config.block_patterns if re.search(p, match.group(0))), match.re.pattern)
-        return Violation(
-            code=StopCode.POLICY_VIOLATION,
-            reason=f"{where} matched a blocked pattern",
-            cause=f"policy=content_blocklist pattern={pattern!r}",
-            origin="policy:content_blocklist",
-        )
-
 
 def _scoped(pattern: str) -> str:
-    """`(?i)word` -> `(?i:word)`: global flags are only legal at the start of the whole union."""
+    """`(?i)word` -> `(?i:word)`: global flags are legal only at the start of the whole union.
+    With `x`, a newline ends a trailing comment before the group closes."""
     match = _GLOBAL_FLAGS.match(pattern)
-    if match:
-        return f"(?{match.group(1)}:{pattern[match.end() :]})"
-    return f"(?:{pattern})"
+    if match is None:
+        return f"(?:{pattern})"
+    flags, body = match.group(1), pattern[match.end() :]
+    if "L" in flags or "u" in flags or "a" in flags:
+        raise re.error("locale/unicode/ascii flags cannot be scoped")  # caller falls back to one by one
+    return f"(?{flags}:{body}\n)" if "x" in flags else f"(?{flags}:{body})"
+
+
+def _blocked(where: str, pattern: str) -> Violation:
+    return Violation(
+        code=StopCode.POLICY_VIOLATION,
+        reason=f"{where} matched a blocked pattern",
+        cause=f"policy=content_blocklist pattern={pattern!r}",
+        origin="policy:content_blocklist",
+    )
 
 
 def _budget(name: str, limit: int, used: int) -> Violation:

@@ -38,6 +38,7 @@ __all__ = ["SessionRunner", "tool_result_to_wire"]
 
 log = structlog.get_logger("dispatcher.session")
 _clock = time.monotonic
+_UPSTREAM_END_SETTLE_S = 0.05
 
 
 def tool_result_to_wire(outcome: ToolOutcome) -> wire.pb.ToolCallResult:
@@ -101,6 +102,11 @@ class SessionRunner:
         self._gone_reason = reason
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
+
+    def discard(self) -> None:
+        """Release the outbox of a runner that was never started (its session was refused)."""
+        self._outbox_send.close()
+        self.outbox.close()
 
     # -- the session task ------------------------------------------------------------
 
@@ -168,6 +174,12 @@ class SessionRunner:
             return
         except grpc.aio.UsageError:
             return
+        if not machine.is_closed:
+            # The iterator also just ends when grpc itself kills the RPC (a message over the
+            # size limit, a transport error); the done-callback follows a moment later and
+            # cancels us. Give it that moment before calling this a clean half-close.
+            with anyio.move_on_after(_UPSTREAM_END_SETTLE_S):
+                await anyio.sleep_forever()
         await self._apply(machine.on_upstream_closed(_clock()))
         self._rearm_timer()
 
@@ -262,37 +274,42 @@ class SessionRunner:
             pass
 
     async def _run_tool(self, action: StartTool) -> None:
+        # The slot is held until the result sits in the outbox: with a commander that does
+        # not read, finished calls must not pile up either.
+        try:
+            with structlog.contextvars.bound_contextvars(call_id=action.call_id, tool=action.tool_name):
+                outcome = await self._execute(action)
+            if outcome is None:
+                return
+            await self._apply(self.machine.on_tool_done(action.call_id, tool_result_to_wire(outcome), _clock()))
+            self._rearm_timer()
+        finally:
+            self._tool_slots.release()
+
+    async def _execute(self, action: StartTool) -> ToolOutcome | None:
+        """Run one call in its own cancel scope; None when that scope was cancelled (stop, end)."""
         scope = anyio.CancelScope()
         self._tool_scopes[action.call_id] = scope
         outcome: ToolOutcome | None = None
         try:
-            with structlog.contextvars.bound_contextvars(call_id=action.call_id, tool=action.tool_name):
-                try:
-                    with scope:
-                        outcome = await self._executor.execute(
-                            action.call_id, action.tool_name, action.arguments_json, action.timeout_s
-                        )
-                except anyio.get_cancelled_exc_class():
-                    # The whole session is going away (end of stream, peer gone, shutdown).
-                    log.info("tool.cancelled", reason=self._cancel_reasons.pop(action.call_id, self._end_reason()))
-                    raise
-                if outcome is None:
-                    log.info("tool.cancelled", reason=self._cancel_reasons.pop(action.call_id, "session ended"))
-                    return
-                if outcome.is_error:
-                    log.info(
-                        "tool.failed",
-                        code=outcome.error_code.name if outcome.error_code else None,
-                        detail=outcome.error_message,
-                    )
-                else:
-                    log.debug("tool.finished", execution_us=outcome.execution_time_us)
+            with scope:
+                outcome = await self._executor.execute(
+                    action.call_id, action.tool_name, action.arguments_json, action.timeout_s
+                )
+        except anyio.get_cancelled_exc_class():
+            # The whole session is going away (end of stream, peer gone, shutdown).
+            log.info("tool.cancelled", reason=self._cancel_reasons.pop(action.call_id, self._end_reason()))
+            raise
         finally:
             self._tool_scopes.pop(action.call_id, None)
-            self._tool_slots.release()
-        actions = self.machine.on_tool_done(action.call_id, tool_result_to_wire(outcome), _clock())
-        await self._apply(actions)
-        self._rearm_timer()
+        if outcome is None:
+            log.info("tool.cancelled", reason=self._cancel_reasons.pop(action.call_id, "session ended"))
+        elif outcome.is_error:
+            code = outcome.error_code.name if outcome.error_code else None
+            log.info("tool.failed", code=code, detail=outcome.error_message)
+        else:
+            log.debug("tool.finished", execution_us=outcome.execution_time_us)
+        return outcome
 
 
 def describe_peer(context: Any) -> str:

@@ -111,7 +111,11 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
                 max_concurrent_tool_calls=self._config.session.max_concurrent_tool_calls,
                 peer=describe_peer(context),
             )
-            self._registry.claim(session_id, runner)
+            try:
+                self._registry.claim(session_id, runner)
+            except AgentRuntimeError:
+                runner.discard()
+                raise
         except AgentRuntimeError as exc:
             log.warning("session.refused", code=exc.status_code.name, detail=str(exc), peer=describe_peer(context))
             await context.abort(exc.status_code, str(exc))

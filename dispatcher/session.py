@@ -222,8 +222,11 @@ class Session:
                 actions.append(Send(wire.pb.DownstreamPacket(tool_result=released)))
         else:
             actions.append(Send(wire.pb.DownstreamPacket(tool_result=result)))
-        if not self._running and self.outcome is not None:
-            actions.extend(self._after_terminal(now))
+        if not self._running:
+            if self.outcome is not None:
+                actions.extend(self._after_terminal(now))
+            elif self._upstream_closed:
+                actions.extend(self._finish("commander half-closed without is_finish", now))
         self._recompute_wake(now)
         return actions
 

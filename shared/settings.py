@@ -137,6 +137,9 @@ def load_config(
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"config file {toml_path}: {exc}") from exc
     known_sections = {name for name, _ in _sections(cls)}
+    not_tables = sorted(name for name, value in table.items() if not isinstance(value, dict))
+    if not_tables:
+        raise ConfigError(f"config file {toml_path}: {not_tables} must be tables ([section] headers)")
     unknown = set(table) - known_sections
     if unknown:
         raise ConfigError(f"config file {toml_path}: unknown section(s) {sorted(unknown)}")

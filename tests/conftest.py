@@ -111,6 +111,8 @@ class RawSession:
         """The next downstream packet, or grpc.aio.EOF; fails after WAIT_S."""
         try:
             return await asyncio.wait_for(self.call.read(), WAIT_S)
+        except grpc.aio.AioRpcError:
+            return grpc.aio.EOF  # a non-OK end: status() tells which
         except TimeoutError:
             raise AssertionError(f"no downstream packet within {WAIT_S} s") from None
 
@@ -131,7 +133,9 @@ class RawSession:
         return packets
 
     async def status(self) -> tuple[grpc.StatusCode, str, dict[str, str]]:
-        """The final status, details and trailers (waits for the end of the stream)."""
+        """The final status, details and trailers. Reads (and drops) what is left first: grpc
+        delivers the status only after every message was read."""
+        await self.drain()
         code = await asyncio.wait_for(self.call.code(), WAIT_S)
         details = await self.call.details()
         trailers = {
