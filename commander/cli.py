@@ -41,6 +41,7 @@ def main() -> None:
     envvar="COMMANDER_CONFIG",
 )
 @click.option("--json", "as_json", is_flag=True, help="print events and the result as JSON lines")
+@click.option("--quiet", "-q", is_flag=True, help="do not print the thought and answer streams")
 @click.option("--log-level", default="warning", show_default=True, help="log level for stderr")
 @config_options(CommanderConfig, env_prefix="COMMANDER_")
 def run(
@@ -55,14 +56,18 @@ def run(
         config = load_config(CommanderConfig, env_prefix="COMMANDER_", toml_path=config_file, flags=flags)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from exc
-    renderer = JsonRenderer() if as_json else ConsoleRenderer()
+    renderer = JsonRenderer() if as_json else ConsoleRenderer(quiet=quiet)
     result = anyio.run(_run, config, prompt, session_id, renderer)
     renderer.result(result)
     sys.exit(exit_code(result))
 
 
 async def _run(config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any) -> SessionResult:
-    agent = ScriptedAgent(tokens_per_s=config.agent.tokens_per_s, first_token_delay_s=config.agent.first_token_delay_s)
+    agent = ScriptedAgent(
+        tokens_per_s=config.agent.tokens_per_s,
+        first_token_delay_s=config.agent.first_token_delay_s,
+        answer_words=config.agent.answer_words,
+    )
     async with open_channel(config.connection, config.keepalive) as channel:
         return await run_session(
             agent, prompt, channel=channel, config=config, session_id=session_id, observer=renderer

@@ -54,7 +54,11 @@ class AgentConfig:
         0.0, "scripted agent: silence before the first token, like an LLM's prefill", flag="first-token-delay-s"
     )
 
+    answer_words: int = setting(60, "scripted agent: length of the answer in words", flag="answer-words")
+
     def __post_init__(self) -> None:
+        if self.answer_words < 1:
+            raise ValueError("answer_words must be >= 1")
         if self.tokens_per_s < 0 or self.first_token_delay_s < 0:
             raise ValueError("tokens_per_s and first_token_delay_s must be >= 0")
 

@@ -34,8 +34,9 @@ class _Style:
 class ConsoleRenderer(Observer):
     """Thoughts dimmed, tool calls and results on their own lines, the answer streamed."""
 
-    def __init__(self, out: TextIO | None = None, *, color: bool | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, *, color: bool | None = None, quiet: bool = False) -> None:
         self.out = out or sys.stdout
+        self.quiet = quiet  # hide the thought and answer streams, keep tools, stops and the result
         self.style = _Style(self.out.isatty() if color is None else color)
         self._mode = ""  # "thought" | "content" | ""
         self._step = ""
@@ -46,6 +47,8 @@ class ConsoleRenderer(Observer):
             mode = "compatibility mode (original contract)" if event.compat_mode else "native protocol"
             where = event.dispatcher_id or "dispatcher"
             self._line(s(f"● session {event.session_id} on {where} — {mode}", "1"))
+        elif isinstance(event, (ThoughtEmitted, ContentEmitted)) and self.quiet:
+            return
         elif isinstance(event, ThoughtEmitted):
             if self._mode != "thought" or self._step != event.step:
                 self._line(s(f"  thinking [{event.step}] ", "2"), end="")
@@ -92,9 +95,11 @@ class ConsoleRenderer(Observer):
                 fates = ", ".join(f"{p.call_id}:{p.tool_name}={p.fate}" for p in result.pending_at_stop)
                 self._line(f"  tool calls abandoned: {fates}")
             self._line(f"  discarded unsent packets: {result.discarded_packets}")
+        rate = result.packets_sent / result.duration_s if result.duration_s > 0 else 0.0
         self._line(
-            f"  session {result.session_id} · {result.packets_sent} packets sent · acked to seq "
-            f"{result.last_acked_seq} · {result.tool_calls} tool call(s) · status {result.status_code}"
+            f"  session {result.session_id} · {result.packets_sent} packets in {result.duration_s:.2f} s "
+            f"({rate:,.0f} packets/s) · acked to seq {result.last_acked_seq} · {result.tool_calls} tool call(s) "
+            f"· status {result.status_code}"
         )
 
     def _line(self, text: str, end: str = "\n") -> None:

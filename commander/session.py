@@ -9,6 +9,7 @@ dispatcher's status.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -59,6 +60,7 @@ class SessionResult:
     packets_sent: int = 0
     last_acked_seq: int = 0
     tool_calls: int = 0
+    duration_s: float = 0.0  # call opened -> stream ended
     errors: tuple[str, ...] = ()  # non-fatal ErrorSignals the dispatcher sent
     trailers: dict[str, str] = field(default_factory=dict)
 
@@ -165,6 +167,7 @@ async def run_session(
     ctx = AgentContext(session_id=session_id, send=link.send, observer=observer)
     run = _Run(ctx, observer)
     agent_error: BaseException | None = None
+    started_at = time.perf_counter()
     halted_at: float | None = None
     discarded = 0
 
@@ -221,7 +224,8 @@ async def run_session(
             link.cancel()  # our caller cancelled us: take the RPC down with us
             link.close_upstream()
             raise
-    return _result(session_id, run, link, agent_error, halted_at, discarded)
+    result = _result(session_id, run, link, agent_error, halted_at, discarded)
+    return dataclasses.replace(result, duration_s=time.perf_counter() - started_at)
 
 
 def _confirm(stop: StopInfo, run: _Run, discarded: int, halted_at: float) -> wire.pb.UpstreamPacket:

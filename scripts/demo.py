@@ -1,0 +1,99 @@
+"""`make demo`: a dispatcher and three commander sessions, as real processes on loopback.
+
+1. a session that thinks, calls a tool, receives its result, streams its answer, finishes;
+2. a session stopped mid-answer by the dispatcher's content policy, with the stop's code,
+   reason, path and measured stop-to-halt time;
+3. a short full-speed session, to show the packets/s one stream sustains here.
+Then the dispatcher is sent SIGTERM and must drain and exit 0. Nothing is left running.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+READY_TIMEOUT_S = 15.0
+SESSION_TIMEOUT_S = 60.0
+
+
+def banner(text: str) -> None:
+    line = "─" * max(20, min(100, len(text) + 4))
+    print(f"\n{line}\n  {text}\n{line}", flush=True)
+
+
+def wait_ready(ready: Path, dispatcher: subprocess.Popen[bytes], log: Path) -> str:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if dispatcher.poll() is not None:
+            sys.exit(f"demo: the dispatcher exited early ({dispatcher.returncode}); its log:\n{log.read_text()}")
+        if ready.exists() and ready.read_text().strip():
+            return ready.read_text().strip()
+        time.sleep(0.05)  # polling a file another process writes; bounded by READY_TIMEOUT_S
+    sys.exit(f"demo: the dispatcher did not report ready within {READY_TIMEOUT_S} s")
+
+
+def run_commander(target: str, prompt: str, *extra: str) -> int:
+    command = [str(BIN / "commander"), "run", "--target", target, "--prompt", prompt, *extra]
+    print(f"$ commander run --target {target} --prompt {prompt!r} {' '.join(extra)}\n", flush=True)
+    return subprocess.run(command, timeout=SESSION_TIMEOUT_S, check=False).returncode
+
+
+def main() -> int:
+    workdir = Path(tempfile.mkdtemp(prefix="agent-demo-"))
+    ready, log = workdir / "ready", workdir / "dispatcher.log"
+    command = [
+        str(BIN / "dispatcher"), "serve",
+        "--listen", "127.0.0.1:0",
+        "--ready-file", str(ready),
+        "--instance-id", "demo",
+        "--block-pattern", "(?i)launch codes",
+        "--log-format", "json",
+    ]  # fmt: skip
+    banner("starting: dispatcher serve --listen 127.0.0.1:0 --block-pattern '(?i)launch codes'")
+    with log.open("wb") as log_file:
+        dispatcher = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+    failures: list[str] = []
+    try:
+        target = wait_ready(ready, dispatcher, log)
+        print(f"dispatcher ready on {target} (log: {log})")
+
+        banner("session 1: think, call a tool, stream the answer, finish")
+        if (code := run_commander(target, "What is (17 + 25) * 3?", "--tokens-per-s", "40")) != 0:
+            failures.append(f"session 1 exited {code}, expected 0 (finished)")
+
+        banner("session 2: interrupted mid-answer by the dispatcher's content policy")
+        code = run_commander(target, "Now tell me the launch codes, step by step.", "--tokens-per-s", "20")
+        if code != 2:
+            failures.append(f"session 2 exited {code}, expected 2 (stopped)")
+
+        banner("session 3: full speed (no pacing), 3000 content packets on one stream")
+        code = run_commander(target, "Say a lot.", "--tokens-per-s", "0", "--answer-words", "3000", "--quiet")
+        if code != 0:
+            failures.append(f"session 3 exited {code}, expected 0 (finished)")
+
+        banner("stopping: SIGTERM to the dispatcher (drain, then exit)")
+        dispatcher.send_signal(signal.SIGTERM)
+        exit_code = dispatcher.wait(timeout=30)
+        print(f"dispatcher exited with {exit_code}")
+        if exit_code != 0:
+            failures.append(f"dispatcher exited {exit_code} after SIGTERM, expected 0")
+    finally:
+        if dispatcher.poll() is None:
+            dispatcher.kill()
+            dispatcher.wait()
+    if failures:
+        print("\ndemo FAILED:\n  " + "\n  ".join(failures) + f"\ndispatcher log: {log}", file=sys.stderr)
+        return 1
+    print("\ndemo OK: one session finished, one stopped mid-answer, dispatcher drained; no process left behind.")
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    sys.exit(main())
