@@ -45,7 +45,13 @@ def main() -> None:
 @click.option("--log-level", default="warning", show_default=True, help="log level for stderr")
 @config_options(CommanderConfig, env_prefix="COMMANDER_")
 def run(
-    prompt: str, session_id: str | None, config_file: str | None, as_json: bool, log_level: str, **flags: Any
+    prompt: str,
+    session_id: str | None,
+    config_file: str | None,
+    as_json: bool,
+    quiet: bool,
+    log_level: str,
+    **flags: Any,
 ) -> None:
     """Run one session of the built-in scripted agent (no LLM, no network but the dispatcher).
 
