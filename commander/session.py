@@ -235,9 +235,7 @@ def _confirm(stop: StopInfo, run: _Run, discarded: int, halted_at: float) -> wir
         halt_us=int((halted_at - run.stop_received_at) * 1_000_000),
         discarded_packets=discarded,
         pending_tool_calls=[
-            wire.pb.PendingToolCall(
-                call_id=p.call_id, tool_name=p.tool_name, fate=wire.pb.ToolCallFate.Value("TOOL_CALL_FATE_" + p.fate)
-            )
+            wire.pb.PendingToolCall(call_id=p.call_id, tool_name=p.tool_name, fate="TOOL_CALL_FATE_" + p.fate)
             for p in run.pending_at_stop
         ],
     )

@@ -11,7 +11,7 @@ the call, one reader task dispatches downstream packets, and the call is ended w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,7 +48,7 @@ class StreamEnd:
     trailers: dict[str, str] = field(default_factory=dict)
 
 
-def _metadata_dict(metadata: Sequence[tuple[str, str | bytes]] | None) -> dict[str, str]:
+def _metadata_dict(metadata: Iterable[tuple[str, str | bytes]] | None) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in metadata or ():
         if isinstance(value, str):
@@ -142,14 +142,17 @@ class Link:
                 packet = await call.read()
                 if packet is grpc.aio.EOF:
                     break
-                self._on_packet(packet)
+                self._on_packet(packet)  # type: ignore[arg-type]  # not EOF: a DownstreamPacket
             self.initial_metadata = _metadata_dict(await call.initial_metadata())
             self.end = StreamEnd(
-                await call.code(), await call.details() or "", _metadata_dict(await call.trailing_metadata())
+                await call.code(),
+                await call.details() or "",
+                _metadata_dict(await call.trailing_metadata()),
             )
         except grpc.aio.AioRpcError as exc:
             self.initial_metadata = _metadata_dict(exc.initial_metadata())
-            self.end = StreamEnd(exc.code(), exc.details() or "", _metadata_dict(exc.trailing_metadata()))
+            trailers = _metadata_dict(exc.trailing_metadata())
+            self.end = StreamEnd(exc.code(), exc.details() or "", trailers)
         except asyncio.CancelledError:
             if not self._cancelled_locally:
                 raise

@@ -168,7 +168,7 @@ def _instrument_otel() -> None:
         provider = TracerProvider()
         provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
         trace.set_tracer_provider(provider)
-    GrpcAioInstrumentorServer().instrument()
+    GrpcAioInstrumentorServer().instrument()  # type: ignore[no-untyped-call]
 
 
 async def run_until_signalled(dispatcher: Dispatcher) -> None:

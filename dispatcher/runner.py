@@ -49,8 +49,9 @@ def tool_result_to_wire(outcome: ToolOutcome) -> wire.pb.ToolCallResult:
         execution_time_us=outcome.execution_time_us,
     )
     if outcome.error_code is not None:
-        result.error.code = wire.pb.ToolErrorCode.Value("TOOL_ERROR_CODE_" + outcome.error_code.name)
-        result.error.message = outcome.error_message
+        result.error.CopyFrom(
+            wire.pb.ToolError(code="TOOL_ERROR_CODE_" + outcome.error_code.name, message=outcome.error_message)
+        )
     return result
 
 

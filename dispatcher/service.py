@@ -62,7 +62,7 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
             return
         # Whatever ends the RPC (client cancel, deadline, connection loss), the runner
         # learns of it here, even if grpc never resumes this generator.
-        context.add_done_callback(lambda _ctx: runner.peer_gone("the commander cancelled or disconnected"))
+        context.add_done_callback(_on_rpc_done(runner))  # type: ignore[arg-type]  # grpc-stubs protocol quirk
         receive = runner.outbox
         urgent = runner.urgent
         try:
@@ -125,6 +125,13 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         )
         self._spawn(runner.run, first)
         return runner
+
+
+def _on_rpc_done(runner: SessionRunner) -> Callable[[Any], None]:
+    def done(_context: Any) -> None:
+        runner.peer_gone("the commander cancelled or disconnected")
+
+    return done
 
 
 def _choose_session_id(first: wire.pb.UpstreamPacket, context: grpc.aio.ServicerContext[Any, Any]) -> str:
