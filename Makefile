@@ -7,6 +7,8 @@ STAMP  := $(VENV)/.installed
 PROTO_SRC := proto/southwest/ai/agent/v1/agent.proto
 GEN_DIR   := shared/_gen
 PYTEST_ARGS ?=
+# grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
+export GRPC_VERBOSITY ?= ERROR
 
 .PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean
 

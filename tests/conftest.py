@@ -149,7 +149,7 @@ class RawSession:
 async def wait_until(predicate: Any, message: str, timeout_s: float = WAIT_S) -> None:
     """Bounded poll for state we cannot await directly; fails with `message`."""
     with anyio.move_on_after(timeout_s):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - state owned by another task, no event to await
             await anyio.sleep(0.005)
         return
     raise AssertionError(f"timed out after {timeout_s} s: {message}")

@@ -11,7 +11,7 @@ import pytest
 from commander import AgentContext, CommanderConfig, ConnectionConfig, ToolCallError, run_session
 from commander.events import SessionEvent, StopReceived, ToolCallSent, ToolResultReceived
 from commander.models import ScriptedAgent
-from shared.model import SessionState, StopCode
+from shared.model import SessionState, StopCode, StopInfo
 from tests.conftest import WAIT_S, Gate, gated_tools, running_dispatcher, test_config
 
 pytestmark = pytest.mark.anyio
@@ -201,9 +201,9 @@ async def test_stop_reaches_an_agent_awaiting_a_tool_and_the_tool_is_cancelled()
                 async def stop_when_tool_runs() -> None:
                     await gate.started.wait()
                     [handle] = list(dispatcher.registry.open_sessions())
-                    from shared.model import StopInfo
 
-                    handle.request_stop(StopInfo(code=StopCode.OPERATOR, reason="operator says stop", path=("operator:test",)))
+                    stop = StopInfo(code=StopCode.OPERATOR, reason="operator says stop", path=("operator:test",))
+                    handle.request_stop(stop)
 
                 tg.start_soon(stop_when_tool_runs)
                 result = await run_session(

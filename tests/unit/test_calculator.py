@@ -183,9 +183,7 @@ def test_division_by_zero(expression: str, message: str) -> None:
 
 @pytest.mark.parametrize("expression", ["sqrt(-1)", "log(0)", "log(-1, 10)"])
 def test_math_domain_errors(expression: str) -> None:
-    with pytest.raises(
-        CalculatorError, match=r"math error in (sqrt|log)\(\): math domain error"
-    ):
+    with pytest.raises(CalculatorError, match=r"math error in (sqrt|log)\(\): math domain error"):
         evaluate(expression)
 
 

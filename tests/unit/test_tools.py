@@ -48,9 +48,7 @@ class Gate:
         return {"gate": "passed"}
 
 
-def gated_registry(
-    gate: Gate, *, max_concurrency: int = 64, timeout_s: float = 10
-) -> ToolRegistry:
+def gated_registry(gate: Gate, *, max_concurrency: int = 64, timeout_s: float = 10) -> ToolRegistry:
     registry = default_registry()
     registry.register(
         ToolSpec(
@@ -118,9 +116,7 @@ async def test_clock_reports_utc_and_unix_ms_that_agree() -> None:
 
 @pytest.mark.anyio
 async def test_clock_rejects_arguments() -> None:
-    outcome = await ToolExecutor(default_registry()).execute(
-        "c1", "clock", '{"tz": "x"}'
-    )
+    outcome = await ToolExecutor(default_registry()).execute("c1", "clock", '{"tz": "x"}')
     assert "'tz' was unexpected" in error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
 
 
@@ -150,9 +146,7 @@ async def test_calculator_schema_limits_expression_length() -> None:
 
 @pytest.mark.anyio
 async def test_sleep_sleeps_and_reports() -> None:
-    outcome = await ToolExecutor(default_registry()).execute(
-        "c1", "sleep", '{"seconds": 0}'
-    )
+    outcome = await ToolExecutor(default_registry()).execute("c1", "sleep", '{"seconds": 0}')
     assert json.loads(outcome.result_json) == {"slept_s": 0}
 
 
@@ -190,10 +184,7 @@ async def test_invalid_json_reports_position() -> None:
 async def test_invalid_json_at_start() -> None:
     outcome = await ToolExecutor(default_registry()).execute("c1", "echo", "x")
     message = error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
-    assert (
-        message
-        == "arguments_json is not valid JSON: Expecting value at line 1 column 1"
-    )
+    assert message == "arguments_json is not valid JSON: Expecting value at line 1 column 1"
 
 
 @pytest.mark.anyio
@@ -215,23 +206,16 @@ async def test_non_object_arguments(text: str, kind: str) -> None:
 
 @pytest.mark.anyio
 async def test_schema_failure_names_path_and_reason() -> None:
-    outcome = await ToolExecutor(default_registry()).execute(
-        "c1", "sleep", '{"seconds": -1}'
-    )
+    outcome = await ToolExecutor(default_registry()).execute("c1", "sleep", '{"seconds": -1}')
     message = error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
-    assert (
-        message
-        == "arguments failed the schema at $.seconds: -1 is less than the minimum of 0"
-    )
+    assert message == "arguments failed the schema at $.seconds: -1 is less than the minimum of 0"
 
 
 @pytest.mark.anyio
 async def test_schema_failure_missing_required() -> None:
     outcome = await ToolExecutor(default_registry()).execute("c1", "sleep", "{}")
     message = error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
-    assert (
-        message == "arguments failed the schema at $: 'seconds' is a required property"
-    )
+    assert message == "arguments failed the schema at $: 'seconds' is a required property"
 
 
 @pytest.mark.anyio
@@ -239,9 +223,7 @@ async def test_timeout_with_requested_timeout_lower_than_tools() -> None:
     gate = Gate()
     executor = ToolExecutor(gated_registry(gate, timeout_s=10))
     outcome = await executor.execute("c1", "gate", "{}", timeout_s=0.05)
-    assert (
-        error_of(outcome, ToolErrorCode.TIMEOUT) == "tool 'gate' timed out after 0.05 s"
-    )
+    assert error_of(outcome, ToolErrorCode.TIMEOUT) == "tool 'gate' timed out after 0.05 s"
     assert gate.saw_cancel.is_set()
     assert outcome.execution_time_us > 0
 
@@ -252,20 +234,14 @@ async def test_tools_own_timeout_applies_when_request_is_longer_or_absent() -> N
     executor = ToolExecutor(gated_registry(gate, timeout_s=0.05))
     for requested in (None, 0, 30.0):
         outcome = await executor.execute("c1", "gate", "{}", timeout_s=requested)
-        assert (
-            error_of(outcome, ToolErrorCode.TIMEOUT)
-            == "tool 'gate' timed out after 0.05 s"
-        )
+        assert error_of(outcome, ToolErrorCode.TIMEOUT) == "tool 'gate' timed out after 0.05 s"
 
 
 @pytest.mark.anyio
 async def test_sleep_is_bounded_by_the_calls_timeout() -> None:
     executor = ToolExecutor(default_registry())
     outcome = await executor.execute("c1", "sleep", '{"seconds": 3600}', timeout_s=0.05)
-    assert (
-        error_of(outcome, ToolErrorCode.TIMEOUT)
-        == "tool 'sleep' timed out after 0.05 s"
-    )
+    assert error_of(outcome, ToolErrorCode.TIMEOUT) == "tool 'sleep' timed out after 0.05 s"
 
 
 @pytest.mark.anyio
@@ -277,10 +253,7 @@ async def test_tool_exception_becomes_failed() -> None:
         raise ValueError("bad input")
 
     outcome = await ToolExecutor(registry).execute("c1", "broken", "{}")
-    assert (
-        error_of(outcome, ToolErrorCode.FAILED)
-        == "tool 'broken' failed: ValueError: bad input"
-    )
+    assert error_of(outcome, ToolErrorCode.FAILED) == "tool 'broken' failed: ValueError: bad input"
 
 
 @pytest.mark.anyio
@@ -293,9 +266,7 @@ async def test_non_serialisable_result_becomes_failed() -> None:
 
     outcome = await ToolExecutor(registry).execute("c1", "weird", "{}")
     message = error_of(outcome, ToolErrorCode.FAILED)
-    assert message.startswith(
-        "tool 'weird' returned a value that is not JSON-serialisable: "
-    )
+    assert message.startswith("tool 'weird' returned a value that is not JSON-serialisable: ")
     assert "set" in message
 
 
@@ -324,9 +295,7 @@ async def test_result_too_large_counts_utf8_bytes() -> None:
 
 @pytest.mark.anyio
 async def test_lone_surrogate_result_becomes_failed() -> None:
-    outcome = await ToolExecutor(default_registry()).execute(
-        "c1", "echo", '{"a": "\\ud800"}'
-    )
+    outcome = await ToolExecutor(default_registry()).execute("c1", "echo", '{"a": "\\ud800"}')
     assert "not valid Unicode" in error_of(outcome, ToolErrorCode.FAILED)
 
 
@@ -376,9 +345,7 @@ async def test_timeout_covers_waiting_for_the_limiter() -> None:
         tg.start_soon(executor.execute, "c1", "gate", "{}")
         await gate.entered.wait()
         outcome = await executor.execute("c2", "gate", "{}", timeout_s=0.05)
-        assert error_of(outcome, ToolErrorCode.TIMEOUT).endswith(
-            "timed out after 0.05 s"
-        )
+        assert error_of(outcome, ToolErrorCode.TIMEOUT).endswith("timed out after 0.05 s")
         assert outcome.execution_time_us == 0  # never started
         assert gate.entries == 1
         gate.opened.set()
@@ -424,10 +391,7 @@ async def test_tool_failure_does_not_leak_limiter_tokens() -> None:
     executor = ToolExecutor(registry)
     for _ in range(3):
         outcome = await executor.execute("c1", "broken", "{}")
-        assert (
-            error_of(outcome, ToolErrorCode.FAILED)
-            == "tool 'broken' failed: RuntimeError"
-        )
+        assert error_of(outcome, ToolErrorCode.FAILED) == "tool 'broken' failed: RuntimeError"
 
 
 # -- registry --
@@ -496,9 +460,7 @@ def test_duplicate_name_rejected() -> None:
 
 def test_bad_schema_rejected() -> None:
     registry = ToolRegistry()
-    with pytest.raises(
-        ValueError, match=r"tool 'bad': invalid JSON schema at \$\.type"
-    ):
+    with pytest.raises(ValueError, match=r"tool 'bad': invalid JSON schema at \$\.type"):
 
         @registry.tool("bad", schema={"type": "no-such-type"})
         async def bad(args: dict[str, Any]) -> None:
