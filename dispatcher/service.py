@@ -65,18 +65,24 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         context.add_done_callback(_on_rpc_done(runner))  # type: ignore[arg-type]  # grpc-stubs protocol quirk
         receive = runner.outbox
         urgent = runner.urgent
+        stop_sent = False
         try:
             while True:
                 if urgent:
-                    yield urgent.popleft()
+                    packet = urgent.popleft()
+                else:
+                    try:
+                        packet = await receive.receive()
+                    except anyio.EndOfStream:
+                        if not urgent:
+                            break
+                        continue
+                # This is where downstream order becomes final: once the stop is out, only
+                # acks follow (a result decided a moment before the stop may be queued after it).
+                if stop_sent and not packet.HasField("ack"):
                     continue
-                try:
-                    packet = await receive.receive()
-                except anyio.EndOfStream:
-                    break
+                stop_sent = stop_sent or packet.HasField("stop")
                 yield packet
-            while urgent:
-                yield urgent.popleft()
         finally:
             receive.close()
         await runner.done.wait()

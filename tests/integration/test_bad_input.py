@@ -281,3 +281,20 @@ async def test_dispatcher_survives_all_of_the_above_at_once() -> None:
             code, _, _ = await fatal(raw)
             assert code is grpc.StatusCode.INVALID_ARGUMENT
         assert isinstance(d, Dispatcher) and d.registry.open_count == 1  # only the bystander
+
+
+async def test_after_the_stop_only_acks_follow_even_with_results_in_flight() -> None:
+    """Tool results finishing around the stop never reach the commander after it."""
+    config = test_config(policy={"block_patterns": ("forbidden",)})
+    async with running_dispatcher(config) as d, grpc.aio.insecure_channel(d.address) as ch:
+        for attempt in range(20):
+            raw = RawSession(ch)
+            await raw.hello(f"race-{attempt}")
+            for seq in range(2, 12):
+                await raw.tool_call(seq, "echo", '{"n":1}', call_id=f"c{seq}")
+            await raw.content(12, "forbidden")
+            packets = await raw.drain()
+            kinds = [p.WhichOneof("signal") for p in packets]
+            assert "stop" in kinds, kinds
+            after = kinds[kinds.index("stop") + 1 :]
+            assert set(after) <= {"ack"}, f"attempt {attempt}: {after}"
