@@ -293,6 +293,7 @@ async def test_after_the_stop_only_acks_follow_even_with_results_in_flight() -> 
             for seq in range(2, 12):
                 await raw.tool_call(seq, "echo", '{"n":1}', call_id=f"c{seq}")
             await raw.content(12, "forbidden")
+            await raw.call.done_writing()  # no confirm: the half-close ends the stopped stream
             packets = await raw.drain()
             kinds = [p.WhichOneof("signal") for p in packets]
             assert "stop" in kinds, kinds
