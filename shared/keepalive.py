@@ -59,4 +59,6 @@ class KeepaliveConfig:
 
     def accepts_client(self, client: KeepaliveConfig) -> bool:
         """Whether a client pinging per `client` stays within this server's policy."""
+        if client.permit_without_calls and not self.permit_without_calls:
+            return False  # its pings on an idle connection would be strikes
         return client.time_ms >= self.min_ping_interval_ms
