@@ -24,7 +24,8 @@ EXIT_FAILED = 1
 EXIT_STOPPED = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+# Wide help so long environment variable names are never split across lines.
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 120, "max_content_width": 120})
 def main() -> None:
     """The commander: runs an agent and streams its thoughts, answer and tool calls to a dispatcher."""
 

@@ -84,9 +84,12 @@ class Dispatcher:
                     server,
                 )
             host = config.server.listen.rsplit(":", 1)[0]
-            port = server.add_insecure_port(config.server.listen)
+            try:
+                port = server.add_insecure_port(config.server.listen)
+            except RuntimeError as exc:  # grpc's word for "address in use / not available"
+                raise OSError(f"cannot listen on {config.server.listen}: {exc}") from exc
             if port == 0:
-                raise OSError(f"could not listen on {config.server.listen}")
+                raise OSError(f"cannot listen on {config.server.listen}")
             self.address = f"{host}:{port}"
             await server.start()
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING)

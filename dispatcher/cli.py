@@ -18,7 +18,8 @@ from shared.settings import ConfigError, config_options, describe, load_config
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 120})
+# Wide help so long environment variable names are never split across lines.
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 120, "max_content_width": 120})
 def main() -> None:
     """The dispatcher: serves AgentInteraction, runs tools for commanders and stops them by policy."""
 
@@ -50,9 +51,15 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     configure_logging(config.log.level, json=None if fmt == "auto" else fmt == "json")
     try:
         anyio.run(run_until_signalled, Dispatcher(config))
-    except OSError as exc:
-        click.echo(f"dispatcher: {exc}", err=True)
+    except* OSError as group:  # raised inside task groups, so it arrives grouped
+        click.echo(f"dispatcher: {_first_leaf(group)}", err=True)
         sys.exit(1)
+
+
+def _first_leaf(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
 
 
 @main.command()

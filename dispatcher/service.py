@@ -7,6 +7,8 @@ becomes its class's status; a session's outcome becomes the stream's final statu
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -31,6 +33,7 @@ __all__ = ["AgentInteractionService"]
 
 log = structlog.get_logger("dispatcher.service")
 
+_REFUSAL_READ_WAIT_S = 0.5
 _SESSION_ID = re.compile(r"[\x21-\x7e]{1,128}")
 Spawn = Callable[[Callable[[wire.pb.UpstreamPacket], Any], wire.pb.UpstreamPacket], None]
 
@@ -93,6 +96,7 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
     ) -> SessionRunner | None:
         try:
             if self._is_draining():
+                await _await_first_packet_briefly(requests)
                 raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
             first = await anext(aiter(requests), None)
             if first is None:
@@ -131,6 +135,13 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         )
         self._spawn(runner.run, first)
         return runner
+
+
+async def _await_first_packet_briefly(requests: AsyncIterator[wire.pb.UpstreamPacket]) -> None:
+    """Before refusing, let the client's first write land: aborting while it is in flight can
+    surface as INTERNAL instead of our status on the client (grpc/grpc#36066)."""
+    with contextlib.suppress(TimeoutError, StopAsyncIteration, grpc.aio.AioRpcError):
+        await asyncio.wait_for(anext(aiter(requests)), _REFUSAL_READ_WAIT_S)
 
 
 def _on_rpc_done(runner: SessionRunner) -> Callable[[Any], None]:

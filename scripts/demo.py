@@ -10,6 +10,7 @@ Then the dispatcher is sent SIGTERM and must drain and exit 0. Nothing is left r
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -90,6 +91,7 @@ def main() -> int:
     if failures:
         print("\ndemo FAILED:\n  " + "\n  ".join(failures) + f"\ndispatcher log: {log}", file=sys.stderr)
         return 1
+    shutil.rmtree(workdir, ignore_errors=True)  # kept above, on failure, for its log
     print("\ndemo OK: one session finished, one stopped mid-answer, dispatcher drained; no process left behind.")
     return 0
 
