@@ -18,6 +18,7 @@ import anyio
 import grpc
 import structlog
 from anyio.abc import TaskGroup
+from google.protobuf.message import DecodeError
 
 from dispatcher.registry import EndedSession, SessionRegistry
 from dispatcher.session import (
@@ -174,6 +175,10 @@ class SessionRunner:
             await self._apply(machine.on_upstream_failed(exc.code().name, exc.details() or "read failed", _clock()))
             return
         except grpc.aio.UsageError:
+            return
+        except DecodeError as exc:
+            detail = f"the packet after seq {machine.last_seq} is not a valid UpstreamPacket: {exc}"
+            await self._apply(machine.on_upstream_failed("INVALID_ARGUMENT", detail, _clock()))
             return
         if not machine.is_closed:
             # The iterator also just ends when grpc itself kills the RPC (a message over the

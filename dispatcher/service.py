@@ -18,6 +18,7 @@ from typing import Any
 import anyio
 import grpc
 import structlog
+from google.protobuf.message import DecodeError
 
 from dispatcher.config import DispatcherConfig
 from dispatcher.policies import Policy
@@ -98,7 +99,10 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
             if self._is_draining():
                 await _await_first_packet_briefly(requests)
                 raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
-            first = await anext(aiter(requests), None)
+            try:
+                first = await anext(aiter(requests), None)
+            except DecodeError as exc:
+                raise ProtocolViolation(f"the first packet is not a valid UpstreamPacket: {exc}") from exc
             if first is None:
                 return None  # the commander half-closed before saying anything: no session
             if self._is_draining():

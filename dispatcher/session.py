@@ -301,8 +301,9 @@ class Session:
         return self.outcome
 
     def on_upstream_failed(self, status: str, details: str, now: float) -> Sequence[Action]:
-        """Reading upstream failed with a status (e.g. RESOURCE_EXHAUSTED for an oversized message)."""
-        return self._fail(_Fatal("UPSTREAM_FAILED", details, status), now)
+        """Reading upstream failed with a status (INVALID_ARGUMENT for bytes that do not parse)."""
+        code = "MALFORMED_PACKET" if status == "INVALID_ARGUMENT" else "UPSTREAM_FAILED"
+        return self._fail(_Fatal(code, details, status), now)
 
     # -- packet kinds -------------------------------------------------------------
 

@@ -299,3 +299,24 @@ async def test_after_the_stop_only_acks_follow_even_with_results_in_flight() -> 
             assert "stop" in kinds, kinds
             after = kinds[kinds.index("stop") + 1 :]
             assert set(after) <= {"ack"}, f"attempt {attempt}: {after}"
+
+
+@pytest.mark.parametrize("first", [True, False], ids=["first-packet", "later-packet"])
+async def test_bytes_that_are_not_an_upstream_packet_are_invalid_argument(first: bool) -> None:
+    async with running_dispatcher() as d, grpc.aio.insecure_channel(d.address) as ch, with_bystander(ch):
+        # A channel-level call with no serializers: the test writes raw bytes.
+        call = ch.stream_stream("/southwest.ai.agent.v1.AgentInteraction/ChatStream")()
+        if not first:
+            await call.write(
+                wire.pb.UpstreamPacket(seq=1, hello=wire.pb.Hello(session_id="garbage")).SerializeToString()
+            )
+        await call.write(b"\xff\xff\xff\xff not protobuf")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            while await asyncio.wait_for(call.read(), WAIT_S) is not grpc.aio.EOF:
+                pass
+        assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert "not a valid UpstreamPacket" in (caught.value.details() or "")
+        if not first:
+            await wait_until(lambda: d.registry.get_ended("garbage") is not None, "the session was recorded")
+            ended = d.registry.get_ended("garbage")
+            assert ended is not None and ended.outcome.error_code == "MALFORMED_PACKET"
