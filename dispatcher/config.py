@@ -144,7 +144,8 @@ class SessionConfig:
 class PolicyConfig:
     block_patterns: tuple[str, ...] = setting(
         (),
-        "regular expressions that stop a session when its content matches (POLICY_VIOLATION)",
+        "regular expressions that stop a session when its content matches (POLICY_VIOLATION); "
+        "a match split across deltas is caught when it spans at most 128 characters",
         flag="block-pattern",
     )
     scan_thoughts: bool = setting(False, "also apply the block-list to thought deltas", flag="scan-thoughts")

@@ -247,7 +247,7 @@ class Session:
                         now,
                     )
                 )
-            elif self._idle_deadline() is not None and now >= self._idle_deadline():  # type: ignore[operator]
+            elif (idle_deadline := self._idle_deadline()) is not None and now >= idle_deadline:
                 actions.extend(
                     self._stop_now(
                         StopInfo(
