@@ -15,17 +15,17 @@ from commander.session import SessionResult, run_session
 from commander.transport import open_channel
 from shared.log import configure_logging
 from shared.model import SessionState
-from shared.settings import ConfigError, config_options, load_config
+from shared.settings import CLI_CONTEXT, config_file_option, config_options, load_cli_config
 
 __all__ = ["main"]
 
+ENV_PREFIX = "COMMANDER_"
 EXIT_FINISHED = 0
 EXIT_FAILED = 1
 EXIT_STOPPED = 2
 
 
-# Wide help so long environment variable names are never split across lines.
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 120, "max_content_width": 120})
+@click.group(context_settings=CLI_CONTEXT)
 def main() -> None:
     """The commander: runs an agent and streams its thoughts, answer and tool calls to a dispatcher."""
 
@@ -33,18 +33,11 @@ def main() -> None:
 @main.command()
 @click.option("--prompt", "-p", required=True, help="the input the agent works on")
 @click.option("--session-id", default=None, help="ask the dispatcher for this session id (default: a new UUID)")
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="TOML file with [connection], [keepalive] and [agent] sections [env COMMANDER_CONFIG]",
-    envvar="COMMANDER_CONFIG",
-)
+@config_file_option(CommanderConfig, env_prefix=ENV_PREFIX)
 @click.option("--json", "as_json", is_flag=True, help="print events and the result as JSON lines")
 @click.option("--quiet", "-q", is_flag=True, help="do not print the thought and answer streams")
 @click.option("--log-level", default="warning", show_default=True, help="log level for stderr")
-@config_options(CommanderConfig, env_prefix="COMMANDER_")
+@config_options(CommanderConfig, env_prefix=ENV_PREFIX)
 def run(
     prompt: str,
     session_id: str | None,
@@ -59,10 +52,7 @@ def run(
     Exit status: 0 finished, 2 stopped by the dispatcher, 1 failed or refused.
     """
     configure_logging(log_level)
-    try:
-        config = load_config(CommanderConfig, env_prefix="COMMANDER_", toml_path=config_file, flags=flags)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
+    config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
     renderer = JsonRenderer() if as_json else ConsoleRenderer(quiet=quiet)
     result = anyio.run(_run, config, prompt, session_id, renderer)
     renderer.result(result)

@@ -13,37 +13,28 @@ from dispatcher.app import Dispatcher, run_until_signalled
 from dispatcher.config import DispatcherConfig
 from dispatcher.tools import default_registry
 from shared.log import configure_logging
-from shared.settings import ConfigError, config_options, describe, load_config
+from shared.settings import CLI_CONTEXT, config_file_option, config_options, describe, load_cli_config
 
 __all__ = ["main"]
 
+ENV_PREFIX = "DISPATCHER_"
 
-# Wide help so long environment variable names are never split across lines.
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "terminal_width": 120, "max_content_width": 120})
+
+@click.group(context_settings=CLI_CONTEXT)
 def main() -> None:
     """The dispatcher: serves AgentInteraction, runs tools for commanders and stops them by policy."""
 
 
 @main.command()
-@click.option(
-    "--config",
-    "config_file",
-    type=click.Path(exists=True, dir_okay=False),
-    default=None,
-    help="TOML file with [server], [keepalive], [session], [policy], [log] sections [env DISPATCHER_CONFIG]",
-    envvar="DISPATCHER_CONFIG",
-)
+@config_file_option(DispatcherConfig, env_prefix=ENV_PREFIX)
 @click.option("--print-config", is_flag=True, help="print the effective configuration as JSON and exit")
-@config_options(DispatcherConfig, env_prefix="DISPATCHER_")
+@config_options(DispatcherConfig, env_prefix=ENV_PREFIX)
 def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     """Serve until SIGTERM or Ctrl-C, then drain: sessions get a SHUTDOWN stop and the grace period.
 
     Precedence: flags > DISPATCHER_* environment > --config file > defaults.
     """
-    try:
-        config = load_config(DispatcherConfig, env_prefix="DISPATCHER_", toml_path=config_file, flags=flags)
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from exc
+    config = load_cli_config(DispatcherConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
     if print_config:
         click.echo(json.dumps(describe(config), indent=2))
         return

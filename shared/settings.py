@@ -21,7 +21,17 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["ConfigError", "Setting", "config_options", "describe", "load_config", "setting"]
+__all__ = [
+    "CLI_CONTEXT",
+    "ConfigError",
+    "Setting",
+    "config_file_option",
+    "config_options",
+    "describe",
+    "load_cli_config",
+    "load_config",
+    "setting",
+]
 
 T = TypeVar("T")
 _META = "setting"
@@ -190,6 +200,31 @@ def config_options(cls: type[Any], *, env_prefix: str) -> Callable[[Callable[...
         return func
 
     return decorate
+
+
+# Both CLIs: -h as well as --help, and wide help so long env var names are never split.
+CLI_CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"], "terminal_width": 120, "max_content_width": 120}
+
+
+def config_file_option(cls: type[Any], *, env_prefix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The `--config FILE` option (env PREFIX_CONFIG), naming the TOML sections of `cls`."""
+    sections = ", ".join(f"[{name}]" for name, _ in _sections(cls))
+    return click.option(
+        "--config",
+        "config_file",
+        type=click.Path(exists=True, dir_okay=False),
+        default=None,
+        envvar=f"{env_prefix}CONFIG",
+        help=f"TOML file with {sections} sections [env {env_prefix}CONFIG]",
+    )
+
+
+def load_cli_config(cls: type[T], *, env_prefix: str, config_file: str | None, flags: Mapping[str, Any]) -> T:
+    """`load_config` for a CLI: a bad value is a one-line usage error, never a traceback."""
+    try:
+        return load_config(cls, env_prefix=env_prefix, toml_path=config_file, flags=flags)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def describe(config: Any) -> dict[str, dict[str, Any]]:
