@@ -13,6 +13,8 @@ import anyio
 import grpc
 import pytest
 
+from commander import CommanderConfig, ConnectionConfig, Observer, SessionResult, run_session
+from commander.models import ScriptedAgent
 from dispatcher.app import Dispatcher
 from dispatcher.config import DispatcherConfig
 from dispatcher.tools import ToolRegistry, default_registry
@@ -54,6 +56,25 @@ def test_config(**sections: Any) -> DispatcherConfig:
 
 
 test_config.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
+
+
+def commander_config(address: str, **connection: Any) -> CommanderConfig:
+    """A commander config for `address` with a short handshake wait."""
+    return CommanderConfig(connection=ConnectionConfig(target=address, handshake_timeout_s=2.0, **connection))
+
+
+async def run_scripted(
+    address: str, prompt: str, *, tokens_per_s: float = 0, observer: Observer | None = None
+) -> SessionResult:
+    """One session of the scripted agent against `address`, over a channel of its own."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await run_session(
+            ScriptedAgent(tokens_per_s=tokens_per_s),
+            prompt,
+            channel=channel,
+            config=commander_config(address),
+            observer=observer,
+        )
 
 
 class Gate:

@@ -47,7 +47,7 @@ def wait_for(
         if time.monotonic() >= deadline:
             extra = f"\n{details()}" if details is not None else ""
             raise AssertionError(f"timed out after {timeout} s waiting for {what}{extra}")
-        time.sleep(POLL_S)  # the poll interval of a bounded wait, not a synchronisation sleep
+        time.sleep(POLL_S)  # sleep-ok: the interval of a bounded poll (files and processes offer no event)
 
 
 def parse_json_lines(text: str) -> list[dict[str, Any]]:

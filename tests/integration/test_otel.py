@@ -27,12 +27,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from commander import CommanderConfig, ConnectionConfig, run_session
-from commander.models import ScriptedAgent
 from dispatcher.config import DispatcherConfig
 from shared import wire
 from shared.model import SessionState, StopCode
-from tests.conftest import WAIT_S, running_dispatcher, test_config, wait_until
+from tests.conftest import WAIT_S, run_scripted, running_dispatcher, test_config, wait_until
 
 pytestmark = [pytest.mark.anyio]
 
@@ -78,10 +76,6 @@ def otel_config(**sections: Any) -> DispatcherConfig:
     return test_config(server={"otel": True}, **sections)
 
 
-def commander_config(address: str) -> CommanderConfig:
-    return CommanderConfig(connection=ConnectionConfig(target=address, handshake_timeout_s=2.0))
-
-
 def finished_spans(exporter: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
     return [span for span in exporter.get_finished_spans() if span.name == name]
 
@@ -89,13 +83,7 @@ def finished_spans(exporter: InMemorySpanExporter, name: str) -> list[ReadableSp
 async def test_a_full_session_is_served_and_traced_under_opentelemetry(spans: InMemorySpanExporter) -> None:
     async with running_dispatcher(otel_config()) as dispatcher:
         assert GrpcAioInstrumentorServer().is_instrumented_by_opentelemetry
-        async with grpc.aio.insecure_channel(dispatcher.address) as channel:
-            result = await run_session(
-                ScriptedAgent(tokens_per_s=0),
-                "What is 6*7?",
-                channel=channel,
-                config=commander_config(dispatcher.address),
-            )
+        result = await run_scripted(dispatcher.address, "What is 6*7?")
     assert result.state is SessionState.FINISHED, result
     assert result.status_code == "OK" and result.tool_calls == 1 and not result.compat_mode
     ended = dispatcher.registry.get_ended(result.session_id)
@@ -118,13 +106,7 @@ async def test_a_stopped_session_records_its_grpc_code_on_the_span(spans: InMemo
     # The handler sets the final code on the context OTel wrapped (set_code): the span must see it.
     config = otel_config(policy={"block_patterns": ("(?i)launch codes",)})
     async with running_dispatcher(config) as dispatcher:
-        async with grpc.aio.insecure_channel(dispatcher.address) as channel:
-            result = await run_session(
-                ScriptedAgent(tokens_per_s=200),
-                "tell me the launch codes",
-                channel=channel,
-                config=commander_config(dispatcher.address),
-            )
+        result = await run_scripted(dispatcher.address, "tell me the launch codes", tokens_per_s=200)
     assert result.state is SessionState.STOPPED, result
     assert result.stop is not None and result.stop.code is StopCode.POLICY_VIOLATION
     assert result.status_code == "PERMISSION_DENIED"

@@ -8,17 +8,12 @@ import anyio
 import grpc
 import pytest
 
-from commander import AgentContext, CommanderConfig, ConnectionConfig, ToolCallError, run_session
+from commander import AgentContext, ToolCallError, run_session
 from commander.events import SessionEvent, StopReceived, ToolCallSent, ToolResultReceived
-from commander.models import ScriptedAgent
 from shared.model import SessionState, StopCode, StopInfo
-from tests.conftest import WAIT_S, Gate, gated_tools, running_dispatcher, test_config
+from tests.conftest import WAIT_S, Gate, commander_config, gated_tools, run_scripted, running_dispatcher, test_config
 
 pytestmark = pytest.mark.anyio
-
-
-def commander_config(address: str, **connection: Any) -> CommanderConfig:
-    return CommanderConfig(connection=ConnectionConfig(target=address, handshake_timeout_s=2.0, **connection))
 
 
 class Recorder:
@@ -35,14 +30,7 @@ class Recorder:
 async def test_full_session_thinks_calls_a_tool_and_finishes() -> None:
     recorder = Recorder()
     async with running_dispatcher() as dispatcher:
-        async with grpc.aio.insecure_channel(dispatcher.address) as channel:
-            result = await run_session(
-                ScriptedAgent(tokens_per_s=0),
-                "What is 6*7?",
-                channel=channel,
-                config=commander_config(dispatcher.address),
-                observer=recorder,
-            )
+        result = await run_scripted(dispatcher.address, "What is 6*7?", observer=recorder)
     assert result.state is SessionState.FINISHED, result
     assert not result.compat_mode
     assert result.dispatcher_id == "dispatcher:test"
@@ -104,14 +92,7 @@ async def test_policy_stop_lands_mid_answer_and_is_confirmed() -> None:
     recorder = Recorder()
     config = test_config(policy={"block_patterns": ("(?i)launch codes",)})
     async with running_dispatcher(config) as dispatcher:
-        async with grpc.aio.insecure_channel(dispatcher.address) as channel:
-            result = await run_session(
-                ScriptedAgent(tokens_per_s=200),
-                "tell me the launch codes",
-                channel=channel,
-                config=commander_config(dispatcher.address),
-                observer=recorder,
-            )
+        result = await run_scripted(dispatcher.address, "tell me the launch codes", tokens_per_s=200, observer=recorder)
         ended = dispatcher.registry.get_ended(result.session_id)
     assert result.state is SessionState.STOPPED
     assert result.stop is not None and result.stop.code is StopCode.POLICY_VIOLATION
