@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from typing import Any
 
@@ -23,6 +24,7 @@ ENV_PREFIX = "COMMANDER_"
 EXIT_FINISHED = 0
 EXIT_FAILED = 1
 EXIT_STOPPED = 2
+EXIT_CANCELLED = 130  # as for a shell command ended by Ctrl-C
 
 
 @click.group(context_settings=CLI_CONTEXT)
@@ -49,7 +51,8 @@ def run(
 ) -> None:
     """Run one session of the built-in scripted agent (no LLM, no network but the dispatcher).
 
-    Exit status: 0 finished, 2 stopped by the dispatcher, 1 failed or refused.
+    Exit status: 0 finished, 2 stopped by the dispatcher, 130 cancelled here (Ctrl-C or SIGTERM;
+    the dispatcher is told why), 1 failed or refused.
     """
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
@@ -60,6 +63,26 @@ def run(
 
 
 async def _run(config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any) -> SessionResult:
+    """The session, with Ctrl-C / SIGTERM cancelling it cleanly (a second signal exits at once)."""
+    cancel = anyio.Event()
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    if cancel.is_set():
+                        sys.exit(EXIT_CANCELLED)
+                    cancel.set()
+
+        tg.start_soon(cancel_on_signal)
+        result = await _session(config, prompt, session_id, renderer, cancel)
+        tg.cancel_scope.cancel()
+    return result
+
+
+async def _session(
+    config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any, cancel: anyio.Event
+) -> SessionResult:
     agent = ScriptedAgent(
         tokens_per_s=config.agent.tokens_per_s,
         first_token_delay_s=config.agent.first_token_delay_s,
@@ -67,7 +90,7 @@ async def _run(config: CommanderConfig, prompt: str, session_id: str | None, ren
     )
     async with open_channel(config.connection, config.keepalive) as channel:
         return await run_session(
-            agent, prompt, channel=channel, config=config, session_id=session_id, observer=renderer
+            agent, prompt, channel=channel, config=config, session_id=session_id, observer=renderer, cancel=cancel
         )
 
 
@@ -76,4 +99,6 @@ def exit_code(result: SessionResult) -> int:
         return EXIT_FINISHED
     if result.state in (SessionState.STOPPED, SessionState.EXPIRED):
         return EXIT_STOPPED
+    if result.state is SessionState.CANCELLED and result.reason == "cancelled by the commander":
+        return EXIT_CANCELLED
     return EXIT_FAILED

@@ -83,6 +83,7 @@ class _Run:
         self.pending_at_stop: tuple[PendingAtStop, ...] = ()
         self.errors: list[str] = []
         self.acked_seq = 0
+        self.cancel_reason: str | None = None
 
     def on_packet(self, packet: wire.pb.DownstreamPacket) -> None:
         kind = packet.WhichOneof("signal")
@@ -149,8 +150,13 @@ async def run_session(
     session_id: str | None = None,
     observer: Observer | None = None,
     metadata: Sequence[tuple[str, str]] = (),
+    cancel: anyio.Event | None = None,
 ) -> SessionResult:
-    """Run `agent` on `prompt` as one session over `channel`; never raises for a session outcome."""
+    """Run `agent` on `prompt` as one session over `channel`; never raises for a session outcome.
+
+    Setting `cancel` ends the session from this side: the agent is cancelled, the dispatcher
+    is told in-band (ErrorSignal CANCELLED, so it records why) and the stream half-closes.
+    """
     config = config or CommanderConfig()
     conn = config.connection
     session_id = session_id or str(uuid.uuid4())
@@ -175,6 +181,8 @@ async def run_session(
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(link.run)
+                if cancel is not None:
+                    tg.start_soon(_cancel_on, cancel, run)
                 hello = wire.pb.Hello(
                     session_id=session_id,
                     agent_name=config.agent.name,
@@ -205,6 +213,12 @@ async def run_session(
                             run.pending_at_stop = _pending_fates(ctx)
                             if not run.compat_mode:
                                 await link.send(_confirm(ctx.stop, run, discarded, halted_at or time.perf_counter()))
+                        elif run.cancel_reason is not None:
+                            await link.send(
+                                wire.pb.UpstreamPacket(
+                                    error=wire.pb.ErrorSignal(code="CANCELLED", message=run.cancel_reason)
+                                )
+                            )
                         elif agent_error is not None:
                             log.error("agent.failed", error=repr(agent_error))
                             await link.send(
@@ -220,12 +234,20 @@ async def run_session(
                 if not link.ended.is_set():
                     log.warning("session.end_timeout", timeout_s=conn.end_timeout_s)
                     link.cancel()
+                tg.cancel_scope.cancel()  # the cancel watcher, if any
         except BaseException:
             link.cancel()  # our caller cancelled us: take the RPC down with us
             link.close_upstream()
             raise
     result = _result(session_id, run, link, agent_error, halted_at, discarded)
     return dataclasses.replace(result, duration_s=time.perf_counter() - started_at)
+
+
+async def _cancel_on(event: anyio.Event, run: _Run) -> None:
+    await event.wait()
+    if run.ctx.stop is None:
+        run.cancel_reason = "cancelled by the commander"
+        run.agent_scope.cancel()
 
 
 def _confirm(stop: StopInfo, run: _Run, discarded: int, halted_at: float) -> wire.pb.UpstreamPacket:
@@ -298,6 +320,8 @@ def _result(
             discarded_packets=discarded,
             **common,  # type: ignore[arg-type]
         )
+    if run.cancel_reason is not None:
+        return SessionResult(state=SessionState.CANCELLED, reason=run.cancel_reason, **common)  # type: ignore[arg-type]
     if agent_error is not None and end.code is grpc.StatusCode.OK:
         return SessionResult(state=SessionState.FAILED, reason=f"agent failed: {_describe(agent_error)}", **common)  # type: ignore[arg-type]
     if end.code is grpc.StatusCode.OK:

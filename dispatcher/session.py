@@ -371,14 +371,15 @@ class Session:
 
     def _on_commander_error(self, error: wire.pb.ErrorSignal, now: float) -> Sequence[Action]:
         code = error.code or "COMMANDER_ERROR"
-        self._set_outcome(
-            SessionOutcome(
-                SessionState.FAILED,
-                f"commander reported {code}: {error.message}",
-                "commander",
-                error_code=code,
+        if code == "CANCELLED":  # the commander's own cancel (its user, its caller), not a failure
+            outcome = SessionOutcome(
+                SessionState.CANCELLED, error.message or "cancelled by the commander", "commander", "CANCELLED", code
             )
-        )
+        else:
+            outcome = SessionOutcome(
+                SessionState.FAILED, f"commander reported {code}: {error.message}", "commander", error_code=code
+            )
+        self._set_outcome(outcome)
         actions: list[Action] = []
         if self._running:
             actions.append(CancelTools(f"commander reported {code}"))

@@ -133,6 +133,37 @@ def test_policy_stop_ends_the_commander_with_exit_2_and_one_logged_outcome(
     assert not missing, f"log lines about the session without its session_id: {missing}"
 
 
+def test_ctrl_c_cancels_the_commander_session_and_tells_the_dispatcher(dispatcher: DispatcherProcess) -> None:
+    slow = [
+        str(COMMANDER), "run",
+        "--target", dispatcher.address,
+        "--prompt", "Tell me a long story.",
+        "--tokens-per-s", "5",
+        "--answer-words", "200",
+    ]  # fmt: skip
+    commander = subprocess.Popen(
+        slow, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV
+    )
+    try:
+        opened = dispatcher.wait_for_event("session.opened")
+        commander.send_signal(signal.SIGINT)
+        out_bytes, _ = commander.communicate(timeout=COMMANDER_TIMEOUT_S)
+    finally:
+        if commander.poll() is None:
+            commander.kill()
+            commander.communicate(timeout=COMMANDER_TIMEOUT_S)
+    out = out_bytes.decode("utf-8", "replace")
+    assert commander.returncode == 130, out
+    assert "CANCELLED" in out and "cancelled by the commander" in out
+    no_traceback(out)
+    ended = dispatcher.wait_for_event("session.ended", session_id=opened["session_id"])
+    assert (ended["state"], ended["ended_by"], ended["reason"]) == (
+        "CANCELLED",
+        "commander",
+        "cancelled by the commander",
+    )
+
+
 def test_sigterm_drains_an_open_session_then_the_address_refuses(start_dispatcher: DispatcherFactory) -> None:
     grace_s = 5.0
     dispatcher = start_dispatcher("--shutdown-grace-s", str(grace_s))

@@ -11,7 +11,16 @@ import pytest
 from commander import AgentContext, ToolCallError, run_session
 from commander.events import SessionEvent, StopReceived, ToolCallSent, ToolResultReceived
 from shared.model import SessionState, StopCode, StopInfo
-from tests.conftest import WAIT_S, Gate, commander_config, gated_tools, run_scripted, running_dispatcher, test_config
+from tests.conftest import (
+    WAIT_S,
+    Gate,
+    commander_config,
+    gated_tools,
+    run_scripted,
+    running_dispatcher,
+    test_config,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -226,3 +235,29 @@ async def test_shutdown_stops_running_sessions_and_refuses_new_ones() -> None:
     assert result.stop is not None and result.stop.code is StopCode.SHUTDOWN
     assert result.status_code == "UNAVAILABLE"  # retryable elsewhere
     assert result.stop.path[-1] == "dispatcher:test"
+
+
+async def test_cancel_from_the_commander_side_is_recorded_with_its_reason() -> None:
+    cancel = anyio.Event()
+    llm_cancelled = anyio.Event()
+
+    async def agent(ctx: AgentContext, prompt: str) -> None:
+        await ctx.say("first words")
+        cancel.set()  # the user presses Ctrl-C while the model is still streaming
+        try:
+            await anyio.sleep_forever()
+        finally:
+            llm_cancelled.set()
+
+    async with running_dispatcher() as dispatcher:
+        async with grpc.aio.insecure_channel(dispatcher.address) as channel:
+            result = await run_session(
+                agent, "", channel=channel, config=commander_config(dispatcher.address), cancel=cancel
+            )
+        await wait_until(lambda: dispatcher.registry.get_ended(result.session_id) is not None, "the session ended")
+        ended = dispatcher.registry.get_ended(result.session_id)
+    assert llm_cancelled.is_set()
+    assert (result.state, result.reason) == (SessionState.CANCELLED, "cancelled by the commander")
+    assert result.status_code == "CANCELLED"
+    assert ended is not None and ended.outcome.state is SessionState.CANCELLED
+    assert (ended.outcome.ended_by, ended.outcome.reason) == ("commander", "cancelled by the commander")
