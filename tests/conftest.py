@@ -25,9 +25,17 @@ from shared.log import configure_logging
 WAIT_S = 10.0
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _one_event_loop(anyio_backend: str) -> AsyncIterator[None]:
+    """One event loop for the whole run. grpc.aio's completion-queue poller is per process: a
+    late event for a previous test's closed loop fails whichever test runs then (seen under
+    load; grpc/grpc#42357). A session-scoped async fixture holds anyio's runner open."""
+    yield
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -23,11 +23,6 @@ from dispatcher.tools import (
 pytestmark = pytest.mark.timeout(10)
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Gate:
     """A test tool body that reports when it starts and finishes only when opened."""
 
