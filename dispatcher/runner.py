@@ -219,7 +219,13 @@ class SessionRunner:
                 elif action.packet.HasField("stop"):
                     self._send_urgent(action.packet)
                 else:
-                    await self._outbox_send.send(action.packet)
+                    try:
+                        await self._outbox_send.send(action.packet)
+                    except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                        # The handler closed the outbox: the RPC is over (its done-callback
+                        # may not have run yet). Same as the peer going away.
+                        self.peer_gone("the stream ended while the session was still sending")
+                        return
             else:
                 await self._apply_other(action)
 

@@ -264,6 +264,11 @@ async def test_a_client_that_never_reads_is_pushed_back_and_memory_stays_bounded
         runner = d.registry.get_open("never-reads")
         assert runner is not None
         assert runner.outbox.statistics().current_buffer_used <= 4  # type: ignore[attr-defined]
+        # Walking away while session tasks are blocked on the full outbox is a cancel, not a crash.
+        raw.call.cancel()
+        await wait_until(lambda: d.registry.get_ended("never-reads") is not None, "the session was recorded")
+        ended = d.registry.get_ended("never-reads")
+        assert ended is not None and ended.outcome.state is SessionState.CANCELLED, ended.outcome
 
 
 def _echo(seq: int, args: str) -> wire.pb.UpstreamPacket:
