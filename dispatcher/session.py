@@ -1,4 +1,4 @@
-"""One session's protocol state machine: sans-IO, no grpc, no anyio.
+"""One session's protocol state machine: sans-IO, no grpc, no anyio (its actions: dispatcher/actions.py).
 
 The servicer feeds it events (`on_packet`, `on_tool_done`, `on_timer`, `request_stop`,
 `on_upstream_closed`, `on_peer_gone`, `on_upstream_failed`) and carries out the actions
@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
+from dispatcher.actions import Action, CancelTools, EndStream, Report, Send, SessionOutcome, StartTool
 from dispatcher.config import SessionConfig
 from dispatcher.policies import Policy, Violation
 from shared import wire
@@ -32,58 +32,6 @@ __all__ = [
     "StartTool",
 ]
 
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    packet: wire.pb.DownstreamPacket
-
-
-@dataclass(frozen=True, slots=True)
-class StartTool:
-    call_id: str
-    tool_name: str
-    arguments_json: str
-    timeout_s: float | None
-
-
-@dataclass(frozen=True, slots=True)
-class CancelTools:
-    """Cancel every running tool call of the session, recording `reason` on each."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """A bad packet worth one warning line (emitted once per code per session)."""
-
-    code: str
-    message: str
-    seq: int
-
-
-@dataclass(frozen=True, slots=True)
-class SessionOutcome:
-    """How a session ended: exactly one per session, kept after the stream closes."""
-
-    state: SessionState
-    reason: str
-    ended_by: str
-    status: str = "OK"  # grpc.StatusCode name the stream ends with
-    error_code: str = ""
-    stop: StopInfo | None = None
-    stop_confirmed: bool = False
-    stop_to_confirm_ms: float | None = None
-    halt_us: int = 0
-    ended_at_ms: int = field(default_factory=now_ms)
-
-
-@dataclass(frozen=True, slots=True)
-class EndStream:
-    outcome: SessionOutcome
-
-
-Action = Send | StartTool | CancelTools | Report | EndStream
 
 _NO_ACTIONS: tuple[Action, ...] = ()
 
