@@ -65,9 +65,6 @@ class SessionRegistry:
     def open_sessions(self) -> Iterator[SessionHandle]:
         return iter(list(self._open.values()))
 
-    def ended_sessions(self) -> Iterator[EndedSession]:
-        return iter(list(self._ended.values()))
-
     @property
     def open_count(self) -> int:
         return len(self._open)

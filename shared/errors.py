@@ -12,10 +12,7 @@ import grpc
 __all__ = [
     "AgentRuntimeError",
     "AtCapacity",
-    "HandshakeError",
-    "MessageTooLarge",
     "ProtocolViolation",
-    "RemoteError",
     "SessionConflict",
     "ShuttingDown",
     "ToolCallError",
@@ -46,11 +43,6 @@ class ShuttingDown(AgentRuntimeError):
     status_code = grpc.StatusCode.UNAVAILABLE
 
 
-class MessageTooLarge(AgentRuntimeError):
-    """A message exceeded the configured size limit: the sender's fault."""
-
-    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
 
 class AtCapacity(AgentRuntimeError):
     """The dispatcher serves its configured maximum of sessions: retry later or elsewhere."""
@@ -58,20 +50,6 @@ class AtCapacity(AgentRuntimeError):
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-class HandshakeError(AgentRuntimeError):
-    """Commander side: the dispatcher refused the session before it started."""
-
-    status_code = grpc.StatusCode.FAILED_PRECONDITION
-
-
-class RemoteError(AgentRuntimeError):
-    """Commander side: the RPC ended with a non-OK status (the cause is kept)."""
-
-    def __init__(self, code: grpc.StatusCode, details: str, trailers: dict[str, str] | None = None):
-        super().__init__(f"{code.name}: {details}")
-        self.code = code
-        self.details = details
-        self.trailers = dict(trailers or {})
 
 
 class ToolCallError(AgentRuntimeError):

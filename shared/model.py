@@ -52,10 +52,6 @@ class SessionState(enum.Enum):
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
 
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATES
-
 
 TERMINAL_STATES = frozenset(
     {

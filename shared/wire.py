@@ -92,9 +92,6 @@ def decode_metadata_value(text: str) -> str:
     return unquote(text)
 
 
-_STOP_CODE_PREFIX = "STOP_CODE_"
-
-
 def stop_to_wire(stop: StopInfo) -> pb.StopSignal:
     return pb.StopSignal(
         reason=stop.reason,
@@ -122,8 +119,3 @@ def stop_from_wire(signal: pb.StopSignal) -> StopInfo:
         issued_at_ms=signal.issued_at_ms,
         grace_ms=signal.grace_ms,
     )
-
-
-def stop_code_name(code: StopCode) -> str:
-    """The proto enum value name, e.g. STOP_CODE_POLICY_VIOLATION."""
-    return _STOP_CODE_PREFIX + code.name
