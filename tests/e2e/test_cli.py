@@ -133,26 +133,37 @@ def test_policy_stop_ends_the_commander_with_exit_2_and_one_logged_outcome(
     assert not missing, f"log lines about the session without its session_id: {missing}"
 
 
-def test_ctrl_c_cancels_the_commander_session_and_tells_the_dispatcher(dispatcher: DispatcherProcess) -> None:
-    slow = [
+@contextlib.contextmanager
+def slow_commander(address: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A `commander run` streaming a long answer at 5 tokens/s; killed on exit if still running."""
+    command = [
         str(COMMANDER), "run",
-        "--target", dispatcher.address,
+        "--target", address,
         "--prompt", "Tell me a long story.",
         "--tokens-per-s", "5",
         "--answer-words", "200",
     ]  # fmt: skip
     commander = subprocess.Popen(
-        slow, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV
     )
     try:
-        opened = dispatcher.wait_for_event("session.opened")
-        commander.send_signal(signal.SIGINT)
-        out_bytes, _ = commander.communicate(timeout=COMMANDER_TIMEOUT_S)
+        yield commander
     finally:
         if commander.poll() is None:
             commander.kill()
             commander.communicate(timeout=COMMANDER_TIMEOUT_S)
-    out = out_bytes.decode("utf-8", "replace")
+
+
+def output_of(commander: subprocess.Popen[bytes]) -> str:
+    out_bytes, _ = commander.communicate(timeout=COMMANDER_TIMEOUT_S)
+    return out_bytes.decode("utf-8", "replace")
+
+
+def test_ctrl_c_cancels_the_commander_session_and_tells_the_dispatcher(dispatcher: DispatcherProcess) -> None:
+    with slow_commander(dispatcher.address) as commander:
+        opened = dispatcher.wait_for_event("session.opened")
+        commander.send_signal(signal.SIGINT)
+        out = output_of(commander)
     assert commander.returncode == 130, out
     assert "CANCELLED" in out and "cancelled by the commander" in out
     no_traceback(out)
@@ -167,27 +178,12 @@ def test_ctrl_c_cancels_the_commander_session_and_tells_the_dispatcher(dispatche
 def test_sigterm_drains_an_open_session_then_the_address_refuses(start_dispatcher: DispatcherFactory) -> None:
     grace_s = 5.0
     dispatcher = start_dispatcher("--shutdown-grace-s", str(grace_s))
-    slow = [
-        str(COMMANDER), "run",
-        "--target", dispatcher.address,
-        "--prompt", "Tell me a long story.",
-        "--tokens-per-s", "5",
-        "--answer-words", "200",
-    ]  # fmt: skip
-    commander = subprocess.Popen(
-        slow,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        env=ENV,
-    )
-    try:
+    with slow_commander(dispatcher.address) as commander:
         opened = dispatcher.wait_for_event("session.opened")
         started = time.monotonic()
         dispatcher.send_signal(signal.SIGTERM)
 
-        out_bytes, _ = commander.communicate(timeout=COMMANDER_TIMEOUT_S)
-        out = out_bytes.decode("utf-8", "replace")
+        out = output_of(commander)
         assert commander.returncode == 2, out
         assert "SHUTDOWN" in out
         assert "shutdown:SIGTERM → dispatcher:e2e" in out
@@ -195,10 +191,6 @@ def test_sigterm_drains_an_open_session_then_the_address_refuses(start_dispatche
 
         assert dispatcher.wait_exit(grace_s + 5.0) == 0, dispatcher.describe()
         assert time.monotonic() - started < grace_s + 5.0
-    finally:
-        if commander.poll() is None:
-            commander.kill()
-            commander.communicate(timeout=COMMANDER_TIMEOUT_S)
 
     events = [x.get("event") for x in dispatcher.log_lines()]
     assert "dispatcher.draining" in events and "dispatcher.stopped" in events, dispatcher.describe()
