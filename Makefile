@@ -4,7 +4,6 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
-PROTO_SRC := proto/southwest/ai/agent/v1/agent.proto
 GEN_DIR   := shared/_gen
 PYTEST_ARGS ?=
 # grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
@@ -24,10 +23,8 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)  ## create .venv and install the project with its dev extras
 
 proto: $(STAMP)  ## regenerate shared/_gen from proto/ (never edit the output by hand)
-	rm -rf $(GEN_DIR)/southwest
-	$(PY) -m grpc_tools.protoc -I$(GEN_DIR)=proto \
-		--python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
-	$(PY) scripts/gen_init.py $(GEN_DIR)
+	rm -rf $(GEN_DIR)
+	$(PY) scripts/gen_proto.py $(GEN_DIR)
 
 proto-check: $(STAMP)  ## fail when the committed generated code is stale
 	$(PY) scripts/check_generated.py

@@ -3,34 +3,28 @@
 from __future__ import annotations
 
 import filecmp
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PROTO = "proto/southwest/ai/agent/v1/agent.proto"
-GEN = "shared/_gen"
+from gen_proto import ROOT, generate
+
+GEN = ROOT / "shared" / "_gen"
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [
-                sys.executable, "-m", "grpc_tools.protoc", f"-I{GEN}=proto",
-                f"--python_out={tmp}", f"--pyi_out={tmp}", f"--grpc_python_out={tmp}", PROTO,
-            ],
-            cwd=ROOT,
-            check=True,
-        )  # fmt: skip
-        stale = []
-        for fresh in sorted(Path(tmp).rglob("*.py*")):
-            committed = ROOT / fresh.relative_to(tmp)
-            if not committed.exists() or not filecmp.cmp(fresh, committed, shallow=False):
-                stale.append(str(committed.relative_to(ROOT)))
+        fresh_root = Path(tmp)
+        generate(fresh_root)
+        fresh = {p.relative_to(fresh_root) for p in fresh_root.rglob("*.py*")}
+        committed = {p.relative_to(GEN) for p in GEN.rglob("*.py*") if "__pycache__" not in p.parts}
+        stale = sorted(
+            str(GEN.relative_to(ROOT) / rel)
+            for rel in fresh | committed
+            if rel not in fresh or rel not in committed or not filecmp.cmp(fresh_root / rel, GEN / rel, shallow=False)
+        )
     if stale:
-        names = ", ".join(stale)
-        print(f"generated code is stale: {names}\nrun `make proto` and commit the result.", file=sys.stderr)
+        print(f"generated code is stale: {', '.join(stale)}\nrun `make proto` and commit the result.", file=sys.stderr)
         return 1
     print("generated code matches proto/")
     return 0

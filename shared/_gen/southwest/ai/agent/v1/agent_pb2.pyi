@@ -115,16 +115,18 @@ class ErrorSignal(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., seq: _Optional[int] = ..., call_id: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("session_id", "agent_name", "agent_version", "features")
+    __slots__ = ("session_id", "agent_name", "agent_version", "features", "awaits_assignment")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    AWAITS_ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     agent_name: str
     agent_version: str
     features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+    awaits_assignment: bool
+    def __init__(self, session_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., awaits_assignment: _Optional[bool] = ...) -> None: ...
 
 class StopConfirm(_message.Message):
     __slots__ = ("stop_id", "last_seq", "pending_tool_calls", "halt_us", "discarded_packets")
@@ -151,18 +153,43 @@ class PendingToolCall(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., fate: _Optional[_Union[ToolCallFate, str]] = ...) -> None: ...
 
 class DownstreamPacket(_message.Message):
-    __slots__ = ("ack", "stop", "tool_result", "welcome", "error")
+    __slots__ = ("ack", "stop", "tool_result", "welcome", "error", "assignment")
     ACK_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     stop: StopSignal
     tool_result: ToolCallResult
     welcome: Welcome
     error: ErrorSignal
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., stop: _Optional[_Union[StopSignal, _Mapping]] = ..., tool_result: _Optional[_Union[ToolCallResult, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., error: _Optional[_Union[ErrorSignal, _Mapping]] = ...) -> None: ...
+    assignment: Assignment
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., stop: _Optional[_Union[StopSignal, _Mapping]] = ..., tool_result: _Optional[_Union[ToolCallResult, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., error: _Optional[_Union[ErrorSignal, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+
+class Assignment(_message.Message):
+    __slots__ = ("session_id", "input_text", "input_json", "metadata", "started_by", "deadline_ms")
+    class MetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    INPUT_TEXT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_JSON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    STARTED_BY_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    input_text: str
+    input_json: str
+    metadata: _containers.ScalarMap[str, str]
+    started_by: str
+    deadline_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., input_text: _Optional[str] = ..., input_json: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., started_by: _Optional[str] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("seq",)

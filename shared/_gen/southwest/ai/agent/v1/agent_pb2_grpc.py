@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from shared._gen.southwest.ai.agent.v1 import agent_pb2 as shared_dot___gen_dot_southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2
+from shared._gen.southwest.ai.agent.v1 import agent_pb2 as southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in shared/_gen/southwest/ai/agent/v1/agent_pb2_grpc.py depends on'
+        + ' but the generated code in southwest/ai/agent/v1/agent_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,8 +36,8 @@ class AgentInteractionStub:
         """
         self.ChatStream = channel.stream_stream(
                 '/southwest.ai.agent.v1.AgentInteraction/ChatStream',
-                request_serializer=shared_dot___gen_dot_southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.UpstreamPacket.SerializeToString,
-                response_deserializer=shared_dot___gen_dot_southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.DownstreamPacket.FromString,
+                request_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.UpstreamPacket.SerializeToString,
+                response_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.DownstreamPacket.FromString,
                 _registered_method=True)
 
 
@@ -57,8 +57,8 @@ def add_AgentInteractionServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ChatStream': grpc.stream_stream_rpc_method_handler(
                     servicer.ChatStream,
-                    request_deserializer=shared_dot___gen_dot_southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.UpstreamPacket.FromString,
-                    response_serializer=shared_dot___gen_dot_southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.DownstreamPacket.SerializeToString,
+                    request_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.UpstreamPacket.FromString,
+                    response_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.DownstreamPacket.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,8 +86,8 @@ class AgentInteraction:
             request_iterator,
             target,
             '/southwest.ai.agent.v1.AgentInteraction/ChatStream',
-            shared_dot___gen_dot_southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.UpstreamPacket.SerializeToString,
-            shared_dot___gen_dot_southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.DownstreamPacket.FromString,
+            southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.UpstreamPacket.SerializeToString,
+            southwest_dot_ai_dot_agent_dot_v1_dot_agent__pb2.DownstreamPacket.FromString,
             options,
             channel_credentials,
             insecure,
