@@ -10,7 +10,9 @@ from urllib.parse import quote, unquote
 
 from shared._gen.southwest.ai.agent.v1 import agent_pb2 as pb
 from shared._gen.southwest.ai.agent.v1 import agent_pb2_grpc as pb_grpc
-from shared.model import StopCode, StopInfo
+from shared._gen.southwest.ai.agent.v1 import control_pb2 as ctl
+from shared._gen.southwest.ai.agent.v1 import control_pb2_grpc as ctl_grpc
+from shared.model import SessionState, StopCode, StopInfo
 
 __all__ = [
     "FEATURES",
@@ -32,7 +34,15 @@ __all__ = [
     "ToolErrorCode",
     "UpstreamPacket",
     "Welcome",
+    "CONTROL_SERVICE_NAME",
+    "SessionControlServiceServicer",
+    "SessionControlServiceStub",
+    "add_control_servicer",
     "add_servicer",
+    "ctl",
+    "ctl_grpc",
+    "session_state_from_wire",
+    "session_state_to_wire",
     "decode_metadata_value",
     "encode_metadata_value",
     "pb",
@@ -63,6 +73,11 @@ SERVICE_NAME: str = pb.DESCRIPTOR.services_by_name["AgentInteraction"].full_name
 AgentInteractionStub = pb_grpc.AgentInteractionStub
 AgentInteractionServicer = pb_grpc.AgentInteractionServicer
 add_servicer = pb_grpc.add_AgentInteractionServicer_to_server
+
+CONTROL_SERVICE_NAME: str = ctl.DESCRIPTOR.services_by_name["SessionControlService"].full_name
+SessionControlServiceStub = ctl_grpc.SessionControlServiceStub
+SessionControlServiceServicer = ctl_grpc.SessionControlServiceServicer
+add_control_servicer = ctl_grpc.add_SessionControlServiceServicer_to_server
 
 # Protocol features this implementation speaks (Hello.features / Welcome.features).
 FEATURES: tuple[str, ...] = ("seq", "call_id", "stop_confirm", "ack")
@@ -119,3 +134,20 @@ def stop_from_wire(signal: pb.StopSignal) -> StopInfo:
         issued_at_ms=signal.issued_at_ms,
         grace_ms=signal.grace_ms,
     )
+
+
+def session_state_to_wire(state: SessionState) -> int:
+    """A SessionState as the proto's SessionState number (SESSION_STATE_<NAME>)."""
+    return int(ctl.SessionState.Value("SESSION_STATE_" + state.value))
+
+
+def session_state_from_wire(number: int) -> SessionState | None:
+    """The proto's SessionState number as a SessionState; None for UNSPECIFIED or unknown."""
+    try:
+        name = ctl.SessionState.Name(number)
+    except ValueError:
+        return None
+    try:
+        return SessionState(name.removeprefix("SESSION_STATE_"))
+    except ValueError:
+        return None
