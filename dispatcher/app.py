@@ -19,7 +19,10 @@ from anyio.abc import TaskGroup, TaskStatus
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from dispatcher.auth import AccessPolicy, AuthInterceptor
 from dispatcher.config import DispatcherConfig
+from dispatcher.control import SessionControlService
+from dispatcher.pool import CommanderPool
 from dispatcher.registry import SessionRegistry
 from dispatcher.service import AgentInteractionService
 from dispatcher.tools import ToolExecutor, ToolRegistry, default_registry
@@ -38,7 +41,9 @@ class Dispatcher:
         self.config = config
         self.tools = tools if tools is not None else default_registry()
         self.registry = SessionRegistry(
-            max_open=config.server.max_sessions, ended_kept=config.session.ended_sessions_kept
+            max_open=config.server.max_sessions,
+            ended_kept=config.session.ended_sessions_kept,
+            journals_kept=config.session.ended_journals_kept,
         )
         self.address: str | None = None
         self._shutdown = anyio.Event()
@@ -46,6 +51,8 @@ class Dispatcher:
         self._draining = False
         self._tg: TaskGroup | None = None
         self.health = health.aio.HealthServicer()
+        self.access = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens)
+        self.pool = CommanderPool(max_waiting=config.pool.max_waiting_callers)
 
     @property
     def is_draining(self) -> bool:
@@ -70,14 +77,25 @@ class Dispatcher:
                 executor=ToolExecutor(self.tools, max_result_bytes=_max_result_bytes(config)),
                 spawn=self._spawn,
                 is_draining=lambda: self._draining,
+                access=self.access,
+                pool=self.pool,
             )
-            server = grpc.aio.server(options=config.grpc_options())
+            control = SessionControlService(
+                config=config,
+                registry=self.registry,
+                sessions=service,
+                access=self.access,
+                is_draining=lambda: self._draining,
+            )
+            server = grpc.aio.server(options=config.grpc_options(), interceptors=[AuthInterceptor(self.access)])
             wire.add_servicer(service, server)
+            wire.add_control_servicer(control, server)
             health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
             if config.server.reflection:
                 reflection.enable_server_reflection(
                     (
                         wire.SERVICE_NAME,
+                        wire.CONTROL_SERVICE_NAME,
                         health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                         reflection.SERVICE_NAME,
                     ),
@@ -94,6 +112,7 @@ class Dispatcher:
             await server.start()
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
             await self.health.set(wire.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+            await self.health.set(wire.CONTROL_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
             if config.server.ready_file:
                 await anyio.Path(config.server.ready_file).write_text(self.address + "\n")
             log.info(
@@ -101,8 +120,15 @@ class Dispatcher:
                 address=self.address,
                 instance=service.hop,
                 tools=self.tools.names(),
+                tokens=self.access.describe(),
                 config=settings.describe(config),
             )
+            if not self.access.enabled:
+                log.warning(
+                    "auth.disabled",
+                    detail="DEVELOPMENT MODE: no tokens configured, so every caller may open, watch, start and "
+                    "stop any session. Configure --tokens-file or DISPATCHER_TOKENS before exposing this port.",
+                )
             task_status.started(self.address)
             try:
                 await self._shutdown.wait()
@@ -117,6 +143,7 @@ class Dispatcher:
         open_count = self.registry.open_count
         log.info("dispatcher.draining", reason=self._shutdown_reason, open_sessions=open_count, grace_s=grace_s)
         await self.health.enter_graceful_shutdown()
+        self.pool.close("dispatcher is shutting down; reconnect to another instance")
         stop = StopInfo(
             code=StopCode.SHUTDOWN,
             reason="dispatcher is shutting down",

@@ -11,9 +11,11 @@ from shared.keepalive import KeepaliveConfig
 from shared.settings import setting
 
 __all__ = [
+    "AuthConfig",
     "DispatcherConfig",
     "LogConfig",
     "PolicyConfig",
+    "PoolConfig",
     "ServerConfig",
     "SessionConfig",
 ]
@@ -125,9 +127,27 @@ class SessionConfig:
         "tool calls of one session running at once; more wait (the commander's writes are pushed back)",
     )
     ended_sessions_kept: int = setting(1_000, "ended sessions whose outcome stays visible")
+    ended_journals_kept: int = setting(
+        100,
+        "ended sessions (newest first) whose event journal stays readable by WatchSession",
+    )
+    journal_max_events: int = setting(
+        4_096,
+        "events each session's journal keeps for watchers; a watcher further behind is cut off",
+    )
+    journal_max_bytes: int = setting(
+        1024 * 1024,
+        "payload bytes each session's journal keeps (the oldest events go first)",
+    )
 
     def __post_init__(self) -> None:
-        for name in ("outbox_size", "ack_every_packets", "max_concurrent_tool_calls"):
+        for name in (
+            "outbox_size",
+            "ack_every_packets",
+            "max_concurrent_tool_calls",
+            "journal_max_events",
+            "journal_max_bytes",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"session {name} must be >= 1")
         for name in (
@@ -135,6 +155,7 @@ class SessionConfig:
             "finish_linger_ms",
             "ack_interval_ms",
             "ended_sessions_kept",
+            "ended_journals_kept",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"session {name} must be >= 0")
@@ -193,6 +214,39 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PoolConfig:
+    wait_for_commander_ms: int = setting(
+        2_000,
+        "StartSession/Ask: how long to wait for a free pool commander by default (UNAVAILABLE after)",
+    )
+    max_wait_for_commander_ms: int = setting(30_000, "the longest wait a caller may ask for")
+    max_waiting_callers: int = setting(
+        64,
+        "callers waiting for a free commander at once; more are refused at once with UNAVAILABLE",
+    )
+
+    def __post_init__(self) -> None:
+        if min(self.wait_for_commander_ms, self.max_wait_for_commander_ms, self.max_waiting_callers) < 0:
+            raise ValueError("pool settings must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    tokens_file: str = setting(
+        "",
+        "file of '<role> <name> sha256:<hex>' lines (roles: commander, backend, operator); "
+        "no tokens at all = development mode, every caller may do everything",
+        flag="tokens-file",
+    )
+    tokens: str = setting(
+        "",
+        "the same lines inline, separated by ';' (usually from DISPATCHER_TOKENS)",
+        flag="tokens",
+        secret=True,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = setting("info", "log level: debug, info, warning, error", flag="log-level")
     format: str = setting(
@@ -214,6 +268,8 @@ class DispatcherConfig:
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
     session: SessionConfig = field(default_factory=SessionConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @classmethod

@@ -20,6 +20,7 @@ import structlog
 from anyio.abc import TaskGroup
 from google.protobuf.message import DecodeError
 
+from dispatcher.journal import Journal
 from dispatcher.registry import EndedSession, SessionRegistry
 from dispatcher.session import (
     Action,
@@ -31,6 +32,7 @@ from dispatcher.session import (
     SessionOutcome,
     StartTool,
 )
+from dispatcher.snapshots import outcome_to_wire
 from dispatcher.tools import ToolExecutor, ToolOutcome
 from shared import wire
 from shared.model import StopInfo
@@ -69,10 +71,18 @@ class SessionRunner:
         outbox_size: int,
         max_concurrent_tool_calls: int,
         peer: str,
+        commander: str = "",
+        started_by: str = "",
+        assignment: wire.pb.Assignment | None = None,
     ) -> None:
         self.session_id = machine.session_id
         self.machine = machine
         self.outcome: SessionOutcome | None = None
+        self.peer = peer
+        self.commander = commander  # who runs it: token name, else Hello.agent_name
+        self.started_by = started_by  # "<kind>:<name>" when started through the control API
+        self.assignment = assignment  # pool streams: sent down before anything else
+        self.packets_out: dict[str, int] = {}  # by DownstreamPacket signal name (counted by the handler)
         self._requests = requests
         self._executor = executor
         self._registry = registry
@@ -88,6 +98,8 @@ class SessionRunner:
         self._timer_scope: anyio.CancelScope | None = None
         self._armed = math.inf
         self._gone_reason: str | None = None
+        # Set when the session's outcome is decided (EndStream), a moment before `done`.
+        self.settled = anyio.Event()
         self.done = anyio.Event()
 
     # -- called from other tasks ------------------------------------------------------
@@ -97,6 +109,11 @@ class SessionRunner:
         self._apply_nowait(self.machine.request_stop(stop, _clock()))
         self._rearm_timer()
 
+    def set_caller_deadline(self, deadline: float, caller_hop: str) -> None:
+        """Stop the session with TIMEOUT at `deadline` (monotonic seconds), on behalf of its caller."""
+        self.machine.set_caller_deadline(deadline, caller_hop, _clock())
+        self._rearm_timer()
+
     def peer_gone(self, reason: str) -> None:
         """The RPC ended under us (client cancel, connection lost): stop everything."""
         if self.outcome is not None:
@@ -104,6 +121,48 @@ class SessionRunner:
         self._gone_reason = reason
         if self._tg is not None:
             self._tg.cancel_scope.cancel()
+
+    def info(self) -> wire.ctl.SessionInfo:
+        """The session as the control plane shows it (see SessionInfo in control.proto)."""
+        machine = self.machine
+        hello = machine.hello
+        info = wire.ctl.SessionInfo(
+            session_id=self.session_id,
+            state=wire.session_state_to_wire(machine.state),  # type: ignore[arg-type]  # enums are ints
+            commander=self.commander,
+            commander_peer=self.peer,
+            started_by=self.started_by,
+            dispatcher_id=machine.dispatcher_hop,
+            started_at_ms=machine.started_at_ms,
+            last_activity_ms=machine.last_activity_ms,
+            packets_in=machine.packets_in,
+            packets_out=self.packets_out,
+            tool_calls_running=len(machine.tool_calls_started),
+            tool_calls_done=machine.tool_calls_done,
+            packets_dropped=machine.dropped_packets,
+            first_event_seq=machine.journal.first_seq if machine.journal.last_seq else 0,
+            last_event_seq=machine.journal.last_seq,
+            agent_name=hello.agent_name if hello is not None else "",
+            agent_version=hello.agent_version if hello is not None else "",
+        )
+        outcome = self.outcome or machine.outcome
+        if outcome is not None and self.settled.is_set():
+            info.outcome.CopyFrom(outcome_to_wire(outcome))
+        return info
+
+    @property
+    def journal(self) -> Journal:
+        return self.machine.journal
+
+    @property
+    def pending_stop(self) -> StopInfo | None:
+        return self.machine.pending_stop
+
+    def running_tool_calls(self) -> list[wire.ctl.RunningToolCall]:
+        return [
+            wire.ctl.RunningToolCall(call_id=call_id, tool_name=tool, started_at_ms=started)
+            for call_id, (tool, started) in self.machine.tool_calls_started.items()
+        ]
 
     def discard(self) -> None:
         """Release the outbox of a runner that was never started (its session was refused)."""
@@ -136,6 +195,9 @@ class SessionRunner:
         outcome = self.machine.outcome or self.machine.on_peer_gone(self._gone_reason or "stream closed")
         self.outcome = outcome
         self._outbox_send.close()
+        self.machine.journal.close()
+        self.settled.set()
+        self.done.set()
         self._registry.release(
             EndedSession(
                 session_id=self.session_id,
@@ -143,6 +205,9 @@ class SessionRunner:
                 outcome=outcome,
                 packets_in=dict(self.machine.packets_in),
                 dropped_packets=self.machine.dropped_packets,
+                started_by=self.started_by,
+                info=self.info(),
+                journal=self.machine.journal,
             )
         )
         log.info(
@@ -158,7 +223,6 @@ class SessionRunner:
             packets_in=sum(self.machine.packets_in.values()),
             dropped=self.machine.dropped_packets,
         )
-        self.done.set()
 
     async def _pump_upstream(self) -> None:
         machine = self.machine
@@ -261,6 +325,7 @@ class SessionRunner:
             log.warning("packet.rejected", code=action.code, seq=action.seq, detail=action.message)
         elif type(action) is EndStream:
             self.outcome = action.outcome
+            self.settled.set()
             if self._tg is not None:
                 self._tg.cancel_scope.cancel()
 

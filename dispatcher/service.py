@@ -20,8 +20,10 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
+from dispatcher.auth import AccessPolicy
 from dispatcher.config import DispatcherConfig
 from dispatcher.policies import Policy
+from dispatcher.pool import CommanderPool, PoolSlot
 from dispatcher.registry import SessionRegistry
 from dispatcher.runner import SessionRunner, describe_peer
 from dispatcher.session import Session, SessionOutcome
@@ -30,7 +32,7 @@ from shared import wire
 from shared.errors import AgentRuntimeError, ProtocolViolation, ShuttingDown
 from shared.wire import MetadataKey, encode_metadata_value
 
-__all__ = ["AgentInteractionService"]
+__all__ = ["AgentInteractionService", "valid_session_id"]
 
 log = structlog.get_logger("dispatcher.service")
 
@@ -48,12 +50,16 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         executor: ToolExecutor,
         spawn: Spawn,
         is_draining: Callable[[], bool],
+        access: AccessPolicy | None = None,
+        pool: CommanderPool | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
         self._executor = executor
         self._spawn = spawn
         self._is_draining = is_draining
+        self._access = access or AccessPolicy({})
+        self.pool = pool or CommanderPool(max_waiting=config.pool.max_waiting_callers)
         self._policy = Policy(config.policy)
         self.hop = f"dispatcher:{config.server.instance}"
         self._limits = _limits(config)
@@ -69,8 +75,12 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         context.add_done_callback(_on_rpc_done(runner))  # type: ignore[arg-type]  # grpc-stubs protocol quirk
         receive = runner.outbox
         urgent = runner.urgent
+        counts = runner.packets_out
         stop_sent = False
         try:
+            if runner.assignment is not None:  # a pool stream: the assignment goes first
+                counts["assignment"] = 1
+                yield wire.pb.DownstreamPacket(assignment=runner.assignment)
             while True:
                 if urgent:
                     packet = urgent.popleft()
@@ -85,7 +95,9 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
                 # acks follow (a result decided a moment before the stop may be queued after it).
                 if stop_sent and not packet.HasField("ack"):
                     continue
-                stop_sent = stop_sent or packet.HasField("stop")
+                kind = packet.WhichOneof("signal")
+                stop_sent = stop_sent or kind == "stop"
+                counts[kind] = counts.get(kind, 0) + 1
                 yield packet
         finally:
             receive.close()
@@ -107,29 +119,15 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
                 return None  # the commander half-closed before saying anything: no session
             if self._is_draining():
                 raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
+            commander = self._commander_name(first, context)
+            if first.WhichOneof("payload") == "hello" and first.hello.awaits_assignment:
+                return await self._await_assignment(
+                    PoolSlot(first, requests, describe_peer(context), commander), context
+                )
             session_id = _choose_session_id(first, context)
-            machine = Session(
-                session_id=session_id,
-                dispatcher_hop=self.hop,
-                config=self._config.session,
-                policy=self._policy,
-                limits=self._limits,
-                now=time.monotonic(),
+            runner = self.open_session(
+                session_id, first_requests=requests, peer=describe_peer(context), commander=commander
             )
-            runner = SessionRunner(
-                machine=machine,
-                requests=requests,
-                executor=self._executor,
-                registry=self._registry,
-                outbox_size=self._config.session.outbox_size,
-                max_concurrent_tool_calls=self._config.session.max_concurrent_tool_calls,
-                peer=describe_peer(context),
-            )
-            try:
-                self._registry.claim(session_id, runner)
-            except AgentRuntimeError:
-                runner.discard()
-                raise
         except AgentRuntimeError as exc:
             log.warning("session.refused", code=exc.status_code.name, detail=str(exc), peer=describe_peer(context))
             await context.abort(exc.status_code, str(exc))
@@ -139,6 +137,83 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         )
         self._spawn(runner.run, first)
         return runner
+
+    def open_session(
+        self,
+        session_id: str,
+        *,
+        first_requests: AsyncIterator[wire.pb.UpstreamPacket],
+        peer: str,
+        commander: str,
+        started_by: str = "",
+        assignment: wire.pb.Assignment | None = None,
+    ) -> SessionRunner:
+        """Build a session's machine and runner and register it (not started yet)."""
+        machine = Session(
+            session_id=session_id,
+            dispatcher_hop=self.hop,
+            config=self._config.session,
+            policy=self._policy,
+            limits=self._limits,
+            now=time.monotonic(),
+        )
+        runner = SessionRunner(
+            machine=machine,
+            requests=first_requests,
+            executor=self._executor,
+            registry=self._registry,
+            outbox_size=self._config.session.outbox_size,
+            max_concurrent_tool_calls=self._config.session.max_concurrent_tool_calls,
+            peer=peer,
+            commander=commander,
+            started_by=started_by,
+            assignment=assignment,
+        )
+        try:
+            self._registry.claim(session_id, runner)
+        except AgentRuntimeError:
+            runner.discard()
+            raise
+        return runner
+
+    def assign(self, slot: PoolSlot, assignment: wire.pb.Assignment, started_by: str) -> SessionRunner:
+        """Hand a session to a free pool stream and start it (the stream's handler sends the
+        Assignment first, then drains the session's outbox as for any session)."""
+        runner = self.open_session(
+            assignment.session_id,
+            first_requests=slot.requests,
+            peer=slot.peer,
+            commander=slot.commander,
+            started_by=started_by,
+            assignment=assignment,
+        )
+        slot.hand(runner)
+        self._spawn(runner.run, slot.hello)
+        return runner
+
+    async def _await_assignment(
+        self, slot: PoolSlot, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> SessionRunner | None:
+        """Park a pool stream until a session is assigned to it (or the dispatcher drains)."""
+        await context.send_initial_metadata(((MetadataKey.DISPATCHER_ID, encode_metadata_value(self.hop)),))
+        context.add_done_callback(slot.on_rpc_done)  # type: ignore[arg-type]
+        self.pool.add(slot)
+        log.info("pool.commander_free", commander=slot.commander, peer=slot.peer, free=self.pool.free_count)
+        try:
+            await slot.assigned.wait()
+        finally:
+            self.pool.remove(slot)
+        if slot.runner is None:
+            log.info("pool.commander_released", commander=slot.commander, reason=slot.refusal)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, slot.refusal)
+        return slot.runner
+
+    def _commander_name(self, first: wire.pb.UpstreamPacket, context: grpc.aio.ServicerContext[Any, Any]) -> str:
+        """The commander's identity: its token's name, else what its Hello calls it."""
+        principal = self._access.principal(context)
+        if principal.role is not None:
+            return principal.name
+        return first.hello.agent_name if first.WhichOneof("payload") == "hello" else ""
 
 
 async def _await_first_packet_briefly(requests: AsyncIterator[wire.pb.UpstreamPacket]) -> None:
@@ -167,9 +242,13 @@ def _choose_session_id(first: wire.pb.UpstreamPacket, context: grpc.aio.Servicer
                 wanted = value
     if not wanted:
         return str(uuid.uuid4())
-    if not _SESSION_ID.fullmatch(wanted):
+    if not valid_session_id(wanted):
         raise ProtocolViolation("session_id must be 1-128 printable ASCII characters without spaces")
     return wanted
+
+
+def valid_session_id(session_id: str) -> bool:
+    return _SESSION_ID.fullmatch(session_id) is not None
 
 
 def _limits(config: DispatcherConfig) -> wire.pb.SessionLimits:

@@ -17,7 +17,9 @@ from collections.abc import Sequence
 
 from dispatcher.actions import Action, CancelTools, EndStream, Report, Send, SessionOutcome, StartTool
 from dispatcher.config import SessionConfig
+from dispatcher.journal import Journal
 from dispatcher.policies import Policy, Violation
+from dispatcher.snapshots import state_change
 from shared import wire
 from shared.model import STOP_STATUS_NAME, SessionState, StopCode, StopInfo, now_ms
 
@@ -58,17 +60,27 @@ class Session:
         policy: Policy,
         limits: wire.pb.SessionLimits,
         now: float,
+        journal: Journal | None = None,
     ) -> None:
         self.session_id = session_id
         self.state = SessionState.OPEN
         self.outcome: SessionOutcome | None = None
         self.started_at_ms = now_ms()
+        self._started_at = now
+        # Every accepted packet, result, stop and state change, for watchers (bounded).
+        self.journal = journal or Journal(
+            session_id, max_events=config.journal_max_events, max_bytes=config.journal_max_bytes
+        )
+        self.journal.append("state_change", state_change(SessionState.OPEN, "stream opened"))
+        self.tool_calls_done = 0
+        self.tool_calls_started: dict[str, tuple[str, int]] = {}  # running call_id -> (tool, started_at_ms)
         self.wake_at: float | None = None  # when on_timer wants to run next (monotonic seconds)
         self.packets_in: dict[str, int] = {}
         self.dropped_packets = 0
         self.last_seq = 0
         self.hello: wire.pb.Hello | None = None
 
+        self.dispatcher_hop = dispatcher_hop
         self._hop = dispatcher_hop
         self._config = config
         self._policy_config = policy.config
@@ -84,6 +96,8 @@ class Session:
         max_s = policy.config.max_session_s
         self._wall_deadline: float | None = now + max_s if max_s else None
         self._idle_s = policy.config.idle_timeout_s
+        self._caller_deadline: float | None = None
+        self._caller_hop = ""
         self._running: dict[str, bool] = {}  # call_id -> released in request order
         self._seen_call_ids: set[str] = set()
         self._ordered: deque[str] = deque()
@@ -116,6 +130,11 @@ class Session:
     @property
     def pending_stop(self) -> StopInfo | None:
         return self._stop
+
+    @property
+    def last_activity_ms(self) -> int:
+        """Wall-clock time of the last packet or tool result (epoch ms)."""
+        return self.started_at_ms + round((self._last_activity - self._started_at) * 1000)
 
     # -- events -------------------------------------------------------------------
 
@@ -159,6 +178,8 @@ class Session:
         ordered = self._running.pop(call_id, None)
         if ordered is None:  # cancelled by a stop or an end: its result is never sent
             return _NO_ACTIONS
+        self.tool_calls_started.pop(call_id, None)
+        self.tool_calls_done += 1
         self._last_activity = now
         if not self._running and self.state is SessionState.AWAITING_TOOL:
             self.state = SessionState.ACTIVE
@@ -167,8 +188,10 @@ class Session:
             self._ordered_done[call_id] = result
             while self._ordered and self._ordered[0] in self._ordered_done:
                 released = self._ordered_done.pop(self._ordered.popleft())
+                self.journal.append("tool_result", released)
                 actions.append(Send(wire.pb.DownstreamPacket(tool_result=released)))
         else:
+            self.journal.append("tool_result", result)
             actions.append(Send(wire.pb.DownstreamPacket(tool_result=result)))
         if not self._running:
             if self.outcome is not None:
@@ -195,6 +218,17 @@ class Session:
                         now,
                     )
                 )
+            elif self._caller_deadline is not None and now >= self._caller_deadline:
+                actions.extend(
+                    self._stop_now(
+                        StopInfo(
+                            code=StopCode.TIMEOUT,
+                            reason="the caller's deadline passed",
+                            path=(self._caller_hop,),
+                        ),
+                        now,
+                    )
+                )
             elif (idle_deadline := self._idle_deadline()) is not None and now >= idle_deadline:
                 actions.extend(
                     self._stop_now(
@@ -213,6 +247,12 @@ class Session:
             actions.extend(self._end())
         self._recompute_wake(now)
         return actions
+
+    def set_caller_deadline(self, deadline: float, caller_hop: str, now: float) -> None:
+        """A StartSession caller's deadline (monotonic seconds): a TIMEOUT stop when it passes."""
+        self._caller_deadline = deadline
+        self._caller_hop = caller_hop
+        self._recompute_wake(now)
 
     def request_stop(self, stop: StopInfo, now: float) -> Sequence[Action]:
         """A stop from outside the packet stream (shutdown, operator, backend)."""
@@ -259,6 +299,7 @@ class Session:
         violation = self._policy.on_content(chunk.text)
         if violation is not None:
             return self._violated(violation, now)
+        self.journal.append("content", chunk, self.last_seq)
         if chunk.is_finish:
             return self._finish("is_finish", now)
         if self.state is SessionState.OPEN:
@@ -269,6 +310,7 @@ class Session:
         violation = self._policy.on_thought(thought.delta)
         if violation is not None:
             return self._violated(violation, now)
+        self.journal.append("thought", thought, self.last_seq)
         if self.state is SessionState.OPEN:
             self.state = SessionState.ACTIVE
         return self._count_for_ack(now)
@@ -293,6 +335,15 @@ class Session:
             return actions
         self._seen_call_ids.add(call_id)
         self._running[call_id] = ordered
+        self.tool_calls_started[call_id] = (call.tool_name, now_ms())
+        if ordered:
+            call = wire.pb.ToolCallRequest(
+                tool_name=call.tool_name,
+                arguments_json=call.arguments_json,
+                call_id=call_id,
+                timeout_ms=call.timeout_ms,
+            )
+        self.journal.append("tool_call", call, seq)
         if ordered:
             self._ordered.append(call_id)
         self.state = SessionState.AWAITING_TOOL
@@ -318,6 +369,7 @@ class Session:
         return (Send(wire.pb.DownstreamPacket(welcome=welcome)),)
 
     def _on_commander_error(self, error: wire.pb.ErrorSignal, now: float) -> Sequence[Action]:
+        self.journal.append("error", error, self.last_seq)
         code = error.code or "COMMANDER_ERROR"
         if code == "CANCELLED":  # the commander's own cancel (its user, its caller), not a failure
             outcome = SessionOutcome(
@@ -344,6 +396,7 @@ class Session:
         if self.state is SessionState.STOPPING:
             if kind == "stop_confirm":
                 self.last_seq = max(self.last_seq, packet.seq)
+                self.journal.append("stop_confirm", packet.stop_confirm, packet.seq)
                 return self._end_stop(confirmed=True, how="confirmed", now=now, confirm=packet.stop_confirm)
             self.dropped_packets += 1  # in flight when the stop went out: counted, never forwarded
             return _NO_ACTIONS
@@ -414,7 +467,10 @@ class Session:
         self.state = SessionState.STOPPING
         self._stop_sent_at = now
         self._grace_deadline = now + grace_ms / 1000
-        actions: list[Action] = [Send(wire.pb.DownstreamPacket(stop=wire.stop_to_wire(stop)))]
+        signal = wire.stop_to_wire(stop)
+        self.journal.append("stop", signal)
+        self.journal.append("state_change", state_change(SessionState.STOPPING, stop.describe()))
+        actions: list[Action] = [Send(wire.pb.DownstreamPacket(stop=signal))]
         if self._running:
             actions.append(CancelTools(f"session stopping: {stop.code.name}"))
             self._forget_running()
@@ -496,9 +552,11 @@ class Session:
         if self.outcome is None:
             self.outcome = outcome
             self.state = outcome.state
+            self.journal.append("state_change", state_change(outcome.state, outcome.reason, outcome))
 
     def _forget_running(self) -> None:
         self._running.clear()
+        self.tool_calls_started.clear()
         self._ordered.clear()
         self._ordered_done.clear()
 
@@ -514,6 +572,8 @@ class Session:
         if not self.is_closed:
             if self._wall_deadline is not None:
                 candidates.append(self._wall_deadline)
+            if self._caller_deadline is not None:
+                candidates.append(self._caller_deadline)
             idle = self._idle_deadline()
             if idle is not None:
                 candidates.append(idle)

@@ -10,8 +10,14 @@ from __future__ import annotations
 import grpc
 
 __all__ = [
+    "AccessDenied",
     "AgentRuntimeError",
     "AtCapacity",
+    "BadRequest",
+    "FellBehind",
+    "NoFreeCommander",
+    "NotFound",
+    "OutOfRange",
     "ProtocolViolation",
     "SessionConflict",
     "ShuttingDown",
@@ -43,13 +49,46 @@ class ShuttingDown(AgentRuntimeError):
     status_code = grpc.StatusCode.UNAVAILABLE
 
 
+class NoFreeCommander(AgentRuntimeError):
+    """No pool commander became free in time (or too many callers already wait): retry later."""
+
+    status_code = grpc.StatusCode.UNAVAILABLE
+
+
+class NotFound(AgentRuntimeError):
+    """The control plane was asked about a session this dispatcher does not know."""
+
+    status_code = grpc.StatusCode.NOT_FOUND
+
+
+class AccessDenied(AgentRuntimeError):
+    """The caller's role may not touch this session (a backend and another's session)."""
+
+    status_code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class BadRequest(AgentRuntimeError):
+    """A control-plane request is malformed (empty reason, input that is not JSON...)."""
+
+    status_code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class OutOfRange(AgentRuntimeError):
+    """A watcher asked for events the journal no longer (or does not yet) hold."""
+
+    status_code = grpc.StatusCode.OUT_OF_RANGE
+
+
+class FellBehind(AgentRuntimeError):
+    """A watcher read slower than the session produced and lost its place in the journal."""
+
+    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
 
 class AtCapacity(AgentRuntimeError):
     """The dispatcher serves its configured maximum of sessions: retry later or elsewhere."""
 
     status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
 
 
 class ToolCallError(AgentRuntimeError):

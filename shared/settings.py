@@ -45,11 +45,15 @@ class ConfigError(ValueError):
 class _Meta:
     help: str
     flag: str | None
+    secret: bool = False
 
 
-def setting(default: Any, help: str, *, flag: str | None = None) -> Any:
-    """Declare a config field with its help text (and optionally its own flag name)."""
-    meta = {_META: _Meta(help=help, flag=flag)}
+def setting(default: Any, help: str, *, flag: str | None = None, secret: bool = False) -> Any:
+    """Declare a config field with its help text (and optionally its own flag name).
+
+    A `secret` setting is shown as "***" by `describe` (and so in every start-up log line).
+    """
+    meta = {_META: _Meta(help=help, flag=flag, secret=secret)}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence settings")
     return dataclasses.field(default=default, metadata=meta)
@@ -230,6 +234,13 @@ def load_cli_config(cls: type[T], *, env_prefix: str, config_file: str | None, f
 def describe(config: Any) -> dict[str, dict[str, Any]]:
     """The config as nested plain data, for the start-up log line."""
     return {
-        name: {f.name: getattr(getattr(config, name), f.name) for f in dataclasses.fields(getattr(config, name))}
+        name: {
+            f.name: _shown(f, getattr(getattr(config, name), f.name)) for f in dataclasses.fields(getattr(config, name))
+        }
         for name, _ in _sections(type(config))
     }
+
+
+def _shown(field: dataclasses.Field[Any], value: Any) -> Any:
+    meta: _Meta | None = field.metadata.get(_META)
+    return "***" if meta is not None and meta.secret and value else value

@@ -15,6 +15,7 @@ from shared._gen.southwest.ai.agent.v1 import control_pb2_grpc as ctl_grpc
 from shared.model import SessionState, StopCode, StopInfo
 
 __all__ = [
+    "CONTROL_SERVICE_NAME",
     "FEATURES",
     "SERVICE_NAME",
     "Ack",
@@ -23,6 +24,8 @@ __all__ = [
     "ErrorSignal",
     "Hello",
     "PendingToolCall",
+    "SessionControlServiceServicer",
+    "SessionControlServiceStub",
     "SessionLimits",
     "StopConfirm",
     "StopSignal",
@@ -34,19 +37,16 @@ __all__ = [
     "ToolErrorCode",
     "UpstreamPacket",
     "Welcome",
-    "CONTROL_SERVICE_NAME",
-    "SessionControlServiceServicer",
-    "SessionControlServiceStub",
     "add_control_servicer",
     "add_servicer",
     "ctl",
     "ctl_grpc",
-    "session_state_from_wire",
-    "session_state_to_wire",
     "decode_metadata_value",
     "encode_metadata_value",
     "pb",
     "pb_grpc",
+    "session_state_from_wire",
+    "session_state_to_wire",
     "stop_from_wire",
     "stop_to_wire",
 ]

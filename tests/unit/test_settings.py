@@ -10,7 +10,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from dispatcher.config import DispatcherConfig, PolicyConfig, ServerConfig
+from dispatcher.config import AuthConfig, DispatcherConfig, PolicyConfig, ServerConfig
 from shared.keepalive import KeepaliveConfig
 from shared.settings import ConfigError, config_options, describe, load_config
 
@@ -210,8 +210,14 @@ def test_config_constructors_raise_value_error() -> None:
 
 def test_describe_lists_every_section() -> None:
     described = describe(DispatcherConfig())
-    assert set(described) == {"server", "keepalive", "session", "policy", "log"}
+    assert set(described) == {"server", "keepalive", "session", "policy", "pool", "auth", "log"}
     assert described["server"]["listen"] == "127.0.0.1:50051"
+
+
+def test_describe_hides_secret_settings() -> None:
+    config = DispatcherConfig(auth=AuthConfig(tokens="operator alice sha256:" + "0" * 64))
+    assert describe(config)["auth"]["tokens"] == "***"
+    assert describe(DispatcherConfig())["auth"]["tokens"] == ""  # nothing to hide
 
 
 # -- click options ----------------------------------------------------------------------

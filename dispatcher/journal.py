@@ -1,0 +1,118 @@
+"""A session's bounded event journal: what WatchSession and StartSession read from.
+
+The session appends (O(1), never waits); any number of readers follow at their own pace
+by sequence number. The journal keeps at most `max_events` events and `max_bytes` of
+payload, dropping the oldest first, so a reader that falls behind loses its place
+instead of slowing the commander or growing memory; it can tell, because seqs are dense
+(1, 2, 3...) and `first_seq` moves past what it has not read.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import NamedTuple
+
+import anyio
+from google.protobuf.message import Message
+
+from shared import wire
+
+__all__ = ["EVENT_KINDS", "Journal", "JournalEntry"]
+
+# SessionEvent oneof member name -> EventKind number (the proto's filter enum).
+EVENT_KINDS: dict[str, int] = {
+    "thought": wire.ctl.EVENT_KIND_THOUGHT,
+    "content": wire.ctl.EVENT_KIND_CONTENT,
+    "tool_call": wire.ctl.EVENT_KIND_TOOL_CALL,
+    "tool_result": wire.ctl.EVENT_KIND_TOOL_RESULT,
+    "stop": wire.ctl.EVENT_KIND_STOP,
+    "stop_confirm": wire.ctl.EVENT_KIND_STOP_CONFIRM,
+    "error": wire.ctl.EVENT_KIND_ERROR,
+    "state_change": wire.ctl.EVENT_KIND_STATE_CHANGE,
+}
+
+
+class JournalEntry(NamedTuple):
+    at_ms: int
+    packet_seq: int
+    kind: str  # a SessionEvent oneof member name
+    message: Message
+    size: int
+
+
+class Journal:
+    """Append-only, bounded, readable from any kept seq."""
+
+    __slots__ = ("_bytes", "_changed", "_entries", "_first_seq", "_max_bytes", "_max_events", "closed", "session_id")
+
+    def __init__(self, session_id: str, *, max_events: int, max_bytes: int) -> None:
+        self.session_id = session_id
+        self._entries: deque[JournalEntry] = deque()
+        self._first_seq = 1
+        self._bytes = 0
+        self._max_events = max(1, max_events)
+        self._max_bytes = max(1, max_bytes)
+        self._changed: anyio.Event | None = None
+        self.closed = False
+
+    @property
+    def first_seq(self) -> int:
+        """The oldest seq still kept (== next_seq when empty)."""
+        return self._first_seq
+
+    @property
+    def next_seq(self) -> int:
+        """The seq the next event will get."""
+        return self._first_seq + len(self._entries)
+
+    @property
+    def last_seq(self) -> int:
+        """The newest seq (0 before the first event)."""
+        return self.next_seq - 1
+
+    def append(self, kind: str, message: Message, packet_seq: int = 0) -> None:
+        if self.closed:
+            return
+        size = message.ByteSize()
+        self._entries.append(JournalEntry(time.time_ns() // 1_000_000, packet_seq, kind, message, size))
+        self._bytes += size
+        # Always keep the newest event, even one bigger than the byte budget.
+        while len(self._entries) > 1 and (len(self._entries) > self._max_events or self._bytes > self._max_bytes):
+            self._bytes -= self._entries.popleft().size
+            self._first_seq += 1
+        self._wake()
+
+    def close(self) -> None:
+        """No more events will come (the session ended): readers finish what is kept."""
+        self.closed = True
+        self._wake()
+
+    def entry(self, seq: int) -> JournalEntry | None:
+        """The event at `seq`, or None when it was dropped or does not exist yet."""
+        index = seq - self._first_seq
+        if 0 <= index < len(self._entries):
+            return self._entries[index]
+        return None
+
+    def event(self, seq: int) -> wire.ctl.SessionEvent | None:
+        entry = self.entry(seq)
+        if entry is None:
+            return None
+        event = wire.ctl.SessionEvent(
+            session_id=self.session_id, seq=seq, at_ms=entry.at_ms, packet_seq=entry.packet_seq
+        )
+        getattr(event, entry.kind).CopyFrom(entry.message)
+        return event
+
+    async def wait_past(self, seq: int) -> None:
+        """Return once an event with a seq >= `seq` exists or the journal is closed."""
+        while self.next_seq <= seq and not self.closed:
+            if self._changed is None:
+                self._changed = anyio.Event()
+            await self._changed.wait()
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
