@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import random
 import signal
 import sys
 from typing import Any
 
 import anyio
 import click
+import grpc
+import structlog
 
 from commander.config import CommanderConfig
 from commander.models import ScriptedAgent
@@ -19,6 +22,8 @@ from shared.model import SessionState
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, load_cli_config
 
 __all__ = ["main"]
+
+log = structlog.get_logger("commander")
 
 ENV_PREFIX = "COMMANDER_"
 EXIT_FINISHED = 0
@@ -92,6 +97,93 @@ async def _session(
         return await run_session(
             agent, prompt, channel=channel, config=config, session_id=session_id, observer=renderer, cancel=cancel
         )
+
+
+@main.command()
+@click.option(
+    "--concurrency",
+    "-n",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="sessions this process runs at once (pool streams kept open)",
+)
+@config_file_option(CommanderConfig, env_prefix=ENV_PREFIX)
+@click.option("--log-level", default="info", show_default=True, help="log level for stderr")
+@config_options(CommanderConfig, env_prefix=ENV_PREFIX)
+def serve(concurrency: int, config_file: str | None, log_level: str, **flags: Any) -> None:
+    """Join the dispatcher's commander pool: keep CONCURRENCY streams open and run the sessions
+    that backends start (SessionControlService.StartSession / Ask) with the scripted agent.
+
+    One JSON line per finished session on stdout. SIGTERM/SIGINT: idle streams leave the pool,
+    running sessions are cancelled (the dispatcher records why); a second signal exits at once.
+    """  # fmt: skip
+    configure_logging(log_level)
+    config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
+    anyio.run(_serve, config, concurrency)
+
+
+async def _serve(config: CommanderConfig, concurrency: int) -> None:
+    renderer = JsonRenderer()
+    cancel = anyio.Event()
+
+    def agent() -> ScriptedAgent:
+        return ScriptedAgent(
+            tokens_per_s=config.agent.tokens_per_s,
+            first_token_delay_s=config.agent.first_token_delay_s,
+            answer_words=config.agent.answer_words,
+        )
+
+    async def pool_stream(number: int, channel: grpc.aio.Channel) -> None:
+        """One pool stream after another until cancelled; reconnects with backoff."""
+        backoff = PoolBackoff()
+        while not cancel.is_set():
+            result = await run_session(
+                agent(), "", channel=channel, config=config, cancel=cancel, await_assignment=True
+            )
+            if result.assigned is not None:
+                renderer.result(result)
+                backoff.reset()
+            elif not cancel.is_set():
+                delay = backoff.next()
+                log.warning("pool.stream_ended", slot=number, status=result.status_code,
+                            detail=result.status_details, retry_in_s=round(delay, 2))  # fmt: skip
+                with anyio.move_on_after(delay):
+                    await cancel.wait()
+
+    async with anyio.create_task_group() as tg:
+
+        async def cancel_on_signal() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+                async for _ in signals:
+                    if cancel.is_set():
+                        sys.exit(EXIT_CANCELLED)
+                    cancel.set()
+
+        tg.start_soon(cancel_on_signal)
+        async with open_channel(config.connection, config.keepalive) as channel:
+            log.info("pool.joining", target=config.connection.target, concurrency=concurrency)
+            async with anyio.create_task_group() as streams:
+                for number in range(concurrency):
+                    streams.start_soon(pool_stream, number, channel)
+        tg.cancel_scope.cancel()
+
+
+class PoolBackoff:
+    """Exponential backoff with jitter for reconnecting pool streams: 0.1 s doubling up to 5 s."""
+
+    def __init__(self, first_s: float = 0.1, max_s: float = 5.0) -> None:
+        self._first = first_s
+        self._max = max_s
+        self._next = first_s
+
+    def next(self) -> float:
+        delay = self._next * random.uniform(0.5, 1.0)
+        self._next = min(self._max, self._next * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._next = self._first
 
 
 def exit_code(result: SessionResult) -> int:

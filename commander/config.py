@@ -19,6 +19,9 @@ class ConnectionConfig:
     ca_file: str = setting("", "PEM file of the CA that signs the dispatcher's certificate", flag="ca-file")
     cert_file: str = setting("", "PEM client certificate, for mutual TLS", flag="cert-file")
     key_file: str = setting("", "PEM private key of --cert-file", flag="key-file")
+    token: str = setting(
+        "", "bearer token for a dispatcher with tokens configured (role commander)", flag="token", secret=True
+    )
     max_receive_message_bytes: int = setting(4 * MiB, "largest downstream message accepted")
     max_send_message_bytes: int = setting(4 * MiB, "largest upstream message sent")
     handshake_timeout_s: float = setting(

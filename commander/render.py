@@ -151,4 +151,9 @@ def result_to_dict(result: SessionResult) -> dict[str, Any]:
     data = asdict(result)
     data["state"] = result.state.value
     data["stop"] = _stop_dict(result.stop) if result.stop else None
+    data["assigned"] = (
+        {"session_id": result.assigned.session_id, "started_by": result.assigned.started_by}
+        if result.assigned is not None
+        else None
+    )
     return data

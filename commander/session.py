@@ -63,6 +63,7 @@ class SessionResult:
     duration_s: float = 0.0  # call opened -> stream ended
     errors: tuple[str, ...] = ()  # non-fatal ErrorSignals the dispatcher sent
     trailers: dict[str, str] = field(default_factory=dict)
+    assigned: wire.pb.Assignment | None = None  # pool streams: the session handed to us
 
     @property
     def ok(self) -> bool:
@@ -84,9 +85,17 @@ class _Run:
         self.errors: list[str] = []
         self.acked_seq = 0
         self.cancel_reason: str | None = None
+        # Pool streams: the assignment (or the stream's end) wakes the session up.
+        self.assignment: wire.pb.Assignment | None = None
+        self.woken = anyio.Event()
 
     def on_packet(self, packet: wire.pb.DownstreamPacket) -> None:
         kind = packet.WhichOneof("signal")
+        if kind == "assignment" and self.assignment is None and not self.handshake.is_set():
+            self.assignment = packet.assignment
+            self.ctx.session_id = packet.assignment.session_id
+            self.woken.set()
+            return
         if not self.handshake.is_set():
             if kind == "welcome":
                 self.welcome = packet.welcome
@@ -122,6 +131,7 @@ class _Run:
             )
 
     def on_end(self) -> None:
+        self.woken.set()
         if not self.handshake.is_set():
             self._enter_compat_mode()
         # The stream is over: an agent still running has nobody to talk to.
@@ -151,16 +161,23 @@ async def run_session(
     observer: Observer | None = None,
     metadata: Sequence[tuple[str, str]] = (),
     cancel: anyio.Event | None = None,
+    await_assignment: bool = False,
 ) -> SessionResult:
     """Run `agent` on `prompt` as one session over `channel`; never raises for a session outcome.
 
     Setting `cancel` ends the session from this side: the agent is cancelled, the dispatcher
     is told in-band (ErrorSignal CANCELLED, so it records why) and the stream half-closes.
+
+    With `await_assignment` the stream joins the dispatcher's commander pool instead: it
+    waits (without limit) for an Assignment, whose input replaces `prompt` and whose
+    session id replaces `session_id`. Check `SessionResult.assigned`.
     """
     config = config or CommanderConfig()
     conn = config.connection
-    session_id = session_id or str(uuid.uuid4())
+    session_id = "" if await_assignment else (session_id or str(uuid.uuid4()))
     observer = observer or Observer()
+    if conn.token:
+        metadata = (*metadata, ("authorization", f"Bearer {conn.token}"))
     run: _Run | None = None
     link = Link(
         channel,
@@ -188,8 +205,18 @@ async def run_session(
                     agent_name=config.agent.name,
                     agent_version=config.agent.version,
                     features=list(wire.FEATURES),
+                    awaits_assignment=await_assignment,
                 )
                 await link.send(wire.pb.UpstreamPacket(hello=hello))
+                if await_assignment:
+                    await run.woken.wait()
+                    if run.assignment is None:
+                        link.cancel()  # leaving the pool: cancelled here, or the stream already ended
+                    else:
+                        session_id = link.session_id = run.assignment.session_id
+                        prompt = run.assignment.input_text or run.assignment.input_json
+                        structlog.contextvars.bind_contextvars(session_id=session_id)
+                        log.info("session.assigned", started_by=run.assignment.started_by)
                 with anyio.move_on_after(conn.handshake_timeout_s):
                     await run.handshake.wait()
                 if not run.handshake.is_set():
@@ -240,11 +267,12 @@ async def run_session(
             link.close_upstream()
             raise
     result = _result(session_id, run, link, agent_error, halted_at, discarded)
-    return dataclasses.replace(result, duration_s=time.perf_counter() - started_at)
+    return dataclasses.replace(result, duration_s=time.perf_counter() - started_at, assigned=run.assignment)
 
 
 async def _cancel_on(event: anyio.Event, run: _Run) -> None:
     await event.wait()
+    run.woken.set()  # a pool stream still waiting for work leaves the pool
     if run.ctx.stop is None:
         run.cancel_reason = "cancelled by the commander"
         run.agent_scope.cancel()
