@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean
+.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean node-deps buf-lint buf-breaking interop
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -47,7 +47,7 @@ lint: $(STAMP)  ## ruff
 typecheck: $(STAMP)  ## mypy --strict on our packages
 	$(BIN)/mypy
 
-check: proto-check lint typecheck test  ## what CI runs
+check: proto-check lint typecheck test buf-lint buf-breaking  ## what CI runs
 
 demo: $(STAMP)  ## a dispatcher and two commander sessions (one finishes, one is stopped mid-answer)
 	$(PY) scripts/demo.py
@@ -57,3 +57,30 @@ serve: $(STAMP)  ## run a dispatcher on 127.0.0.1:50051
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# -- contract CI: buf and the Node.js interop client (docs/contract-ci.md) ------------------------
+NODE_DIR   := interop/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.installed
+BUF        := $(NODE_DIR)/node_modules/.bin/buf
+
+# npm ci deletes node_modules first, so the stamp inside it also goes when the deps go.
+# --ignore-scripts: nothing we use needs an install script (npm 11 blocks them anyway).
+$(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
+	cd $(NODE_DIR) && npm ci --ignore-scripts --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+node-deps: $(NODE_STAMP)  ## npm ci in interop/node (buf, @grpc/grpc-js); reruns when the lockfile changes
+
+# `make test` installs the Node deps when npm is there; without npm the interop test skips (fails in CI).
+NODE_DEPS_IF_NPM := $(if $(shell command -v npm 2>/dev/null),$(NODE_STAMP))
+test test-e2e: $(NODE_DEPS_IF_NPM)
+
+buf-lint: $(NODE_STAMP)  ## buf lint (STANDARD, see buf.yaml) and buf format check of proto/
+	$(BUF) lint
+	$(BUF) format -d --exit-code
+
+buf-breaking: $(NODE_STAMP)  ## proto/ vs the original contract and every committed state of proto/
+	bash scripts/check_breaking.sh
+
+interop: $(STAMP) $(NODE_STAMP)  ## the Node.js client against a `dispatcher serve` subprocess
+	$(PY) -m pytest tests/e2e/test_node_interop.py $(PYTEST_ARGS)
