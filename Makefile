@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean node-deps buf-lint buf-breaking interop
+.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency node-deps buf-lint buf-breaking interop conformance conformance-self
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -42,15 +42,18 @@ test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff
-	$(BIN)/ruff check shared commander dispatcher tests scripts
+	$(BIN)/ruff check shared commander dispatcher conformance tests scripts
 
 typecheck: $(STAMP)  ## mypy --strict on our packages
 	$(BIN)/mypy
 
-check: proto-check lint typecheck test buf-lint buf-breaking  ## what CI runs
+check: proto-check lint typecheck test buf-lint buf-breaking conformance-self  ## what CI runs
 
 demo: $(STAMP)  ## a dispatcher and two commander sessions (one finishes, one is stopped mid-answer)
 	$(PY) scripts/demo.py
+
+stop-latency: $(STAMP)  ## operator stops via the control API: stop->confirm p50/p99 (real processes)
+	$(PY) scripts/stop_latency.py $(STOP_LATENCY_ARGS)
 
 serve: $(STAMP)  ## run a dispatcher on 127.0.0.1:50051
 	$(BIN)/dispatcher serve --listen 127.0.0.1:50051
@@ -84,3 +87,14 @@ buf-breaking: $(NODE_STAMP)  ## proto/ vs the original contract and every commit
 
 interop: $(STAMP) $(NODE_STAMP)  ## the Node.js client against a `dispatcher serve` subprocess
 	$(PY) -m pytest tests/e2e/test_node_interop.py $(PYTEST_ARGS)
+
+# -- the conformance kit (docs/contract.md) -----------------------------------------------------
+TARGET ?=
+CONFORMANCE_ARGS ?=
+
+conformance: $(STAMP)  ## grade any server: make conformance TARGET=HOST:PORT [CONFORMANCE_ARGS='--junit-xml out.xml']
+	@test -n "$(TARGET)" || { echo "usage: make conformance TARGET=HOST:PORT [CONFORMANCE_ARGS='...']" >&2; exit 2; }
+	$(PY) -m conformance --target $(TARGET) $(CONFORMANCE_ARGS)
+
+conformance-self: $(STAMP)  ## the kit against a `dispatcher serve` subprocess (JUnit: build/conformance.xml)
+	$(PY) scripts/conformance_self.py $(CONFORMANCE_ARGS)

@@ -138,16 +138,21 @@ async def _serve(config: CommanderConfig, concurrency: int) -> None:
         """One pool stream after another until cancelled; reconnects with backoff."""
         backoff = PoolBackoff()
         while not cancel.is_set():
-            result = await run_session(
-                agent(), "", channel=channel, config=config, cancel=cancel, await_assignment=True
-            )
-            if result.assigned is not None:
+            try:
+                result = await run_session(
+                    agent(), "", channel=channel, config=config, cancel=cancel, await_assignment=True
+                )
+            except Exception:  # one broken session must not take the other pool streams down
+                log.exception("pool.session_crashed", slot=number)
+                result = None
+            if result is not None and result.assigned is not None:
                 renderer.result(result)
                 backoff.reset()
             elif not cancel.is_set():
                 delay = backoff.next()
-                log.warning("pool.stream_ended", slot=number, status=result.status_code,
-                            detail=result.status_details, retry_in_s=round(delay, 2))  # fmt: skip
+                if result is not None:
+                    log.warning("pool.stream_ended", slot=number, status=result.status_code,
+                                detail=result.status_details, retry_in_s=round(delay, 2))  # fmt: skip
                 with anyio.move_on_after(delay):
                     await cancel.wait()
 

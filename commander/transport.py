@@ -91,8 +91,15 @@ class Link:
             task_status.started()
 
     async def send(self, packet: wire.pb.UpstreamPacket) -> None:
-        """Queue a packet; waits while the outbox is full. Safe to cancel."""
-        await self._outbox_send.send(packet)
+        """Queue a packet; waits while the outbox is full. Safe to cancel.
+
+        A packet sent after the call ended (the writer is gone) is dropped: how the call
+        ended is what `end` reports, and the caller learns it from `ended`.
+        """
+        try:
+            await self._outbox_send.send(packet)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass
 
     def discard_queued(self) -> int:
         """Drop every packet queued but not yet written (after a stop: never sent, never paid for)."""

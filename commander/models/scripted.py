@@ -70,10 +70,11 @@ class ScriptedAgent:
             "Second, I kept only what the tools could confirm, so nothing here rests on a guess.",
             "Third, I wrote the answer down in plain words.",
         ]
-        text = " ".join(sentences)
-        while len(text.split()) < self.answer_words:
-            text += " One more check of the same facts gave the same result."
-        return text
+        filler = "One more check of the same facts gave the same result."
+        missing = self.answer_words - len(" ".join(sentences).split())
+        if missing > 0:  # whole filler sentences (linear: long answers are built in one go)
+            sentences += [filler] * -(-missing // len(filler.split()))
+        return " ".join(sentences)
 
 
 def _summarise(tool: str, result: Any) -> str:
