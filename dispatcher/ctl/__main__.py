@@ -1,0 +1,5 @@
+"""`python -m dispatcher.ctl` = `dispatcherctl`."""
+
+from dispatcher.ctl.cli import main
+
+main(prog_name="dispatcherctl")
