@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import sys
 from typing import Any
 
@@ -10,6 +11,7 @@ import anyio
 import click
 
 from dispatcher.app import Dispatcher, run_until_signalled
+from dispatcher.auth import Role, hash_token
 from dispatcher.config import DispatcherConfig
 from dispatcher.tools import default_registry
 from shared.log import configure_logging
@@ -41,7 +43,12 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     fmt = config.log.format
     configure_logging(config.log.level, json=None if fmt == "auto" else fmt == "json")
     try:
-        anyio.run(run_until_signalled, Dispatcher(config))
+        dispatcher = Dispatcher(config)
+    except (ValueError, OSError) as exc:  # a bad tokens file or entry: the operator's to fix
+        click.echo(f"dispatcher: {exc}", err=True)
+        sys.exit(2)
+    try:
+        anyio.run(run_until_signalled, dispatcher)
     except* OSError as group:  # raised inside task groups, so it arrives grouped
         click.echo(f"dispatcher: {_first_leaf(group)}", err=True)
         sys.exit(1)
@@ -62,3 +69,25 @@ def tools() -> None:
         assert spec is not None
         click.echo(f"{name}: {spec.description} (timeout {spec.timeout_s:g} s)")
         click.echo(f"  schema: {json.dumps(dict(spec.schema))}")
+
+
+@main.command("hash-token")
+@click.option("--role", required=True, type=click.Choice([role.value for role in Role]), help="the token's role")
+@click.option("--name", required=True, help="who holds it; shown in stop paths as ROLE:NAME")
+@click.option("--generate", is_flag=True, help="make a new random token (printed on stderr) instead of reading one")
+def hash_token_command(role: str, name: str, generate: bool) -> None:
+    """Print a tokens-file line `ROLE NAME sha256:<hex>` for a token read from stdin (or --generate one).
+
+    The dispatcher stores only the hash: add the line to --tokens-file or DISPATCHER_TOKENS and
+    give the token itself to the caller.
+    """
+    if generate:
+        token = secrets.token_urlsafe(32)
+        click.echo(f"token for {role}:{name}: {token}", err=True)
+    else:
+        token = sys.stdin.readline().strip()
+        if not token:
+            raise click.UsageError("no token on stdin (or use --generate)")
+    if any(c.isspace() for c in name):
+        raise click.UsageError("--name must not contain spaces")
+    click.echo(f"{role} {name} {hash_token(token)}")

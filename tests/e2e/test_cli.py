@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -465,3 +466,20 @@ async def test_new_sessions_that_write_hello_while_draining_always_see_unavailab
             code, details = await refusal(channel, hello_first=True)
             seen[code.name] += 1
             assert code == grpc.StatusCode.UNAVAILABLE, f"{code.name}: {details!r} after {dict(seen)}"
+
+
+def test_hash_token_prints_a_tokens_file_line() -> None:
+    result = subprocess.run(
+        [str(DISPATCHER), "hash-token", "--role", "operator", "--name", "alice"],
+        input="s3cret\n", capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "operator alice sha256:" + hashlib.sha256(b"s3cret").hexdigest()
+
+
+def test_bad_tokens_configuration_is_one_line_and_exit_2() -> None:
+    for flags in (["--tokens", "operator alice plaintext"], ["--tokens-file", "/nonexistent/tokens"]):
+        result = run_cli(str(DISPATCHER), "serve", "--listen", "127.0.0.1:0", *flags)
+        assert result.returncode == 2, result.stderr
+        no_traceback(result.stderr)
+        assert result.stderr.startswith("dispatcher: ")
