@@ -48,7 +48,8 @@ class Journal:
 
     def __init__(self, session_id: str, *, max_events: int, max_bytes: int) -> None:
         self.session_id = session_id
-        self._entries: deque[JournalEntry] = deque()
+        # Plain tuples in JournalEntry's field order: append is on every packet's path.
+        self._entries: deque[tuple[int, int, str, Message, int]] = deque()
         self._first_seq = 1
         self._bytes = 0
         self._max_events = max(1, max_events)
@@ -75,13 +76,20 @@ class Journal:
         if self.closed:
             return
         size = message.ByteSize()
-        self._entries.append(JournalEntry(time.time_ns() // 1_000_000, packet_seq, kind, message, size))
+        entries = self._entries
+        entries.append((time.time_ns() // 1_000_000, packet_seq, kind, message, size))
         self._bytes += size
+        if len(entries) > self._max_events or self._bytes > self._max_bytes:
+            self._evict()
+        if self._changed is not None:
+            self._wake()
+
+    def _evict(self) -> None:
         # Always keep the newest event, even one bigger than the byte budget.
-        while len(self._entries) > 1 and (len(self._entries) > self._max_events or self._bytes > self._max_bytes):
-            self._bytes -= self._entries.popleft().size
+        entries = self._entries
+        while len(entries) > 1 and (len(entries) > self._max_events or self._bytes > self._max_bytes):
+            self._bytes -= entries.popleft()[4]
             self._first_seq += 1
-        self._wake()
 
     def close(self) -> None:
         """No more events will come (the session ended): readers finish what is kept."""
@@ -92,7 +100,7 @@ class Journal:
         """The event at `seq`, or None when it was dropped or does not exist yet."""
         index = seq - self._first_seq
         if 0 <= index < len(self._entries):
-            return self._entries[index]
+            return JournalEntry(*self._entries[index])
         return None
 
     def event(self, seq: int) -> wire.ctl.SessionEvent | None:
