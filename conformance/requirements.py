@@ -377,6 +377,37 @@ REQUIREMENTS: tuple[Requirement, ...] = (
         "reflection lists southwest.ai.agent.v1.SessionControlService and resolves its methods; skipped (and "
         "every CTRL requirement with it) when the target does not serve it",
     ),
+    Requirement(
+        "CTRL-002", Level.MUST,
+        "GetSession: one session, with its running tool calls. Unknown id: NOT_FOUND.",
+        "control.proto: SessionControlService.GetSession",
+        "a session open on ChatStream is listed by ListSessions and shown by GetSession with a live state and "
+        "its packets; an unknown id is NOT_FOUND for GetSession, StopSession and WatchSession",
+    ),
+    Requirement(
+        "CTRL-003", Level.MUST,
+        "Stops a session and answers once the commander has confirmed the stop or the stream ended without a "
+        "confirmation. An already-ended session is not an error: the answer carries its recorded outcome.",
+        "control.proto: SessionControlService.StopSession",
+        "StopSession on a live session sends a StopSignal (code OPERATOR, path = caller first, then the "
+        "dispatcher) down its stream; after the kit confirms, the answer is STOP_RESULT_CONFIRMED with a "
+        "stop_to_confirm_us; stopping it again answers STOP_RESULT_ALREADY_ENDED with the same stop",
+    ),
+    Requirement(
+        "CTRL-004", Level.MUST,
+        "a watcher that reconnects passes the last seq it saw + 1 and gets every later event exactly once",
+        "control.proto: WatchSessionRequest.from_seq",
+        "events carry dense seqs from 1; a watcher that reads some events, disconnects and reconnects from the "
+        "last seq + 1 sees every event exactly once, ending with the terminal state change",
+    ),
+    Requirement(
+        "CTRL-005", Level.MUST,
+        "Older than the oldest kept event, or beyond the next one: OUT_OF_RANGE. / Why ... Required "
+        "(INVALID_ARGUMENT if empty).",
+        "control.proto: WatchSessionRequest.from_seq, StopSessionRequest.reason",
+        "WatchSession from a seq beyond the next event is OUT_OF_RANGE; StopSession without a reason is "
+        "INVALID_ARGUMENT and leaves the session running",
+    ),
 )  # fmt: skip
 
 BY_ID: dict[str, Requirement] = {r.id: r for r in REQUIREMENTS}
