@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 from dispatcher.auth import AccessPolicy, AuthInterceptor
 from dispatcher.config import DispatcherConfig
 from dispatcher.control import SessionControlService
+from dispatcher.peers import PeerGroup
 from dispatcher.pool import CommanderPool
 from dispatcher.registry import SessionRegistry
 from dispatcher.service import AgentInteractionService
@@ -53,6 +54,7 @@ class Dispatcher:
         self.health = health.aio.HealthServicer()
         self.access = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens)
         self.pool = CommanderPool(max_waiting=config.pool.max_waiting_callers)
+        self.peers = PeerGroup(config.server.peer_dir, config.server.instance) if config.server.peer_dir else None
 
     @property
     def is_draining(self) -> bool:
@@ -86,6 +88,7 @@ class Dispatcher:
                 sessions=service,
                 access=self.access,
                 is_draining=lambda: self._draining,
+                peers=self.peers,
             )
             server = grpc.aio.server(options=config.grpc_options(), interceptors=[AuthInterceptor(self.access)])
             wire.add_servicer(service, server)
@@ -109,7 +112,12 @@ class Dispatcher:
             if port == 0:
                 raise OSError(f"cannot listen on {config.server.listen}")
             self.address = f"{host}:{port}"
+            # A group member also listens on a port of its own, so that the others can reach
+            # *this* process (the shared port goes to whichever member the kernel picks).
+            member_address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}" if self.peers else ""
             await server.start()
+            if self.peers is not None:
+                self.peers.advertise(member_address)
             await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
             await self.health.set(wire.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
             await self.health.set(wire.CONTROL_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
@@ -156,6 +164,8 @@ class Dispatcher:
             while self.registry.open_count:
                 await _sessions_changed(self.registry)
         left = self.registry.open_count
+        if self.peers is not None:
+            await self.peers.close()
         # Whatever is still open is cut now; grpc cancels the remaining calls.
         await server.stop(grace=0.2 if left else None)
         log.info("dispatcher.stopped", sessions_cut=left)

@@ -14,6 +14,7 @@ from dispatcher.app import Dispatcher, run_until_signalled
 from dispatcher.auth import Role, hash_token
 from dispatcher.config import DispatcherConfig
 from dispatcher.tools import default_registry
+from dispatcher.workers import run_workers
 from shared.log import configure_logging
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, describe, load_cli_config
 
@@ -42,6 +43,12 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
         return
     fmt = config.log.format
     configure_logging(config.log.level, json=None if fmt == "auto" else fmt == "json")
+    if config.server.workers > 1:
+        try:
+            sys.exit(run_workers(config, sys.argv[1:]))
+        except OSError as exc:
+            click.echo(f"dispatcher: {exc}", err=True)
+            sys.exit(1)
     try:
         dispatcher = Dispatcher(config)
     except (ValueError, OSError) as exc:  # a bad tokens file or entry: the operator's to fix

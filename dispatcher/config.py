@@ -82,6 +82,18 @@ class ServerConfig:
         "write the bound HOST:PORT to this file once serving (for scripts)",
         flag="ready-file",
     )
+    workers: int = setting(
+        1,
+        "serving processes sharing --listen via SO_REUSEPORT, one event loop each; the control API "
+        "finds a session on any of them",
+        flag="workers",
+    )
+    peer_dir: str = setting(
+        "",
+        "directory where dispatchers of one group advertise their private control address; a control "
+        "call for a session this process does not hold is forwarded to them (set by --workers)",
+        flag="peer-dir",
+    )
     reflection: bool = setting(True, "serve gRPC server reflection")
     otel: bool = setting(
         False,
@@ -100,6 +112,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.shutdown_grace_s < 0:
             raise ValueError("shutdown_grace_s must be >= 0")
+        if not 1 <= self.workers <= 64:
+            raise ValueError("workers must be between 1 and 64")
 
     @property
     def instance(self) -> str:
@@ -296,7 +310,9 @@ class DispatcherConfig:
             ("grpc.max_send_message_length", s.max_send_message_bytes),
             ("grpc.http2.lookahead_bytes", s.lookahead_bytes),
             ("grpc.http2.bdp_probe", int(s.bdp_probe)),
-            ("grpc.so_reuseport", 0),
+            # Only a worker group shares its port; otherwise a second dispatcher on the same
+            # port must fail to start rather than silently take half the connections.
+            ("grpc.so_reuseport", 1 if s.peer_dir else 0),
         ]
         if s.max_connection_idle_ms:
             options.append(("grpc.max_connection_idle_ms", s.max_connection_idle_ms))

@@ -21,6 +21,7 @@ import structlog
 from dispatcher.auth import AccessPolicy, Principal
 from dispatcher.config import DispatcherConfig
 from dispatcher.journal import EVENT_KINDS, Journal
+from dispatcher.peers import PeerGroup, first_status, forward_metadata, is_forwarded
 from dispatcher.registry import SessionHandle, SessionRegistry
 from dispatcher.runner import SessionRunner
 from dispatcher.service import AgentInteractionService, valid_session_id
@@ -45,6 +46,7 @@ log = structlog.get_logger("dispatcher.control")
 
 _ASK_KINDS = frozenset({wire.ctl.EVENT_KIND_CONTENT, wire.ctl.EVENT_KIND_TOOL_CALL})
 _DEFAULT_PAGE = 100
+_MEMBER_TIMEOUT_S = 30.0
 _MAX_PAGE = 1000
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -58,12 +60,14 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         sessions: AgentInteractionService,
         access: AccessPolicy,
         is_draining: Callable[[], bool],
+        peers: PeerGroup | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
         self._sessions = sessions
         self._access = access
         self._is_draining = is_draining
+        self._peers = peers
 
     # -- inspect ---------------------------------------------------------------------
 
@@ -77,6 +81,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             await _refuse(context, exc, "", "ListSessions")
         infos = [handle.info() for handle in self._registry.open_sessions()]
         infos += [ended.info for ended in self._registry.ended_sessions() if ended.info is not None]
+        infos += await self._list_members(request, context)
         wanted = _session_filter(request, now_ms())
         rows = sorted(
             (info for info in infos if principal.may_manage(info.started_by) and wanted(info)),
@@ -101,6 +106,13 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
                 )
             ended = self._ended_session(request.session_id, principal)
             return wire.ctl.GetSessionResponse(session=ended.info)
+        except NotFound as exc:
+            found = await self._ask_members(
+                context, lambda stub, md, timeout: stub.GetSession(request, metadata=md, timeout=timeout)
+            )
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+            await _refuse(context, exc, request.session_id, "GetSession")
         except AgentRuntimeError as exc:
             await _refuse(context, exc, request.session_id, "GetSession")
 
@@ -123,6 +135,13 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
                 cause=request.cause,
                 path=(principal.hop,),
             )
+        except NotFound as exc:
+            found = await self._ask_members(
+                context, lambda stub, md, timeout: stub.StopSession(request, metadata=md, timeout=timeout)
+            )
+            if found is not None:
+                return found  # type: ignore[no-any-return]
+            await _refuse(context, exc, session_id, "StopSession")
         except (AgentRuntimeError, ValueError) as exc:
             await _refuse(context, exc, session_id, "StopSession")
         if handle.settled.is_set():
@@ -151,7 +170,15 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         principal = self._access.principal(context)
         session_id = request.session_id
         try:
-            journal = self._journal(session_id, principal)
+            try:
+                journal = self._journal(session_id, principal)
+            except NotFound:
+                holder = await self._holder_of(session_id, context)
+                if holder is None:
+                    raise
+                async for response in _relay(holder.WatchSession(request, metadata=forward_metadata(context)), context):
+                    yield response
+                return
             from_seq = request.from_seq or journal.first_seq
             _check_resume_point(journal, from_seq)
             async for event in follow_journal(journal, from_seq, set(request.kinds)):
@@ -168,6 +195,12 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         session_id = request.session_id or str(uuid.uuid4())
         tie: CallerTie | None = None
         try:
+            if self._sessions.pool.free_count == 0:
+                relayed = await self._start_on_member(request, context)
+                if relayed is not None:
+                    async for response in _relay(relayed, context):
+                        yield response
+                    return
             runner, tie = await self._start(request, session_id, principal, context)
             async for event in follow_journal(runner.journal, 1, set(request.kinds)):
                 yield wire.ctl.StartSessionResponse(event=event)
@@ -183,6 +216,10 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         session_id = request.session_id or str(uuid.uuid4())
         answer: list[str] = []
         tool_calls = 0
+        if self._sessions.pool.free_count == 0:
+            answered = await self._ask_on_member(request, context)
+            if answered is not None:
+                return answered  # type: ignore[no-any-return]
         try:
             runner, _tie = await self._start(request, session_id, principal, context)
             async for event in follow_journal(runner.journal, 1, _ASK_KINDS):
@@ -250,6 +287,93 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         log.info("session.started", session_id=session_id, by=principal.hop, commander=slot.commander)
         return runner, tie
 
+    # -- the other members of a worker group (dispatcher/peers.py) -------------------
+
+    def _members(self, context: Context) -> list[wire.SessionControlServiceStub]:
+        """The other members to ask; none for a call that was itself forwarded (no loops)."""
+        if self._peers is None or is_forwarded(context):
+            return []
+        return self._peers.stubs()
+
+    async def _ask_members(self, context: Context, call: Callable[[Any, Any, float], Any]) -> Any:
+        """The first member's answer; None when every member says NOT_FOUND. Another error
+        from a member (PERMISSION_DENIED...) ends this call with that status."""
+        errors = []
+        for stub in self._members(context):
+            try:
+                return await call(stub, forward_metadata(context), _member_timeout(context))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:  # a member gone since it advertised
+                    log.warning("peers.unreachable", detail=exc.details())
+                    continue
+                errors.append(exc)
+        error = first_status(errors)
+        if error is not None and error.code() is not grpc.StatusCode.NOT_FOUND:
+            await context.abort(error.code(), error.details() or "")
+        return None
+
+    async def _holder_of(self, session_id: str, context: Context) -> wire.SessionControlServiceStub | None:
+        """The member that holds `session_id`, found by asking each (GetSession)."""
+        request = wire.ctl.GetSessionRequest(session_id=session_id)
+        for stub in self._members(context):
+            try:
+                await stub.GetSession(request, metadata=forward_metadata(context), timeout=_member_timeout(context))
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE):
+                    continue
+                await context.abort(exc.code(), exc.details() or "")
+            return stub
+        return None
+
+    async def _list_members(self, request: wire.ctl.ListSessionsRequest, context: Context) -> list[Any]:
+        """Every session the other members list for this caller (all their pages)."""
+        infos: list[Any] = []
+        for stub in self._members(context):
+            query = wire.ctl.ListSessionsRequest()
+            query.CopyFrom(request)
+            query.page_size, query.page_token = _MAX_PAGE, ""
+            try:
+                while True:
+                    page = await stub.ListSessions(
+                        query, metadata=forward_metadata(context), timeout=_member_timeout(context)
+                    )
+                    infos += page.sessions
+                    if not page.next_page_token:
+                        break
+                    query.page_token = page.next_page_token
+            except grpc.aio.AioRpcError as exc:
+                log.warning("peers.list_failed", code=exc.code().name, detail=exc.details())
+        return infos
+
+    async def _start_on_member(self, request: wire.ctl.StartSessionRequest, context: Context) -> Any:
+        """A StartSession call on a member that has a free commander right now, or None."""
+        quick = wire.ctl.StartSessionRequest()
+        quick.CopyFrom(request)
+        quick.wait_for_commander_ms = 1  # only a member with a commander free now
+        for stub in self._members(context):
+            call = stub.StartSession(quick, metadata=forward_metadata(context), timeout=context.time_remaining())
+            try:
+                first = await call.read()
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    continue
+                await context.abort(exc.code(), exc.details() or "")
+            return _Replayed(first, call)
+        return None
+
+    async def _ask_on_member(self, request: wire.ctl.AskRequest, context: Context) -> Any:
+        quick = wire.ctl.AskRequest()
+        quick.CopyFrom(request)
+        quick.wait_for_commander_ms = 1
+        for stub in self._members(context):
+            try:
+                return await stub.Ask(quick, metadata=forward_metadata(context), timeout=context.time_remaining())
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() is grpc.StatusCode.UNAVAILABLE:
+                    continue
+                await context.abort(exc.code(), exc.details() or "")
+        return None
+
     # -- lookups ---------------------------------------------------------------------
 
     def _open_session(self, session_id: str, principal: Principal) -> SessionHandle | None:
@@ -304,6 +428,43 @@ async def follow_journal(
         if journal.closed:
             return
         await journal.wait_past(next_seq)
+
+
+class _Replayed:
+    """A server-streaming call whose first message was already read."""
+
+    def __init__(self, first: Any, call: Any) -> None:
+        self._first = first
+        self._call = call
+
+    async def read(self) -> Any:
+        if self._first is not None:
+            first, self._first = self._first, None
+            return first
+        return await self._call.read()
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
+async def _relay(call: Any, context: Context) -> AsyncIterator[Any]:
+    """Pass a member's server stream through, status included; our caller leaving cancels it."""
+    try:
+        while True:
+            try:
+                response = await call.read()
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "")
+            if response is grpc.aio.EOF:
+                return
+            yield response
+    finally:
+        call.cancel()
+
+
+def _member_timeout(context: Context) -> float:
+    remaining = context.time_remaining()
+    return _MEMBER_TIMEOUT_S if remaining is None else max(0.001, min(remaining, _MEMBER_TIMEOUT_S))
 
 
 def _check_resume_point(journal: Journal, from_seq: int) -> None:

@@ -339,7 +339,7 @@ class SessionRunner:
         # Acks are cumulative: when the outbox is full the next one covers this one.
         try:
             self._outbox_send.send_nowait(packet)
-        except (anyio.WouldBlock, anyio.ClosedResourceError):
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass
 
     def _send_urgent(self, packet: wire.pb.DownstreamPacket) -> None:
@@ -347,8 +347,8 @@ class SessionRunner:
             self._outbox_send.send_nowait(packet)
         except anyio.WouldBlock:
             self.urgent.append(packet)  # the handler yields these before the queued packets
-        except anyio.ClosedResourceError:
-            pass
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # the stream is over (its handler closed the outbox): nobody to tell
 
     async def _run_tool(self, action: StartTool) -> None:
         # The slot is held until the result sits in the outbox: with a commander that does

@@ -15,7 +15,7 @@ from commander.models import ScriptedAgent
 from commander.session import SessionResult, run_session
 from dispatcher.app import Dispatcher
 from shared import wire
-from shared.model import SessionState, StopCode
+from shared.model import SessionState, StopCode, StopInfo
 from tests.conftest import (
     WAIT_S,
     Gate,
@@ -404,3 +404,18 @@ async def test_ask_returns_the_whole_answer() -> None:
         answer = await control(ch).Ask(wire.ctl.AskRequest(input_text="what is 2+2?"))
         assert answer.outcome.state == wire.ctl.SESSION_STATE_FINISHED
         assert "4" in answer.answer and answer.tool_calls == 1 and answer.session_id
+
+
+async def test_a_stop_for_a_stream_that_just_ended_is_harmless() -> None:
+    """Regression: the handler had closed the outbox (RPC over) but the runner had not finished
+    yet; a stop then (shutdown drain, operator) raised BrokenResourceError and broke the drain."""
+    async with running_dispatcher() as d, grpc.aio.insecure_channel(d.address) as ch:
+        raw = RawSession(ch)
+        await raw.hello("ending")
+        handle = d.registry.get_open("ending")
+        assert handle is not None
+        handle.outbox.close()  # what the ChatStream handler's `finally` does when the RPC ends
+        handle.request_stop(StopInfo(StopCode.OPERATOR, "too late", path=("operator:test",)))
+        handle.request_stop(StopInfo(StopCode.SHUTDOWN, "draining", path=("shutdown:test",)))
+        raw.call.cancel()
+        await wait_until(lambda: d.registry.get_ended("ending") is not None, "the session ended")

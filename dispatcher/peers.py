@@ -1,0 +1,105 @@
+"""The other dispatchers of a group, and control calls forwarded to them.
+
+A session lives in the one process whose connection carries it; with `--workers N` (or
+several dispatchers behind a balancer) an operator's call can land anywhere. Membership
+is a directory: every member writes `<instance>.addr` holding a private address it serves
+the control API on, and removes it when it stops. A control call for a session this
+process does not hold is forwarded to the members, marked `x-dispatcher-forwarded` so it
+is never forwarded twice, with the caller's own credentials (each member checks them
+again). Across machines the same interface would read a shared store instead of a
+directory (DESIGN.md §10); nothing else changes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+
+from dispatcher.auth import AUTHORIZATION
+from shared import wire
+
+__all__ = ["FORWARDED", "PeerGroup", "forward_metadata", "is_forwarded"]
+
+log = structlog.get_logger("dispatcher.peers")
+
+FORWARDED = "x-dispatcher-forwarded"
+_SUFFIX = ".addr"
+
+
+def is_forwarded(context: Any) -> bool:
+    return any(key == FORWARDED for key, _ in context.invocation_metadata() or ())
+
+
+def forward_metadata(context: Any) -> tuple[tuple[str, str], ...]:
+    """The caller's credentials plus the forwarded mark."""
+    kept = tuple((k, v) for k, v in context.invocation_metadata() or () if k == AUTHORIZATION and isinstance(v, str))
+    return (*kept, (FORWARDED, "1"))
+
+
+class PeerGroup:
+    """This process's membership in a group, and channels to the other members."""
+
+    def __init__(self, directory: str, instance: str) -> None:
+        self._dir = Path(directory)
+        self._own = self._dir / f"{_safe(instance)}{_SUFFIX}"
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def advertise(self, address: str) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        staging = self._own.with_suffix(".tmp")
+        staging.write_text(address + "\n")
+        os.replace(staging, self._own)  # readers never see a half-written file
+
+    def withdraw(self) -> None:
+        self._own.unlink(missing_ok=True)
+
+    def addresses(self) -> list[str]:
+        """The other members' control addresses, as advertised now."""
+        found = []
+        for path in sorted(self._dir.glob(f"*{_SUFFIX}")):
+            if path == self._own:
+                continue
+            try:
+                address = path.read_text().strip()
+            except OSError:  # withdrawn while we looked
+                continue
+            if address:
+                found.append(address)
+        return found
+
+    def stubs(self) -> list[wire.SessionControlServiceStub]:
+        return [wire.SessionControlServiceStub(self._channel(address)) for address in self.addresses()]
+
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        channel = self._channels.get(address)
+        if channel is None:
+            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+        return channel
+
+    async def close(self) -> None:
+        self.withdraw()
+        for channel in self._channels.values():
+            await channel.close()
+        self._channels.clear()
+
+
+def _safe(instance: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in instance)
+
+
+def not_found(error: grpc.aio.AioRpcError) -> bool:
+    return error.code() is grpc.StatusCode.NOT_FOUND
+
+
+def first_status(errors: Iterable[grpc.aio.AioRpcError]) -> grpc.aio.AioRpcError | None:
+    """The most telling error from the members: anything but NOT_FOUND wins."""
+    chosen = None
+    for error in errors:
+        if chosen is None or not_found(chosen):
+            chosen = error
+    return chosen
