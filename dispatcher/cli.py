@@ -55,7 +55,7 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
         click.echo(f"dispatcher: {exc}", err=True)
         sys.exit(2)
     try:
-        anyio.run(run_until_signalled, dispatcher)
+        anyio.run(run_until_signalled, dispatcher, backend_options={"use_uvloop": config.server.uvloop})
     except* OSError as group:  # raised inside task groups, so it arrives grouped
         click.echo(f"dispatcher: {_first_leaf(group)}", err=True)
         sys.exit(1)

@@ -94,6 +94,11 @@ class ServerConfig:
         "call for a session this process does not hold is forwarded to them (set by --workers)",
         flag="peer-dir",
     )
+    uvloop: bool = setting(
+        False,
+        "run the event loop on uvloop (measured: see README, Performance; off by default)",
+        flag="uvloop",
+    )
     reflection: bool = setting(True, "serve gRPC server reflection")
     otel: bool = setting(
         False,

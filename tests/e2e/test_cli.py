@@ -483,3 +483,12 @@ def test_bad_tokens_configuration_is_one_line_and_exit_2() -> None:
         assert result.returncode == 2, result.stderr
         no_traceback(result.stderr)
         assert result.stderr.startswith("dispatcher: ")
+
+
+def test_dispatcher_serves_on_uvloop(start_dispatcher: DispatcherFactory) -> None:
+    dispatcher = start_dispatcher("--uvloop")
+    serving = dispatcher.wait_for_event("dispatcher.serving")
+    assert serving["config"]["server"]["uvloop"] is True
+    result = run_commander(dispatcher.address, "What is 2 + 2?", "--tokens-per-s", "0")
+    assert result.returncode == 0, result.stdout
+    assert "FINISHED" in result.stdout
