@@ -61,7 +61,7 @@ def run(
     """
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
-    renderer = JsonRenderer() if as_json else ConsoleRenderer(quiet=quiet)
+    renderer = JsonRenderer(quiet=quiet) if as_json else ConsoleRenderer(quiet=quiet)
     result = anyio.run(_run, config, prompt, session_id, renderer)
     renderer.result(result)
     sys.exit(exit_code(result))

@@ -115,12 +115,15 @@ class ConsoleRenderer(Observer):
 
 
 class JsonRenderer(Observer):
-    """One JSON object per event, then one for the result."""
+    """One JSON object per event, then one for the result (`quiet`: no thought or content events)."""
 
-    def __init__(self, out: TextIO | None = None) -> None:
+    def __init__(self, out: TextIO | None = None, *, quiet: bool = False) -> None:
         self.out = out or sys.stdout
+        self.quiet = quiet
 
     def __call__(self, event: SessionEvent) -> None:
+        if self.quiet and isinstance(event, (ContentEmitted, ThoughtEmitted)):
+            return
         payload: dict[str, Any] = {"event": type(event).__name__}
         if isinstance(event, StopReceived):
             payload["stop"] = _stop_dict(event.stop)
