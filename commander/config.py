@@ -9,7 +9,8 @@ from shared.settings import setting
 
 __all__ = ["AgentConfig", "CommanderConfig", "ConnectionConfig"]
 
-MiB = 1024 * 1024
+KiB = 1024
+MiB = 1024 * KiB
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,12 +30,25 @@ class ConnectionConfig:
     )
     end_timeout_s: float = setting(10.0, "after the last packet, wait this long for the dispatcher to end the stream")
     outbox_size: int = setting(32, "upstream packets buffered before the agent's say()/think() waits (backpressure)")
+    coalesce: bool = setting(
+        True,
+        "when packets queue up faster than the stream drains, merge consecutive content (or same-step thought) "
+        "deltas already queued into one message; at low load every packet still goes out alone at once",
+    )
+    coalesce_max_bytes: int = setting(16 * KiB, "largest text (UTF-8 bytes) of one merged message")
+    coalesce_max_packets: int = setting(64, "most agent packets merged into one message")
 
     def __post_init__(self) -> None:
         if self.outbox_size < 1:
             raise ValueError("outbox_size must be >= 1")
         if self.handshake_timeout_s < 0 or self.end_timeout_s <= 0:
             raise ValueError("handshake_timeout_s must be >= 0 and end_timeout_s > 0")
+        if self.coalesce_max_packets < 1 or self.coalesce_max_bytes < 1:
+            raise ValueError("coalesce_max_bytes and coalesce_max_packets must be >= 1")
+        if self.coalesce_max_bytes > self.max_send_message_bytes // 2:
+            # Leaves room for the packet's other fields: merging must never build a message
+            # grpc would refuse to send.
+            raise ValueError("coalesce_max_bytes must be at most half of max_send_message_bytes")
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("--cert-file and --key-file go together")
 

@@ -19,6 +19,7 @@ import anyio
 import grpc
 import structlog
 
+from commander.coalesce import Coalescer
 from commander.config import CommanderConfig
 from commander.context import AgentContext
 from commander.events import HandshakeDone, Observer, StopReceived, ToolResultReceived
@@ -223,6 +224,14 @@ async def run_session(
                     run._enter_compat_mode()
                     log.info("session.compat_mode", reason="no Welcome within the handshake timeout")
                 refused = link.ended.is_set() and run.welcome is None
+                if refused:
+                    run.compat_mode = False  # refused before any answer: nothing says what it speaks
+                if conn.coalesce and run.welcome is not None:
+                    # Only a peer that answered Hello treats deltas as a text stream; an
+                    # original-contract server may count chunks, so it gets them as produced.
+                    link.coalesce_with(
+                        Coalescer(max_bytes=conn.coalesce_max_bytes, max_packets=conn.coalesce_max_packets)
+                    )
                 if not refused:
                     observer(
                         HandshakeDone(session_id, run.welcome.dispatcher_id if run.welcome else "", run.compat_mode)

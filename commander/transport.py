@@ -6,6 +6,10 @@ cancelling a `call.write()` cancels the whole RPC, and an anyio cancel scope aro
 memory stream (its `await send()` is the backpressure), one writer task drains it into
 the call, one reader task dispatches downstream packets, and the call is ended with
 `done_writing()` or, as a last resort, `call.cancel()`.
+
+With a `Coalescer` the writer merges consecutive deltas that are already queued when it
+is about to write (see `commander.coalesce`): at saturation fewer, fuller messages; at low
+load the queue is empty and every packet still goes out alone, at once.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import anyio
 import grpc
 from anyio.abc import TaskStatus
 
+from commander.coalesce import Coalescer
 from commander.config import ConnectionConfig
 from commander.context import stamp
 from shared import wire
@@ -81,6 +86,10 @@ class Link:
         self._outbox_send, self._outbox_receive = anyio.create_memory_object_stream[wire.pb.UpstreamPacket](outbox_size)
         self._call: grpc.aio.StreamStreamCall[wire.pb.UpstreamPacket, wire.pb.DownstreamPacket] | None = None
         self._cancelled_locally = False
+        self._coalescer: Coalescer | None = None
+        # The packet that ended the last merge (it could not join): taken off the outbox
+        # but not written yet, so it is still "queued" for the writer and for discard_queued.
+        self._held: wire.pb.UpstreamPacket | None = None
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Open the call and pump both directions until the call has ended."""
@@ -101,9 +110,23 @@ class Link:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
             pass
 
+    def coalesce_with(self, coalescer: Coalescer) -> None:
+        """From now on, merge consecutive deltas already queued when the writer is about to write."""
+        self._coalescer = coalescer
+
     def discard_queued(self) -> int:
-        """Drop every packet queued but not yet written (after a stop: never sent, never paid for)."""
+        """Drop every packet queued but not yet written (after a stop: never sent, never paid for).
+
+        Returns the number of agent packets dropped (one per say/think/tool call), whether
+        or not coalescing is on: merging happens synchronously right before `call.write`,
+        so there is never a merged-but-unwritten packet to drop, only the outbox and the
+        one packet the writer holds back after a merge. A merged message already handed to
+        `call.write` counts as sent, as a single packet being written always did.
+        """
         dropped = 0
+        if self._held is not None:
+            self._held = None
+            dropped = 1
         while True:
             try:
                 self._outbox_receive.receive_nowait()
@@ -124,10 +147,22 @@ class Link:
     async def _write_loop(self) -> None:
         call = self._call
         assert call is not None
+        outbox = self._outbox_receive
         seq = 0
         try:
-            async with self._outbox_receive:
-                async for packet in self._outbox_receive:
+            async with outbox:
+                while True:
+                    packet = self._held
+                    if packet is None:
+                        try:
+                            packet = await outbox.receive()
+                        except anyio.EndOfStream:
+                            break
+                    else:
+                        self._held = None
+                    coalescer = self._coalescer
+                    if coalescer is not None and coalescer.open(packet):
+                        packet = self._merge_queued(coalescer)
                     seq += 1
                     stamp(packet, seq=seq, session_id=self.session_id)
                     if packet.HasField("stop_confirm"):
@@ -140,6 +175,23 @@ class Link:
         except asyncio.CancelledError:
             if not self._cancelled_locally:
                 raise
+
+    def _merge_queued(self, coalescer: Coalescer) -> wire.pb.UpstreamPacket:
+        """Merge into the open run whatever is queued right now and fits; never waits.
+
+        Synchronous on purpose: no other task (the agent, discard_queued) runs between
+        taking packets off the outbox and handing the merged one to `call.write`.
+        """
+        outbox = self._outbox_receive
+        while not coalescer.is_full:
+            try:
+                following = outbox.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break  # nothing queued: at low load this is the first try, and the packet goes alone
+            if not coalescer.add(following):
+                self._held = following  # another kind or step, or too big: it starts the next write
+                break
+        return coalescer.close()
 
     async def _read_loop(self) -> None:
         call = self._call

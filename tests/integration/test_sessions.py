@@ -48,7 +48,9 @@ async def test_full_session_thinks_calls_a_tool_and_finishes() -> None:
     assert result.last_acked_seq == result.packets_sent  # the final Ack covers every packet
     ended = dispatcher.registry.get_ended(result.session_id)
     assert ended is not None and ended.outcome.state is SessionState.FINISHED
-    assert ended.packets_in["content"] > 10 and ended.packets_in["tool_call"] == 1
+    # 60 tokens + the finish, merged by coalescing as the outbox filled up (at most the
+    # 32 queued + 2 per message): 2 to 61 content packets.
+    assert ended.packets_in["content"] >= 2 and ended.packets_in["tool_call"] == 1
 
 
 async def test_concurrent_tool_calls_of_one_session_run_together_and_match_by_call_id() -> None:
