@@ -3,7 +3,8 @@
 1. a session that thinks, calls a tool, receives its result, streams its answer, finishes;
 2. a session stopped mid-answer by the dispatcher's content policy, with the stop's code,
    reason, path and measured stop-to-halt time;
-3. a short full-speed session, to show the packets/s one stream sustains here;
+3. a short full-speed session: 3000 tokens, which the commander's writer coalesces into
+   fewer, fuller packets whenever they queue up faster than the stream drains;
 4. an operator stop through the CLI: `dispatcherctl sessions` shows a session streaming,
    `dispatcherctl stop` stops it and prints the confirmation time, the commander prints
    the stop with its path `operator:... -> dispatcher:demo`;
@@ -152,7 +153,7 @@ def main() -> int:
         if code != 2:
             failures.append(f"session 2 exited {code}, expected 2 (stopped)")
 
-        banner("session 3: full speed (no pacing), 3000 content packets on one stream")
+        banner("session 3: full speed (no pacing), 3000 answer tokens, queued deltas coalesced into fuller packets")
         code = run_commander(target, "Say a lot.", "--tokens-per-s", "0", "--answer-words", "3000", "--quiet")
         if code != 0:
             failures.append(f"session 3 exited {code}, expected 0 (finished)")
