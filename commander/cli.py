@@ -71,15 +71,7 @@ async def _run(config: CommanderConfig, prompt: str, session_id: str | None, ren
     """The session, with Ctrl-C / SIGTERM cancelling it cleanly (a second signal exits at once)."""
     cancel = anyio.Event()
     async with anyio.create_task_group() as tg:
-
-        async def cancel_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    if cancel.is_set():
-                        sys.exit(EXIT_CANCELLED)
-                    cancel.set()
-
-        tg.start_soon(cancel_on_signal)
+        tg.start_soon(_cancel_on_signal, cancel)
         result = await _session(config, prompt, session_id, renderer, cancel)
         tg.cancel_scope.cancel()
     return result
@@ -157,21 +149,22 @@ async def _serve(config: CommanderConfig, concurrency: int) -> None:
                     await cancel.wait()
 
     async with anyio.create_task_group() as tg:
-
-        async def cancel_on_signal() -> None:
-            with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for _ in signals:
-                    if cancel.is_set():
-                        sys.exit(EXIT_CANCELLED)
-                    cancel.set()
-
-        tg.start_soon(cancel_on_signal)
+        tg.start_soon(_cancel_on_signal, cancel)
         async with open_channel(config.connection, config.keepalive) as channel:
             log.info("pool.joining", target=config.connection.target, concurrency=concurrency)
             async with anyio.create_task_group() as streams:
                 for number in range(concurrency):
                     streams.start_soon(pool_stream, number, channel)
         tg.cancel_scope.cancel()
+
+
+async def _cancel_on_signal(cancel: anyio.Event) -> None:
+    """The first SIGINT/SIGTERM sets `cancel` (a clean, recorded end); a second one exits at once."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            if cancel.is_set():
+                sys.exit(EXIT_CANCELLED)
+            cancel.set()
 
 
 class PoolBackoff:
