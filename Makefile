@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency node-deps buf-lint buf-breaking interop conformance conformance-self
+.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -54,6 +54,14 @@ demo: $(STAMP)  ## a dispatcher and two commander sessions (one finishes, one is
 
 stop-latency: $(STAMP)  ## operator stops via the control API: stop->confirm p50/p99 (real processes)
 	$(PY) scripts/stop_latency.py $(STOP_LATENCY_ARGS)
+
+BENCH_ARGS ?=
+
+bench: $(STAMP)  ## dispatcher vs a bare grpc.aio server, real processes (~15 min): bench/results/latest.md
+	$(PY) -m scripts.bench $(BENCH_ARGS)
+
+bench-quick: $(STAMP)  ## the same benchmark with small sizes, under two minutes: bench/results/latest-quick.md
+	$(PY) -m scripts.bench --quick $(BENCH_ARGS)
 
 serve: $(STAMP)  ## run a dispatcher on 127.0.0.1:50051
 	$(BIN)/dispatcher serve --listen 127.0.0.1:50051
