@@ -26,6 +26,7 @@ from dispatcher.peers import PeerGroup
 from dispatcher.pool import CommanderPool
 from dispatcher.registry import SessionRegistry
 from dispatcher.service import AgentInteractionService
+from dispatcher.timers import Timers
 from dispatcher.tools import ToolExecutor, ToolRegistry, default_registry
 from shared import settings, wire
 from shared.model import StopCode, StopInfo
@@ -54,6 +55,7 @@ class Dispatcher:
         self.health = health.aio.HealthServicer()
         self.access = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens)
         self.pool = CommanderPool(max_waiting=config.pool.max_waiting_callers)
+        self.timers = Timers()
         self.peers = PeerGroup(config.server.peer_dir, config.server.instance) if config.server.peer_dir else None
 
     @property
@@ -73,6 +75,7 @@ class Dispatcher:
             _instrument_otel()
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            tg.start_soon(self.timers.run)
             service = AgentInteractionService(
                 config=config,
                 registry=self.registry,
@@ -81,6 +84,7 @@ class Dispatcher:
                 is_draining=lambda: self._draining,
                 access=self.access,
                 pool=self.pool,
+                timers=self.timers,
             )
             control = SessionControlService(
                 config=config,

@@ -33,6 +33,7 @@ from dispatcher.session import (
     StartTool,
 )
 from dispatcher.snapshots import outcome_to_wire
+from dispatcher.timers import Timers
 from dispatcher.tools import ToolExecutor, ToolOutcome
 from shared import wire
 from shared.model import StopInfo
@@ -74,6 +75,7 @@ class SessionRunner:
         commander: str = "",
         started_by: str = "",
         assignment: wire.pb.Assignment | None = None,
+        timers: Timers,
     ) -> None:
         self.session_id = machine.session_id
         self.machine = machine
@@ -95,8 +97,8 @@ class SessionRunner:
         self._tool_scopes: dict[str, anyio.CancelScope] = {}
         self._cancel_reasons: dict[str, str] = {}
         self._tg: TaskGroup | None = None
-        self._timer_scope: anyio.CancelScope | None = None
-        self._armed = math.inf
+        self._timers = timers
+        self._armed = math.inf  # the deadline armed with `timers` (mirrors it: read per packet)
         self._gone_reason: str | None = None
         # Set when the session's outcome is decided (EndStream), a moment before `done`.
         self.settled = anyio.Event()
@@ -179,11 +181,14 @@ class SessionRunner:
                     self._tg = tg
                     if self._gone_reason is not None:
                         tg.cancel_scope.cancel()
-                    tg.start_soon(self._timer_loop)
                     await self._apply(self.machine.on_packet(first, _clock()))
                     self._rearm_timer()
                     if not self.machine.is_ended:
                         await self._pump_upstream()
+                    if not self.machine.is_ended:
+                        # Upstream is done; a timer (grace, linger), a tool result or the peer
+                        # going away ends the session, and EndStream cancels this group.
+                        await anyio.sleep_forever()
             except Exception:
                 log.exception("session.crashed")
                 if self.machine.outcome is None:
@@ -194,6 +199,8 @@ class SessionRunner:
     def _finish(self) -> None:
         outcome = self.machine.outcome or self.machine.on_peer_gone(self._gone_reason or "stream closed")
         self.outcome = outcome
+        self._timers.disarm(self)
+        self._armed = -math.inf  # never again
         self._outbox_send.close()
         self.machine.journal.close()
         self.settled.set()
@@ -253,24 +260,24 @@ class SessionRunner:
         await self._apply(machine.on_upstream_closed(_clock()))
         self._rearm_timer()
 
-    async def _timer_loop(self) -> None:
-        while True:
+    def timer_fired(self, now: float) -> None:
+        """Called by the process's `Timers` at the armed deadline (never waits)."""
+        if self._armed == -math.inf:
+            return  # ended meanwhile
+        self._armed = math.inf
+        with structlog.contextvars.bound_contextvars(session_id=self.session_id):
             wake = self.machine.wake_at
-            self._armed = wake if wake is not None else math.inf
-            with anyio.CancelScope(deadline=self._armed) as scope:
-                self._timer_scope = scope
-                await anyio.sleep_forever()
-            self._timer_scope = None
-            now = _clock()
             if wake is not None and now >= wake:
                 self._apply_nowait(self.machine.on_timer(now))
+            self._rearm_timer()
 
     def _rearm_timer(self) -> None:
+        """Arm the machine's next wake-up when it is earlier than the one armed (a later one
+        armed before just fires early: the machine then finds nothing due and we re-arm)."""
         wake = self.machine.wake_at
-        scope = self._timer_scope
-        if scope is not None and wake is not None and wake < self._armed:
+        if wake is not None and wake < self._armed:
             self._armed = wake
-            scope.deadline = wake
+            self._timers.arm(self, wake)
 
     # -- actions ----------------------------------------------------------------------
 

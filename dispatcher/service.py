@@ -27,6 +27,7 @@ from dispatcher.pool import CommanderPool, PoolSlot
 from dispatcher.registry import SessionRegistry
 from dispatcher.runner import SessionRunner, describe_peer
 from dispatcher.session import Session, SessionOutcome
+from dispatcher.timers import Timers
 from dispatcher.tools import ToolExecutor
 from shared import wire
 from shared.errors import AgentRuntimeError, ProtocolViolation, ShuttingDown
@@ -52,6 +53,7 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         is_draining: Callable[[], bool],
         access: AccessPolicy | None = None,
         pool: CommanderPool | None = None,
+        timers: Timers,
     ) -> None:
         self._config = config
         self._registry = registry
@@ -59,6 +61,7 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         self._spawn = spawn
         self._is_draining = is_draining
         self._access = access or AccessPolicy({})
+        self._timers = timers
         self.pool = pool or CommanderPool(max_waiting=config.pool.max_waiting_callers)
         self._policy = Policy(config.policy)
         self.hop = f"dispatcher:{config.server.instance}"
@@ -168,6 +171,7 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
             commander=commander,
             started_by=started_by,
             assignment=assignment,
+            timers=self._timers,
         )
         try:
             self._registry.claim(session_id, runner)

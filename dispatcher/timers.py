@@ -1,0 +1,84 @@
+"""One timer task for every session of the process, instead of one task per session.
+
+Sessions need wake-ups (the next sparse Ack, idle and wall-clock limits, the stop grace
+period, the finish linger). A task per session costs a task, a coroutine frame and a
+cancel scope re-armed on every ack cycle, times ten thousand sessions. Here a session
+arms a deadline (monotonic seconds) and is called back at it; a deadline that is moved
+earlier or withdrawn just leaves its old heap entry behind, and such stale entries are
+skipped when they come up or swept when they outnumber the live ones. Entries hold their
+session weakly: an ended session is never kept alive by a deadline it no longer needs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import time
+import weakref
+from typing import Protocol
+
+import anyio
+import structlog
+
+__all__ = ["TimerClient", "Timers"]
+
+log = structlog.get_logger("dispatcher.timers")
+_clock = time.monotonic
+_SWEEP_MIN = 1024
+
+
+class TimerClient(Protocol):
+    def timer_fired(self, now: float) -> None: ...
+
+
+class Timers:
+    """A heap of (deadline, client); `run` calls each client back when its deadline passes."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, weakref.ref[TimerClient]]] = []
+        self._armed: dict[int, float] = {}  # id(client) -> its live deadline
+        self._order = itertools.count()
+        self._changed = anyio.Event()
+        self._sleeping_until = math.inf
+
+    def arm(self, client: TimerClient, deadline: float) -> None:
+        """Call `client.timer_fired` once `deadline` passes (replaces its previous deadline)."""
+        self._armed[id(client)] = deadline
+        heapq.heappush(self._heap, (deadline, next(self._order), weakref.ref(client)))
+        if deadline < self._sleeping_until:
+            self._changed.set()  # the loop sleeps past this deadline: wake it to sleep less
+        if len(self._heap) > _SWEEP_MIN and len(self._heap) > 2 * len(self._armed):
+            self._sweep()
+
+    def disarm(self, client: TimerClient) -> None:
+        self._armed.pop(id(client), None)
+
+    def armed(self, client: TimerClient) -> float:
+        return self._armed.get(id(client), math.inf)
+
+    async def run(self) -> None:
+        while True:
+            now = _clock()
+            heap = self._heap
+            while heap and heap[0][0] <= now:
+                deadline, _, ref = heapq.heappop(heap)
+                client = ref()
+                if client is None or self._armed.get(id(client)) != deadline:
+                    continue  # gone, moved or withdrawn since
+                del self._armed[id(client)]
+                try:
+                    client.timer_fired(now)
+                except Exception:  # one session's bug must not stop every session's timers
+                    log.exception("timers.callback_failed")
+            self._sleeping_until = heap[0][0] if heap else math.inf
+            self._changed = anyio.Event()
+            with anyio.move_on_after(self._sleeping_until - now):
+                await self._changed.wait()
+
+    def _sweep(self) -> None:
+        live = self._armed
+        self._heap = [
+            entry for entry in self._heap if (client := entry[2]()) is not None and live.get(id(client)) == entry[0]
+        ]
+        heapq.heapify(self._heap)
