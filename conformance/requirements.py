@@ -86,7 +86,7 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     ),
     Requirement(
         "HS-005", Level.MUST,
-        "malformed session id (not 1–128 printable ASCII) | INVALID_ARGUMENT | refused",
+        "malformed session id (not 1–128 printable ASCII characters, spaces excluded) | INVALID_ARGUMENT | refused",
         f"{_README}: Bad input",
         "Hello asking for a 129-character, a non-ASCII or a control-character session id ends the stream "
         "INVALID_ARGUMENT",
