@@ -53,7 +53,7 @@ demo: $(STAMP)  ## a dispatcher and two commander sessions (one finishes, one is
 	$(PY) scripts/demo.py
 
 stop-latency: $(STAMP)  ## operator stops via the control API: stop->confirm p50/p99 (real processes)
-	$(PY) scripts/stop_latency.py $(STOP_LATENCY_ARGS)
+	$(PY) -m scripts.stop_latency $(STOP_LATENCY_ARGS)
 
 BENCH_ARGS ?=
 

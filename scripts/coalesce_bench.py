@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,12 +35,11 @@ import grpc
 
 from commander import AgentContext, CommanderConfig, ConnectionConfig, SessionResult, run_session
 from commander.events import HandshakeDone, Observer, SessionEvent
+from scripts.bench.procs import running_dispatcher
 from shared import wire
 from shared.log import configure_logging
 from shared.model import SessionState
 
-BIN = Path(sys.executable).parent
-READY_TIMEOUT_S = 15.0
 SESSION_TIMEOUT_S = 120.0
 
 
@@ -232,17 +229,6 @@ async def measure(target: str, args: argparse.Namespace) -> None:
         )
 
 
-def wait_ready(ready: Path, process: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"dispatcher exited early ({process.returncode})")
-        if ready.exists() and ready.read_text().strip():
-            return ready.read_text().strip()
-        time.sleep(0.05)  # polling a file another process writes, bounded
-    raise SystemExit("dispatcher not ready in time")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=40_000, help="tokens per saturation run (default 40000)")
@@ -256,23 +242,9 @@ def main() -> int:
     args = parser.parse_args()
     configure_logging("warning")
     workdir = Path(tempfile.mkdtemp(prefix="coalesce-bench-"))
-    ready = workdir / "ready"
-    log = (workdir / "dispatcher.log").open("wb")
-    dispatcher = subprocess.Popen(
-        [str(BIN / "dispatcher"), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
-         "--instance-id", "bench", "--log-level", os.environ.get("COALESCE_BENCH_LOG", "warning")],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    try:
-        target = wait_ready(ready, dispatcher)
-        anyio.run(measure, target, args)
-    finally:
-        if dispatcher.poll() is None:
-            dispatcher.send_signal(signal.SIGTERM)
-        try:
-            dispatcher.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            dispatcher.kill()
+    log_level = os.environ.get("COALESCE_BENCH_LOG", "warning")
+    with running_dispatcher(workdir, "--log-level", log_level) as dispatcher:
+        anyio.run(measure, dispatcher.target, args)
     return 0
 
 

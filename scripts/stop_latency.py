@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -27,10 +26,8 @@ from pathlib import Path
 
 import grpc
 
+from scripts.bench.procs import BIN, running_dispatcher, stop_process
 from shared import wire
-
-BIN = Path(sys.executable).parent
-READY_TIMEOUT_S = 15.0
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -107,17 +104,6 @@ async def measure(target: str, stops: int, concurrency: int, burst: bool) -> lis
         return samples
 
 
-def wait_ready(ready: Path, process: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"dispatcher exited early ({process.returncode})")
-        if ready.exists() and ready.read_text().strip():
-            return ready.read_text().strip()
-        time.sleep(0.05)  # polling a file another process writes, bounded
-    raise SystemExit("dispatcher not ready in time")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stops", type=int, default=200, help="stops to measure (default 200)")
@@ -129,33 +115,18 @@ def main() -> int:
     parser.add_argument("--json-out", type=Path, help="write the samples and summary here")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="stop-latency-"))
-    ready = workdir / "ready"
-    log = (workdir / "processes.log").open("wb")
-    dispatcher = subprocess.Popen(
-        [str(BIN / "dispatcher"), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
-         "--instance-id", "bench", "--log-level", os.environ.get("STOP_LATENCY_LOG", "warning")],
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
-    pool: subprocess.Popen[bytes] | None = None
-    try:
-        target = wait_ready(ready, dispatcher)
-        pool = subprocess.Popen(
-            [str(BIN / "commander"), "serve", "--target", target, "-n", str(args.concurrency),
-             "--tokens-per-s", str(args.tokens_per_s), "--answer-words", "100000",
-             "--log-level", os.environ.get("STOP_LATENCY_LOG", "warning")],
-            stdout=subprocess.DEVNULL, stderr=log,
-        )  # fmt: skip
-        samples = asyncio.run(measure(target, args.stops, args.concurrency, args.burst))
-    finally:
-        for process in (pool, dispatcher):
-            if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (pool, dispatcher):
-            if process is not None:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+    log_level = os.environ.get("STOP_LATENCY_LOG", "warning")
+    with running_dispatcher(workdir, "--log-level", log_level) as dispatcher:
+        with (workdir / "pool.log").open("wb") as pool_log:
+            pool = subprocess.Popen(
+                [str(BIN / "commander"), "serve", "--target", dispatcher.target, "-n", str(args.concurrency),
+                 "--tokens-per-s", str(args.tokens_per_s), "--answer-words", "100000", "--log-level", log_level],
+                stdout=subprocess.DEVNULL, stderr=pool_log,
+            )  # fmt: skip
+        try:
+            samples = asyncio.run(measure(dispatcher.target, args.stops, args.concurrency, args.burst))
+        finally:
+            stop_process(pool)
     confirm = summary([s["stop_to_confirm_ms"] for s in samples])
     round_trip = summary([s["round_trip_ms"] for s in samples])
     how = "all at once" if args.burst else "one at a time"

@@ -34,6 +34,7 @@ __all__ = [
     "cpu_seconds",
     "rss_kb",
     "run_loaders",
+    "running_dispatcher",
     "running_server",
     "split_spec",
 ]
@@ -100,9 +101,28 @@ def _server_command(kind: str, ready: Path) -> list[str]:
 def running_server(kind: str, workdir: Path) -> Iterator[Server]:
     """Start a server, wait for its ready file, stop it (SIGTERM, then SIGKILL) on exit."""
     ready = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)) / "ready"
+    with _started(kind, _server_command(kind, ready), ready) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def running_dispatcher(workdir: Path, *flags: str) -> Iterator[Server]:
+    """A plain `dispatcher serve` on 127.0.0.1:0 with `flags` (scripts/stop_latency.py,
+    scripts/coalesce_bench.py); its log is `workdir/server.log`."""
+    ready = workdir / "ready"
+    command = [
+        str(BIN / "dispatcher"), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
+        "--instance-id", "bench", *flags,
+    ]  # fmt: skip
+    with _started("dispatcher", command, ready) as server:
+        yield server
+
+
+@contextlib.contextmanager
+def _started(kind: str, command: list[str], ready: Path) -> Iterator[Server]:
     log_path = ready.with_name("server.log")
     with log_path.open("wb") as log:
-        process = subprocess.Popen(_server_command(kind, ready), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
         while not (ready.exists() and ready.read_text().strip()):
@@ -114,6 +134,11 @@ def running_server(kind: str, workdir: Path) -> Iterator[Server]:
         yield Server(kind, ready.read_text().strip(), process.pid)
     finally:
         _stop(process, signal.SIGTERM, 15.0)
+
+
+def stop_process(process: subprocess.Popen[Any], signum: int = signal.SIGTERM, wait_s: float = 20.0) -> None:
+    """Signal, wait, and kill what overstays."""
+    _stop(process, signum, wait_s)
 
 
 def _stop(process: subprocess.Popen[Any], signum: int, wait_s: float) -> None:
