@@ -13,7 +13,7 @@ import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 import structlog
@@ -347,9 +347,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
 
     async def _start_on_member(self, request: wire.ctl.StartSessionRequest, context: Context) -> Any:
         """A StartSession call on a member that has a free commander right now, or None."""
-        quick = wire.ctl.StartSessionRequest()
-        quick.CopyFrom(request)
-        quick.wait_for_commander_ms = 1  # only a member with a commander free now
+        quick = _without_waiting(request)
         for stub in self._members(context):
             call = stub.StartSession(quick, metadata=forward_metadata(context), timeout=context.time_remaining())
             try:
@@ -362,9 +360,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         return None
 
     async def _ask_on_member(self, request: wire.ctl.AskRequest, context: Context) -> Any:
-        quick = wire.ctl.AskRequest()
-        quick.CopyFrom(request)
-        quick.wait_for_commander_ms = 1
+        quick = _without_waiting(request)
         for stub in self._members(context):
             try:
                 return await stub.Ask(quick, metadata=forward_metadata(context), timeout=context.time_remaining())
@@ -460,6 +456,17 @@ async def _relay(call: Any, context: Context) -> AsyncIterator[Any]:
             yield response
     finally:
         call.cancel()
+
+
+_StartRequest = TypeVar("_StartRequest", wire.ctl.StartSessionRequest, wire.ctl.AskRequest)
+
+
+def _without_waiting(request: _StartRequest) -> _StartRequest:
+    """The same request for a member, answered at once unless a commander is free there now."""
+    quick = type(request)()
+    quick.CopyFrom(request)
+    quick.wait_for_commander_ms = 1
+    return quick
 
 
 def _member_timeout(context: Context) -> float:

@@ -419,3 +419,39 @@ async def test_a_stop_for_a_stream_that_just_ended_is_harmless() -> None:
         handle.request_stop(StopInfo(StopCode.SHUTDOWN, "draining", path=("shutdown:test",)))
         raw.call.cancel()
         await wait_until(lambda: d.registry.get_ended("ending") is not None, "the session ended")
+
+
+async def test_bad_start_and_stop_requests_get_invalid_argument_or_already_exists() -> None:
+    async with running_dispatcher() as d, grpc.aio.insecure_channel(d.address) as ch:
+        stub = control(ch)
+        raw = RawSession(ch)
+        await raw.hello("taken")
+        cases = [
+            (wire.ctl.StartSessionRequest(), grpc.StatusCode.INVALID_ARGUMENT, "input_text or input_json is required"),
+            (wire.ctl.StartSessionRequest(input_text="hi", session_id="has space"), grpc.StatusCode.INVALID_ARGUMENT,
+             "session_id must be"),
+            (wire.ctl.StartSessionRequest(input_json="{not json"), grpc.StatusCode.INVALID_ARGUMENT,
+             "input_json is not valid JSON"),
+            (wire.ctl.StartSessionRequest(input_text="hi", session_id="taken"), grpc.StatusCode.ALREADY_EXISTS,
+             "already in use"),
+        ]  # fmt: skip
+        for request, code, words in cases:
+            got, details = await status_of(stub.StartSession(request))
+            assert (got, words in details) == (code, True), (request, got, details)
+        with pytest.raises(grpc.aio.AioRpcError) as bad:
+            await stub.StopSession(wire.ctl.StopSessionRequest(session_id="taken", reason="x", code=99))  # type: ignore[arg-type]
+        assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert d.registry.get_open("taken") is not None  # untouched by every refusal
+        raw.call.cancel()
+
+
+async def test_a_member_that_went_away_is_skipped(tmp_path: Any) -> None:
+    """A worker that died left its address behind: lookups skip it and answer for themselves."""
+    (tmp_path / "ghost.addr").write_text("127.0.0.1:1\n")  # nothing listens there
+    config = test_config(server={"peer_dir": str(tmp_path)})
+    async with running_dispatcher(config) as d, grpc.aio.insecure_channel(d.address) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await control(ch).GetSession(wire.ctl.GetSessionRequest(session_id="nowhere"))
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+        listed = await control(ch).ListSessions(wire.ctl.ListSessionsRequest())
+        assert list(listed.sessions) == []
