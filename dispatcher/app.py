@@ -9,23 +9,24 @@ left is cancelled.
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable
-from typing import Any
 
 import anyio
 import grpc
 import structlog
-from anyio.abc import TaskGroup, TaskStatus
+from anyio.abc import TaskStatus
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dispatcher.auth import AccessPolicy, AuthInterceptor
 from dispatcher.config import DispatcherConfig
 from dispatcher.control import SessionControlService
+from dispatcher.latch import Latch
 from dispatcher.peers import PeerGroup
 from dispatcher.pool import CommanderPool
 from dispatcher.registry import SessionRegistry
+from dispatcher.runner import SessionRunner
 from dispatcher.service import AgentInteractionService
+from dispatcher.session_tasks import SessionTasks
 from dispatcher.timers import Timers
 from dispatcher.tools import ToolExecutor, ToolRegistry, default_registry
 from shared import settings, wire
@@ -51,11 +52,11 @@ class Dispatcher:
         self._shutdown = anyio.Event()
         self._shutdown_reason = ""
         self._draining = False
-        self._tg: TaskGroup | None = None
         self.health = health.aio.HealthServicer()
         self.access = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens)
         self.pool = CommanderPool(max_waiting=config.pool.max_waiting_callers)
         self.timers = Timers()
+        self._sessions = SessionTasks()
         self.peers = PeerGroup(config.server.peer_dir, config.server.instance) if config.server.peer_dir else None
 
     @property
@@ -74,7 +75,6 @@ class Dispatcher:
         if config.server.otel:
             _instrument_otel()
         async with anyio.create_task_group() as tg:
-            self._tg = tg
             tg.start_soon(self.timers.run)
             service = AgentInteractionService(
                 config=config,
@@ -147,6 +147,7 @@ class Dispatcher:
             finally:
                 with anyio.CancelScope(shield=True):
                     await self._drain(server, service.hop)
+                    await self._sessions.aclose()
                     tg.cancel_scope.cancel()
 
     async def _drain(self, server: grpc.aio.Server, hop: str) -> None:
@@ -174,9 +175,8 @@ class Dispatcher:
         await server.stop(grace=0.2 if left else None)
         log.info("dispatcher.stopped", sessions_cut=left)
 
-    def _spawn(self, func: Callable[[wire.pb.UpstreamPacket], Any], first: wire.pb.UpstreamPacket) -> None:
-        assert self._tg is not None
-        self._tg.start_soon(func, first)
+    def _spawn(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None:
+        self._sessions.start(runner.run(first), name=f"session:{runner.session_id}")
 
 
 async def _sessions_changed(registry: SessionRegistry) -> None:
@@ -186,14 +186,12 @@ async def _sessions_changed(registry: SessionRegistry) -> None:
         return
     async with anyio.create_task_group() as tg:
 
-        async def wait_one(event: anyio.Event) -> None:
-            await event.wait()
+        async def wait_one(done: Latch) -> None:
+            await done.wait()
             tg.cancel_scope.cancel()
 
         for handle in handles:
-            done = getattr(handle, "done", None)
-            if isinstance(done, anyio.Event):
-                tg.start_soon(wait_one, done)
+            tg.start_soon(wait_one, handle.done)
 
 
 def _max_result_bytes(config: DispatcherConfig) -> int:

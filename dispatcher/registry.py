@@ -7,10 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-import anyio
-
 from dispatcher.actions import SessionOutcome
 from dispatcher.journal import Journal
+from dispatcher.latch import Latch
 from shared import wire
 from shared.errors import AtCapacity, SessionConflict
 from shared.model import StopInfo
@@ -23,8 +22,8 @@ class SessionHandle(Protocol):
 
     session_id: str
     started_by: str
-    settled: anyio.Event
-    done: anyio.Event
+    settled: Latch
+    done: Latch
     outcome: SessionOutcome | None
 
     def request_stop(self, stop: StopInfo) -> None: ...

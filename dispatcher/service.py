@@ -15,7 +15,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import anyio
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
@@ -39,7 +38,7 @@ log = structlog.get_logger("dispatcher.service")
 
 _REFUSAL_READ_WAIT_S = 0.5
 _SESSION_ID = re.compile(r"[\x21-\x7e]{1,128}")
-Spawn = Callable[[Callable[[wire.pb.UpstreamPacket], Any], wire.pb.UpstreamPacket], None]
+Spawn = Callable[[SessionRunner, wire.pb.UpstreamPacket], None]  # starts the session's task
 
 
 class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[misc]
@@ -76,24 +75,14 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         # Whatever ends the RPC (client cancel, deadline, connection loss), the runner
         # learns of it here, even if grpc never resumes this generator.
         context.add_done_callback(_on_rpc_done(runner))  # type: ignore[arg-type]  # grpc-stubs protocol quirk
-        receive = runner.outbox
-        urgent = runner.urgent
+        outbox = runner.outbox
         counts = runner.packets_out
         stop_sent = False
         try:
             if runner.assignment is not None:  # a pool stream: the assignment goes first
                 counts["assignment"] = 1
                 yield wire.pb.DownstreamPacket(assignment=runner.assignment)
-            while True:
-                if urgent:
-                    packet = urgent.popleft()
-                else:
-                    try:
-                        packet = await receive.receive()
-                    except anyio.EndOfStream:
-                        if not urgent:
-                            break
-                        continue
+            while (packet := await outbox.get()) is not None:
                 # This is where downstream order becomes final: once the stop is out, only
                 # acks follow (a result decided a moment before the stop may be queued after it).
                 if stop_sent and not packet.HasField("ack"):
@@ -103,7 +92,7 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
                 counts[kind] = counts.get(kind, 0) + 1
                 yield packet
         finally:
-            receive.close()
+            outbox.close()
         await runner.done.wait()
         _set_final_status(context, runner.outcome, runner.session_id)
 
@@ -138,7 +127,7 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         await context.send_initial_metadata(
             ((MetadataKey.SESSION_ID, session_id), (MetadataKey.DISPATCHER_ID, encode_metadata_value(self.hop)))
         )
-        self._spawn(runner.run, first)
+        self._spawn(runner, first)
         return runner
 
     def open_session(
@@ -192,7 +181,7 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
             assignment=assignment,
         )
         slot.hand(runner)
-        self._spawn(runner.run, slot.hello)
+        self._spawn(runner, slot.hello)
         return runner
 
     async def _await_assignment(

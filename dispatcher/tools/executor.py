@@ -7,13 +7,13 @@ because the caller must record that call as CANCELLED, not as a tool result.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import json
 import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import anyio
 from jsonschema.exceptions import best_match
 
 from dispatcher.tools.registry import ToolRegistry, ToolSpec
@@ -92,7 +92,7 @@ def _parse_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any] | st
             kind = "null" if args is None else type(args).__name__
             return f"arguments must be a JSON object, got {kind}"
     validator = spec.validator
-    if not validator.is_valid(args):
+    if validator is not None and not validator.is_valid(args):
         # Only the failing path pays for collecting and ranking every error.
         error = best_match(validator.iter_errors(args))
         assert error is not None
@@ -150,20 +150,26 @@ class ToolExecutor:
         elapsed_ns = 0
         failure: Exception | None = None
         result: Any = None
+        timed_out = False
         # The deadline covers queueing on the limiter: a call waits at most `timeout`.
-        # move_on_after absorbs only its own deadline; an outer cancellation propagates.
-        with anyio.move_on_after(timeout) as scope:
-            async with spec.limiter:
-                started_ns = time.perf_counter_ns()
-                try:
-                    result = await spec.func(args)
-                except Exception as exc:  # a tool bug is a FAILED outcome, not ours
-                    failure = exc
-                finally:
-                    elapsed_ns = time.perf_counter_ns() - started_ns
+        # asyncio.timeout turns only its own expiry into TimeoutError; an outer cancellation
+        # (a stop, the session ending) propagates. Both it and the semaphore are asyncio's
+        # own: anyio's move_on_after and CapacityLimiter cost ~12 µs per call together.
+        try:
+            async with asyncio.timeout(timeout):
+                async with spec.limiter:
+                    started_ns = time.perf_counter_ns()
+                    try:
+                        result = await spec.func(args)
+                    except Exception as exc:  # a tool bug is a FAILED outcome, not ours
+                        failure = exc
+                    finally:
+                        elapsed_ns = time.perf_counter_ns() - started_ns
+        except TimeoutError:  # the deadline's (a tool's own TimeoutError is a `failure` above)
+            timed_out = True
         elapsed_us = elapsed_ns // 1000
 
-        if scope.cancelled_caught:
+        if timed_out:
             message = f"tool {tool_name!r} timed out after {timeout:g} s"
             return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.TIMEOUT, message, elapsed_us)
         if failure is not None:

@@ -239,6 +239,35 @@ async def test_shutdown_stops_running_sessions_and_refuses_new_ones() -> None:
     assert result.stop.path[-1] == "dispatcher:test"
 
 
+async def test_shutdown_ends_as_soon_as_every_session_has_ended_not_after_the_grace() -> None:
+    """The drain waits for open sessions to end, then stops: with a grace far longer than the
+    test's bound, only a drain that notices the sessions ending finishes in time."""
+    started = anyio.Event()
+
+    async def agent(ctx: AgentContext, prompt: str) -> None:
+        await ctx.say("working")
+        started.set()
+        await anyio.sleep_forever()
+
+    config = test_config(server={"shutdown_grace_s": 600.0})
+    with anyio.fail_after(WAIT_S):
+        async with running_dispatcher(config) as dispatcher:
+            async with grpc.aio.insecure_channel(dispatcher.address) as channel, anyio.create_task_group() as tg:
+                results: list[Any] = []
+
+                async def run_one() -> None:
+                    results.append(
+                        await run_session(agent, "", channel=channel, config=commander_config(dispatcher.address))
+                    )
+
+                tg.start_soon(run_one)
+                await started.wait()
+                dispatcher.request_shutdown("drain test")
+    [result] = results
+    assert result.stop is not None and result.stop.code is StopCode.SHUTDOWN
+    assert dispatcher.registry.open_count == 0
+
+
 async def test_cancel_from_the_commander_side_is_recorded_with_its_reason() -> None:
     cancel = anyio.Event()
     llm_cancelled = anyio.Event()

@@ -61,7 +61,7 @@ def gated_registry(gate: Gate, *, max_concurrency: int = 64, timeout_s: float = 
 async def wait_until_queued(spec: ToolSpec, waiting: int) -> None:
     """Yield to the loop until `waiting` tasks queue on the limiter (no timing)."""
     for _ in range(1000):
-        if spec.limiter.statistics().tasks_waiting >= waiting:
+        if spec.limiter.waiting >= waiting:
             return
         await anyio.lowlevel.checkpoint()
     raise AssertionError("no call queued on the limiter")
@@ -344,7 +344,7 @@ async def test_timeout_covers_waiting_for_the_limiter() -> None:
         assert outcome.execution_time_us == 0  # never started
         assert gate.entries == 1
         gate.opened.set()
-    assert spec.limiter.borrowed_tokens == 0
+    assert spec.limiter.borrowed == 0
 
 
 @pytest.mark.anyio
@@ -372,7 +372,7 @@ async def test_outer_cancellation_propagates_and_reaches_the_tool() -> None:
     assert outcomes == []
     assert propagated.is_set()
     assert gate.saw_cancel.is_set()
-    assert spec.limiter.borrowed_tokens == 0
+    assert spec.limiter.borrowed == 0
 
 
 @pytest.mark.anyio

@@ -1,0 +1,154 @@
+"""A session's downstream queue: many writers (the runner's pump, tool calls, timers), one reader
+(the ChatStream handler, which yields each packet to grpc).
+
+Why not an anyio memory object stream: that stream yields to the event loop on every
+receive and send (a checkpoint) and builds an Event for every wait, which cost about a
+fifth of the dispatcher's per-packet CPU in profiles, and its state (a buffer plus two
+waiter dicts, two stream objects) is a good part of an idle session's memory. This queue
+only allocates a future when someone really has to wait.
+
+Ordinary packets are bounded by `capacity`: `put` waits while the queue is full, which stops
+the pump reading, so HTTP/2 flow control pushes back on the commander. Acks are `offer`ed
+and simply dropped when the queue is full (acks are cumulative: the next one covers it).
+Urgent packets (a stop and its ack, from timers or other sessions' callers, which must never
+wait) go past the bound; at most a couple per session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+from shared import wire
+
+__all__ = ["Outbox", "OutboxClosed"]
+
+Packet = wire.pb.DownstreamPacket
+
+
+class OutboxClosed(Exception):
+    """The outbox takes no more packets: the session finished or the RPC's reader went away."""
+
+
+class Outbox:
+    __slots__ = ("_capacity", "_closed", "_finished", "_queue", "_reader", "_urgent", "_writers")
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"outbox capacity must be >= 1, got {capacity}")
+        self._capacity = capacity
+        self._queue: deque[Packet] = deque()
+        self._urgent: deque[Packet] | None = None  # only ever holds what overflowed the bound
+        self._finished = False  # no more writes; the reader drains what is queued
+        self._closed = False  # the reader is gone: writes fail, nothing more is read
+        self._reader: asyncio.Future[None] | None = None
+        self._writers: deque[asyncio.Future[None]] | None = None
+
+    def __len__(self) -> int:
+        return len(self._queue) + (len(self._urgent) if self._urgent else 0)
+
+    @property
+    def accepting(self) -> bool:
+        return not (self._finished or self._closed)
+
+    # -- writers ----------------------------------------------------------------------
+
+    def offer(self, packet: Packet) -> bool:
+        """Queue `packet` if there is room now; False (packet dropped) otherwise."""
+        if self._finished or self._closed or len(self._queue) >= self._capacity:
+            return False
+        self._queue.append(packet)
+        self._wake_reader()
+        return True
+
+    def push_urgent(self, packet: Packet) -> None:
+        """Queue `packet` even past the bound (after what is queued, when it fits); never waits.
+        Dropped when the outbox no longer accepts packets: there is nobody to tell."""
+        if self._finished or self._closed:
+            return
+        if len(self._queue) < self._capacity:
+            self._queue.append(packet)
+        else:
+            if self._urgent is None:
+                self._urgent = deque()
+            self._urgent.append(packet)  # the reader takes these before the queue
+        self._wake_reader()
+
+    async def put(self, packet: Packet) -> None:
+        """Queue `packet`, waiting while the outbox is full; OutboxClosed once it no longer accepts."""
+        while True:
+            if self._finished or self._closed:
+                raise OutboxClosed
+            if len(self._queue) < self._capacity:
+                self._queue.append(packet)
+                self._wake_reader()
+                return
+            waiter = asyncio.get_running_loop().create_future()
+            if self._writers is None:
+                self._writers = deque()
+            self._writers.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_writer()  # we were handed a free slot but leave: pass it on
+                elif self._writers is not None and waiter in self._writers:
+                    self._writers.remove(waiter)
+                raise
+
+    def finish(self) -> None:
+        """No more packets: the reader gets what is queued, then None."""
+        self._finished = True
+        self._wake_reader()
+        self._wake_all_writers()
+
+    # -- the reader -------------------------------------------------------------------
+
+    async def get(self) -> Packet | None:
+        """The next packet (urgent ones first); None once finished and drained, or closed."""
+        while True:
+            if self._closed:
+                return None
+            if self._urgent:
+                return self._urgent.popleft()
+            if self._queue:
+                packet = self._queue.popleft()
+                if self._writers:
+                    self._wake_writer()
+                return packet
+            if self._finished:
+                return None
+            self._reader = asyncio.get_running_loop().create_future()
+            try:
+                await self._reader
+            finally:
+                self._reader = None
+
+    def close(self) -> None:
+        """The reader is gone (the RPC ended): writers fail with OutboxClosed from now on."""
+        self._closed = True
+        self._queue.clear()
+        self._urgent = None
+        self._wake_reader()
+        self._wake_all_writers()
+
+    # -- wake-ups ---------------------------------------------------------------------
+
+    def _wake_reader(self) -> None:
+        reader = self._reader
+        if reader is not None and not reader.done():
+            reader.set_result(None)
+
+    def _wake_writer(self) -> None:
+        writers = self._writers
+        while writers:
+            waiter = writers.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _wake_all_writers(self) -> None:
+        writers, self._writers = self._writers, None
+        for waiter in writers or ():
+            if not waiter.done():
+                waiter.set_result(None)
