@@ -395,7 +395,8 @@ class Session:
             self._ordered.append(call_id)
         self.state = SessionState.AWAITING_TOOL
         timeout_s = call.timeout_ms / 1000 if call.timeout_ms else None
-        actions = [StartTool(call_id, call.tool_name, call.arguments_json, timeout_s), *self._ack()]
+        # The ack first: an inline tool's result is ready the moment StartTool is carried out.
+        actions = [*self._ack(), StartTool(call_id, call.tool_name, call.arguments_json, timeout_s)]
         self._recompute_wake(now)
         return actions
 

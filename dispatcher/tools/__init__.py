@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from dispatcher.tools.builtin import default_registry
 from dispatcher.tools.calculator import CalculatorError, evaluate
-from dispatcher.tools.executor import ToolErrorCode, ToolExecutor, ToolOutcome
+from dispatcher.tools.executor import PreparedCall, ToolErrorCode, ToolExecutor, ToolOutcome
 from dispatcher.tools.registry import ToolFunc, ToolRegistry, ToolSpec
 
 __all__ = [
     "CalculatorError",
+    "PreparedCall",
     "ToolErrorCode",
     "ToolExecutor",
     "ToolFunc",

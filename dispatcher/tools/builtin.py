@@ -18,13 +18,14 @@ def default_registry() -> ToolRegistry:
     """A new registry holding the built-in tools; callers may add to it freely."""
     registry = ToolRegistry()
 
+    # echo, clock and calculator only compute: plain functions, run inline (see ToolSpec).
     @registry.tool(schema={"type": "object"})
-    async def echo(args: dict[str, Any]) -> dict[str, Any]:
+    def echo(args: dict[str, Any]) -> dict[str, Any]:
         """Return the arguments object unchanged."""
         return args
 
     @registry.tool(schema={"type": "object", "properties": {}, "additionalProperties": False})
-    async def clock(args: dict[str, Any]) -> dict[str, Any]:
+    def clock(args: dict[str, Any]) -> dict[str, Any]:
         """Current UTC time as ISO-8601 and as Unix epoch milliseconds."""
         unix_ms = time.time_ns() // 1_000_000
         # Both fields come from the same millisecond, so they always agree.
@@ -42,7 +43,7 @@ def default_registry() -> ToolRegistry:
             "additionalProperties": False,
         },
     )
-    async def calculator(args: dict[str, Any]) -> dict[str, Any]:
+    def calculator(args: dict[str, Any]) -> dict[str, Any]:
         """Evaluate arithmetic: + - * / // % **, math functions, pi, e, tau."""
         expression: str = args["expression"]
         return {"expression": expression, "value": evaluate(expression)}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import inspect
 import json
 import time
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from jsonschema.exceptions import best_match
 
 from dispatcher.tools.registry import ToolRegistry, ToolSpec
 
-__all__ = ["ToolErrorCode", "ToolExecutor", "ToolOutcome"]
+__all__ = ["PreparedCall", "ToolErrorCode", "ToolExecutor", "ToolOutcome"]
 
 
 class ToolErrorCode(enum.Enum):
@@ -29,6 +30,16 @@ class ToolErrorCode(enum.Enum):
     # Recorded by callers whose own scope was cancelled; execute() never returns it.
     CANCELLED = "cancelled"
     RESULT_TOO_LARGE = "result_too_large"
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedCall:
+    """An async tool's call whose arguments passed: what `ToolExecutor.run()` needs."""
+
+    call_id: str
+    spec: ToolSpec
+    args: dict[str, Any]
+    timeout_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +146,21 @@ class ToolExecutor:
         timeout_s: float | None = None,
     ) -> ToolOutcome:
         """Run one call; `timeout_s` (if given and > 0) only shortens the tool's own."""
+        prepared = self.prepare(call_id, tool_name, arguments_json, timeout_s)
+        if isinstance(prepared, ToolOutcome):
+            return prepared
+        return await self.run(prepared)
+
+    def prepare(
+        self,
+        call_id: str,
+        tool_name: str,
+        arguments_json: str,
+        timeout_s: float | None = None,
+    ) -> ToolOutcome | PreparedCall:
+        """Look the tool up and check its arguments, without waiting. The outcome is final for
+        an unknown tool, invalid arguments and an inline tool (a plain function, run right
+        here); an async tool's call comes back as a PreparedCall for `run()`."""
         spec = self._registry.get(tool_name)
         if spec is None:
             known = ", ".join(self._registry.names()) or "(none)"
@@ -143,10 +169,27 @@ class ToolExecutor:
         args = _parse_arguments(spec, arguments_json)
         if isinstance(args, str):
             return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.INVALID_ARGUMENTS, args)
-
+        if spec.inline:
+            started_ns = time.perf_counter_ns()
+            try:
+                result = spec.func(args)
+            except Exception as exc:  # a tool bug is a FAILED outcome, not ours
+                return self._failed(call_id, tool_name, exc, (time.perf_counter_ns() - started_ns) // 1000)
+            elapsed_us = (time.perf_counter_ns() - started_ns) // 1000
+            if inspect.isawaitable(result):  # e.g. a partial of an async function
+                if inspect.iscoroutine(result):
+                    result.close()
+                message = f"tool {tool_name!r} is a plain function that returned an awaitable; declare it async"
+                return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us)
+            return self._serialise(call_id, tool_name, result, elapsed_us)
         timeout = spec.timeout_s
         if timeout_s is not None and 0 < timeout_s < timeout:
             timeout = timeout_s
+        return PreparedCall(call_id, spec, args, timeout)
+
+    async def run(self, call: PreparedCall) -> ToolOutcome:
+        """Run a prepared async call under its timeout and its tool's concurrency limit."""
+        spec = call.spec
         elapsed_ns = 0
         failure: Exception | None = None
         result: Any = None
@@ -156,11 +199,11 @@ class ToolExecutor:
         # (a stop, the session ending) propagates. Both it and the semaphore are asyncio's
         # own: anyio's move_on_after and CapacityLimiter cost ~12 µs per call together.
         try:
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(call.timeout_s):
                 async with spec.limiter:
                     started_ns = time.perf_counter_ns()
                     try:
-                        result = await spec.func(args)
+                        result = await spec.func(call.args)
                     except Exception as exc:  # a tool bug is a FAILED outcome, not ours
                         failure = exc
                     finally:
@@ -170,12 +213,16 @@ class ToolExecutor:
         elapsed_us = elapsed_ns // 1000
 
         if timed_out:
-            message = f"tool {tool_name!r} timed out after {timeout:g} s"
-            return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.TIMEOUT, message, elapsed_us)
+            message = f"tool {spec.name!r} timed out after {call.timeout_s:g} s"
+            return ToolOutcome.failure(call.call_id, spec.name, ToolErrorCode.TIMEOUT, message, elapsed_us)
         if failure is not None:
-            message = f"tool {tool_name!r} failed: {_describe(failure)}"
-            return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us)
-        return self._serialise(call_id, tool_name, result, elapsed_us)
+            return self._failed(call.call_id, spec.name, failure, elapsed_us)
+        return self._serialise(call.call_id, spec.name, result, elapsed_us)
+
+    @staticmethod
+    def _failed(call_id: str, tool_name: str, exc: Exception, elapsed_us: int) -> ToolOutcome:
+        message = f"tool {tool_name!r} failed: {_describe(exc)}"
+        return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us)
 
     def _serialise(self, call_id: str, tool_name: str, result: Any, elapsed_us: int) -> ToolOutcome:
         code = ToolErrorCode.FAILED

@@ -17,8 +17,10 @@ from jsonschema.exceptions import SchemaError
 
 __all__ = ["CallLimiter", "ToolFunc", "ToolRegistry", "ToolSpec"]
 
-ToolFunc = Callable[[dict[str, Any]], Awaitable[Any]]
-"""An async function of the validated arguments object, returning a JSON value."""
+ToolFunc = Callable[[dict[str, Any]], Awaitable[Any]] | Callable[[dict[str, Any]], Any]
+"""A function of the validated arguments object returning a JSON value: `async def` for a tool
+that waits on anything (its own task, timeout and concurrency limit), a plain `def` for a
+CPU-only one that finishes in microseconds (run inline in the session's task; see ToolSpec)."""
 
 _F = TypeVar("_F", bound=ToolFunc)
 
@@ -63,6 +65,12 @@ class CallLimiter:
 class ToolSpec:
     """One tool and its limits; validated and compiled on construction.
 
+    An `inline` tool (a plain function) runs to completion inside the session's task when
+    its call arrives: no task, no timeout and no concurrency limit, which would cost more
+    than a CPU-only tool itself (~25 µs a call) and could not interrupt it anyway: nothing
+    interrupts Python code that never awaits. `timeout_s` and `max_concurrency` apply to
+    async tools only.
+
     `eq=False`: a spec owns a limiter, so equality is identity.
     """
 
@@ -77,6 +85,7 @@ class ToolSpec:
     validator: Draft202012Validator | None = field(init=False, repr=False)
     # Process-wide: every session calling this tool draws from the same limiter.
     limiter: CallLimiter = field(init=False, repr=False)
+    inline: bool = field(init=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name or self.name != self.name.strip():
@@ -102,6 +111,10 @@ class ToolSpec:
         accepts_any_object = self.schema.get("type") == "object" and set(self.schema) <= _ANNOTATION_KEYWORDS
         object.__setattr__(self, "validator", None if accepts_any_object else Draft202012Validator(self.schema))
         object.__setattr__(self, "limiter", CallLimiter(self.max_concurrency))
+        is_async = inspect.iscoroutinefunction(self.func) or inspect.iscoroutinefunction(
+            type(self.func).__call__  # an object with `async def __call__`
+        )
+        object.__setattr__(self, "inline", not is_async)
 
 
 def _first_doc_line(func: Callable[..., Any]) -> str:
@@ -128,18 +141,17 @@ class ToolRegistry:
         timeout_s: float = 10.0,
         max_concurrency: int = 64,
     ) -> Callable[[_F], _F]:
-        """Decorator registering an async function as a tool; returns it unchanged.
+        """Decorator registering a function as a tool; returns it unchanged. An `async def`
+        tool gets its own task, timeout and limit; a plain `def` is run inline (ToolSpec).
 
         Defaults: name = the function's `__name__`, description = its docstring's first
         line, schema = any JSON object.
         """
 
         def decorate(func: _F) -> _F:
-            # A plain bool: the TypeGuard would narrow `func` away from `_F`.
-            is_async = inspect.iscoroutinefunction(func)
-            if not is_async:
+            if inspect.isasyncgenfunction(func) or inspect.isgeneratorfunction(func):
                 label = name or getattr(func, "__name__", repr(func))
-                raise TypeError(f"tool {label!r} must be an async function")
+                raise TypeError(f"tool {label!r} must return a value, not be a generator")
             self.register(
                 ToolSpec(
                     name=name if name is not None else func.__name__,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import UTC, datetime
@@ -12,6 +13,7 @@ import anyio.lowlevel
 import pytest
 
 from dispatcher.tools import (
+    PreparedCall,
     ToolErrorCode,
     ToolExecutor,
     ToolOutcome,
@@ -482,12 +484,68 @@ def test_bad_concurrency_rejected(max_concurrency: int) -> None:
             return None
 
 
-def test_sync_function_rejected() -> None:
-    with pytest.raises(TypeError, match="must be an async function"):
+def test_generator_functions_are_rejected() -> None:
+    with pytest.raises(TypeError, match="must return a value, not be a generator"):
 
-        @ToolRegistry().tool()  # type: ignore[type-var]
-        def sync(args: dict[str, Any]) -> None:
-            return None
+        @ToolRegistry().tool()
+        async def agen(args: dict[str, Any]) -> Any:
+            yield args
+
+
+async def test_a_plain_function_tool_runs_inline_without_a_task_or_limit() -> None:
+    registry = ToolRegistry()
+    tasks_seen: list[object] = []
+
+    @registry.tool(schema={"type": "object", "required": ["n"]}, max_concurrency=1)
+    def double(args: dict[str, Any]) -> dict[str, Any]:
+        tasks_seen.append(asyncio.current_task())
+        return {"n": args["n"] * 2}
+
+    spec = registry.get("double")
+    assert spec is not None and spec.inline
+    executor = ToolExecutor(registry)
+    outcome = executor.prepare("c1", "double", '{"n": 21}')
+    assert isinstance(outcome, ToolOutcome) and outcome.result_json == '{"n":42}'
+    assert tasks_seen == [asyncio.current_task()]  # ran right here, in the caller's task
+    assert spec.limiter.borrowed == 0  # no limiter for inline tools
+    invalid = executor.prepare("c2", "double", "{}")
+    assert isinstance(invalid, ToolOutcome) and invalid.error_code is ToolErrorCode.INVALID_ARGUMENTS
+
+
+async def test_a_plain_function_returning_an_awaitable_is_a_clear_failure() -> None:
+    registry = ToolRegistry()
+
+    async def real(args: dict[str, Any]) -> int:
+        return 1
+
+    registry.register(ToolSpec(name="wrapped", func=lambda args: real(args), schema={"type": "object"}))
+    outcome = await ToolExecutor(registry).execute("c", "wrapped", "{}")
+    assert outcome.error_code is ToolErrorCode.FAILED
+    assert "plain function that returned an awaitable; declare it async" in outcome.error_message
+
+
+async def test_an_async_tool_is_prepared_then_run() -> None:
+    executor = ToolExecutor(default_registry())
+    prepared = executor.prepare("c", "sleep", '{"seconds": 0}', timeout_s=5)
+    assert isinstance(prepared, PreparedCall) and prepared.timeout_s == 5
+    outcome = await executor.run(prepared)
+    assert outcome.result_json == '{"slept_s":0}'
+
+
+def test_a_schema_that_accepts_any_object_skips_the_validator() -> None:
+    registry = ToolRegistry()
+
+    @registry.tool(schema={"type": "object", "description": "anything"})
+    def anything(args: dict[str, Any]) -> None:
+        return None
+
+    @registry.tool(schema={"type": "object", "required": ["x"]})
+    def needs_x(args: dict[str, Any]) -> None:
+        return None
+
+    loose, strict = registry.get("anything"), registry.get("needs_x")
+    assert loose is not None and loose.validator is None
+    assert strict is not None and strict.validator is not None
 
 
 def test_copy_is_independent() -> None:
