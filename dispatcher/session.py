@@ -184,21 +184,27 @@ class Session:
     # -- events -------------------------------------------------------------------
 
     def on_packet(self, packet: wire.pb.UpstreamPacket, now: float) -> Sequence[Action]:
+        # The hot path: written out flat (no property or helper calls on the common case).
         try:
-            if self.is_closed:
+            if self.state is SessionState.STOPPING or self.outcome is not None:  # is_closed
                 return self._on_packet_when_closed(packet, now)
-            seq = self._take_seq(packet.seq)
-            if packet.session_id and packet.session_id != self.session_id:
+            seq = packet.seq
+            if seq > self.last_seq:
+                self._sequenced = True
+            else:
+                seq = self._take_seq(seq)
+            named = packet.session_id
+            if named and named != self.session_id:
                 raise _Fatal(
                     "SESSION_MISMATCH",
-                    f"packet seq {seq} names session {packet.session_id!r} but this stream is session "
-                    f"{self.session_id!r}",
+                    f"packet seq {seq} names session {named!r} but this stream is session {self.session_id!r}",
                 )
             self.last_seq = seq
             self._received += 1
             self._last_activity = now
-            kind = packet.WhichOneof("payload")
-            self.packets_in[kind or "none"] = self.packets_in.get(kind or "none", 0) + 1
+            kind = packet.WhichOneof("payload") or "none"
+            counts = self.packets_in
+            counts[kind] = counts.get(kind, 0) + 1
             if kind == "content":
                 return self._on_content(packet.content, now)
             if kind == "thought":

@@ -44,8 +44,8 @@ def received(ended: EndedSession, kind: str) -> list[Any]:
     """The session's journaled packets of `kind` (ContentChunk / ThoughtChain), in order."""
     journal = ended.journal
     assert journal is not None and journal.first_seq == 1, "the journal must still hold the whole session"
-    entries = [journal.entry(seq) for seq in range(journal.first_seq, journal.next_seq)]
-    return [entry.message for entry in entries if entry is not None and entry.kind == kind]
+    events = [journal.event(seq) for seq in range(journal.first_seq, journal.next_seq)]
+    return [getattr(event, kind) for event in events if event is not None and event.WhichOneof("event") == kind]
 
 
 def packet_seqs(ended: EndedSession) -> list[int]:
