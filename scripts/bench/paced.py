@@ -75,6 +75,8 @@ class Generation:
     stop: wire.pb.StopSignal | None = None
     stop_seen_at: float = 0.0
     halt_at: float = 0.0
+    stop_seen_wall_ms: float = 0.0  # wall clock, to compare with StopSignal.issued_at_ms
+    halt_wall_ms: float = 0.0
     gave_up_at: float = 0.0
     discarded: int = 0
     agent: asyncio.Task[None] | None = None
@@ -125,6 +127,9 @@ class PacedSlot:
                 halted = gen.halt_at or gen.stop_seen_at
                 Tally.sample(self.tally.stop_ms, halted - gen.trigger_at)
                 Tally.sample(self.tally.stop_signal_ms, gen.stop_seen_at - gen.trigger_at)
+                if gen.stop.issued_at_ms:
+                    halted_wall_ms = gen.halt_wall_ms or gen.stop_seen_wall_ms
+                    Tally.sample(self.tally.issued_stop_ms, (halted_wall_ms - gen.stop.issued_at_ms) / 1000)
         if gen.stop is None:
             return False
         self.next_stop = self._draw_stop(time.monotonic())
@@ -175,6 +180,7 @@ class PacedSlot:
                         next_token = max(next_token + burst / rate * rng.uniform(0.5, 1.5), now - 0.5)
         except asyncio.CancelledError:
             gen.halt_at = time.monotonic()
+            gen.halt_wall_ms = time.time_ns() / 1e6
             raise
         gen.gave_up_at = time.monotonic()
         await outbox.put(None)
@@ -262,6 +268,7 @@ class PacedSlot:
                 future.set_result(now)
         elif kind == "stop" and gen.stop is None:
             gen.stop_seen_at = time.monotonic()
+            gen.stop_seen_wall_ms = time.time_ns() / 1e6
             gen.stop = packet.stop
             assert gen.agent is not None
             gen.agent.cancel()  # the agent halts at once; nothing it queued is sent

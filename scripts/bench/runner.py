@@ -124,7 +124,7 @@ def error_texts(merged: dict[str, Any], kind: str = "") -> list[str]:
 def summary_detail(merged: dict[str, Any]) -> dict[str, Any]:
     """What goes into the JSON for one loader run: counts and latency summaries, not raw samples."""
     detail = {key: value for key, value in merged.items() if not isinstance(value, list)}
-    for key in ("rtt_ms", "delivery_ms", "stop_ms", "stop_signal_ms"):
+    for key in ("rtt_ms", "delivery_ms", "stop_ms", "stop_signal_ms", "issued_stop_ms"):
         if merged.get(key):
             detail[key] = latency_summary(merged[key])
     return detail

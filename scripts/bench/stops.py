@@ -1,4 +1,11 @@
-"""Case 3, stop latency: paced, coalesced and full-speed agents with stop triggers, 1 to 1 000 sessions."""
+"""Case 3, stop latency: paced, coalesced and full-speed agents with stop triggers, 1 to 1 000 sessions.
+
+Two figures per case. "issued": the server decides the stop (StopSignal.issued_at_ms, its wall
+clock) -> the agent is cancelled in the loader (same machine's wall clock; 1 ms resolution):
+the issue's "dispatcher-issued stop to the agent's cancellation", which carries the targets.
+"trigger": the loader writes the packet that triggers the stop -> the agent is cancelled; it
+adds the trigger's upstream trip, including any backlog queued in front of it.
+"""
 
 from __future__ import annotations
 
@@ -54,8 +61,12 @@ def stop_cases(plan: Plan) -> list[StopCase]:
 def stop_latency(ctx: Context) -> None:
     plan, budget = ctx.plan, Budget(ctx.plan.case_budget_s)
     cases = stop_cases(plan)
-    p50 = {case: Figure("3. stop", f"p50, {case.label}", "ms", "lower") for case in cases}
-    p99 = {case: Figure("3. stop", f"p99, {case.label}", "ms", "lower", target=case.target()) for case in cases}
+    p50 = {case: Figure("3. stop", f"trigger p50, {case.label}", "ms", "lower") for case in cases}
+    p99 = {case: Figure("3. stop", f"trigger p99, {case.label}", "ms", "lower") for case in cases}
+    issued50 = {case: Figure("3. stop", f"issued p50, {case.label}", "ms", "lower") for case in cases}
+    issued99 = {
+        case: Figure("3. stop", f"issued p99, {case.label}", "ms", "lower", target=case.target()) for case in cases
+    }
     achieved: dict[StopCase, dict[str, list[float]]] = {case: {"ours": [], "baseline": []} for case in cases}
     packets: dict[StopCase, dict[str, list[float]]] = {case: {"ours": [], "baseline": []} for case in cases}
     cpu: dict[StopCase, dict[str, list[float]]] = {case: {"ours": [], "baseline": []} for case in cases}
@@ -92,6 +103,10 @@ def stop_latency(ctx: Context) -> None:
                             summary = latency_summary(merged["stop_ms"])
                             getattr(p50[case], side(kind)).append(summary["p50"])
                             getattr(figure, side(kind)).append(summary["p99"])
+                        if merged.get("issued_stop_ms"):
+                            summary = latency_summary(merged["issued_stop_ms"])
+                            getattr(issued50[case], side(kind)).append(summary["p50"])
+                            getattr(issued99[case], side(kind)).append(summary["p99"])
             except RuntimeError as exc:
                 errors.append(f"{kind}: {exc}")
     for case in cases:
@@ -105,6 +120,9 @@ def stop_latency(ctx: Context) -> None:
             f"bare {median_text(used['baseline'])} %; ≈{stops:.0f} stops per run"
         )
         p99[case].errors += errors
+        issued99[case].errors += errors
+        ctx.emit(issued50[case])
+        ctx.emit(issued99[case])
         ctx.emit(p50[case])
         ctx.emit(p99[case])
 

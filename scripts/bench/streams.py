@@ -76,6 +76,9 @@ class Tally:
     delivery_ms: list[float] = field(default_factory=list)  # tool call write -> its Ack
     stop_ms: list[float] = field(default_factory=list)  # trigger write -> agent cancelled
     stop_signal_ms: list[float] = field(default_factory=list)  # trigger write -> StopSignal read
+    # StopSignal.issued_at_ms (the server's wall clock when it decided) -> agent cancelled
+    # (this loader's wall clock, same machine): the dispatcher-issued stop latency, 1 ms resolution.
+    issued_stop_ms: list[float] = field(default_factory=list)
     stops_triggered: int = 0
     stops_missed: int = 0
     errors: dict[str, int] = field(default_factory=dict)
