@@ -70,10 +70,11 @@ METHODS = [
     "loaders handed to grpc inside the window: accepted, not necessarily processed (an overloaded "
     "server's HTTP/2 buffers hold a backlog); server CPU % is measured over the window (100 % = one core).",
     "4. capacity: paced sessions (50 tokens/s, bursty, an echo call every ~3 s, 10 stops/s over all "
-    "sessions) in ramped steps; a step passes when the token delivery p99 and stop p99 are under 50 ms, the "
-    "loaders achieved >= 90 % of the offered tokens and nothing failed. Delivery = a tool call packet's "
-    "write -> the Ack covering its seq (both servers ack a tool call on receipt), i.e. a round trip: an upper "
-    "bound of one-way commander emit -> dispatcher receipt. Capacity = the last passing step.",
+    "sessions) in ramped steps; a step passes when the token delivery p99 and the (trigger) stop p99 are "
+    "under 50 ms, the loaders achieved >= 90 % of the offered tokens and nothing failed. Delivery = a tool "
+    "call packet's write -> the Ack covering its seq (both servers ack a tool call on receipt), i.e. a "
+    "round trip: an upper bound of one-way commander emit -> dispatcher receipt. Capacity = the last "
+    "passing step.",
     "5. memory: N sessions opened (Hello -> Welcome) and left idle; (server VmRSS after - before) / N, "
     "after 20 warm-up sessions have come and gone. Includes allocator slack.",
     "6. serialization: in-process timeit of building + serializing and of parsing our packets (seq, "
