@@ -12,6 +12,7 @@ of its text, and returns the shared empty tuple unless an Ack is due.
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from collections.abc import Sequence
 
@@ -46,6 +47,15 @@ class _Fatal(Exception):
         self.code = code
         self.message = message
         self.status = status
+
+
+def ack_interval_s(session_id: str, ack_interval_ms: int) -> float:
+    """The session's own Ack interval: spread over [T/2, T] by its id (deterministically).
+    Sessions opened together (a reconnect storm, a benchmark) would otherwise ack in the same
+    instant every T, a burst of downstream writes for both ends. Earlier than T is within the
+    contract: T is how long an Ack may wait at most."""
+    spread = zlib.crc32(session_id.encode()) / 0xFFFFFFFF
+    return ack_interval_ms / 1000 * (0.5 + 0.5 * spread)
 
 
 class Session:
@@ -135,7 +145,7 @@ class Session:
         self._received = 0
         self._unacked = 0
         self._ack_every = config.ack_every_packets
-        self._ack_interval_s = config.ack_interval_ms / 1000
+        self._ack_interval_s = ack_interval_s(session_id, config.ack_interval_ms)
         self._ack_due: float | None = None
         self._last_activity = now
         max_s = policy.config.max_session_s

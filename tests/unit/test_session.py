@@ -9,7 +9,17 @@ import pytest
 
 from dispatcher.config import PolicyConfig, SessionConfig
 from dispatcher.policies import Policy
-from dispatcher.session import Action, CancelTools, EndStream, Report, Send, Session, SessionOutcome, StartTool
+from dispatcher.session import (
+    Action,
+    CancelTools,
+    EndStream,
+    Report,
+    Send,
+    Session,
+    SessionOutcome,
+    StartTool,
+    ack_interval_s,
+)
 from shared import wire
 from shared.model import STOP_STATUS_NAME, SessionState, StopCode, StopInfo
 
@@ -268,15 +278,23 @@ def test_ack_after_ack_every_packets_content_packets() -> None:
 
 def test_ack_timer_after_first_unacked_packet() -> None:
     machine = make_session(session={"ack_every_packets": 32, "ack_interval_ms": 250})
+    interval = ack_interval_s(machine.session_id, 250)
     assert machine.wake_at is None
     machine.on_packet(content(1), 10.0)
-    assert machine.wake_at == pytest.approx(10.25)
+    assert machine.wake_at == pytest.approx(10.0 + interval)
     machine.on_packet(content(2), 10.1)
-    assert machine.wake_at == pytest.approx(10.25)  # due time counts from the first unacked packet
-    assert acks(machine.on_timer(10.2)) == []
-    assert acks(machine.on_timer(10.25)) == [2]
+    assert machine.wake_at == pytest.approx(10.0 + interval)  # due time counts from the first unacked packet
+    assert acks(machine.on_timer(10.0 + interval - 0.01)) == []
+    assert acks(machine.on_timer(10.0 + interval)) == [2]
     assert machine.wake_at is None
     assert acks(machine.on_timer(11.0)) == []
+
+
+def test_ack_intervals_are_spread_over_the_upper_half_by_session_id() -> None:
+    intervals = [ack_interval_s(f"session-{n}", 1000) for n in range(200)]
+    assert all(0.5 <= i <= 1.0 for i in intervals)  # never later than advertised
+    assert max(intervals) - min(intervals) > 0.4  # sessions opened together do not ack together
+    assert ack_interval_s("same", 1000) == ack_interval_s("same", 1000)  # deterministic
 
 
 def test_ack_right_after_tool_call() -> None:
