@@ -19,7 +19,7 @@ from pathlib import Path
 
 from scripts.bench.cases import CASES, METHODS, Context
 from scripts.bench.plan import PLANS
-from scripts.bench.procs import ROOT
+from scripts.bench.procs import ROOT, use_uvloop
 from scripts.bench.report import HEADER, machine_info, write_results
 
 
@@ -38,10 +38,16 @@ def main() -> int:
 
         plan = replace(plan, reps=args.reps, capacity_reps=min(args.reps, plan.capacity_reps))
     started = time.monotonic()
-    info = {"plan": plan.name, "reps": plan.reps, **machine_info()}
+    info = {
+        "plan": plan.name,
+        "reps": plan.reps,
+        **machine_info(),
+        "event_loop": "uvloop" if use_uvloop() else "asyncio",
+    }
     print(
         f"benchmark plan {plan.name!r}: {plan.reps} rep(s); {info['cpu_model']}, {info['nproc']} CPUs, "
-        f"Python {info['python']}, grpcio {info['grpcio']}; load average {info['loadavg_start']}",
+        f"Python {info['python']}, grpcio {info['grpcio']}, {info['event_loop']} loop for both servers; "
+        f"load average {info['loadavg_start']}",
         flush=True,
     )
     print(" | ".join(HEADER), flush=True)

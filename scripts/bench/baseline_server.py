@@ -96,7 +96,12 @@ def main() -> int:
     parser.add_argument("--ready-file", type=Path, required=True)
     parser.add_argument("--marker", default="BENCHSTOP", help="content containing this word is stopped")
     parser.add_argument("--max-concurrent-streams", type=int, default=0, help="per connection (0 = grpc default)")
+    parser.add_argument("--uvloop", action=argparse.BooleanOptionalAction, default=False, help="run on uvloop")
     args = parser.parse_args()
+    if args.uvloop:
+        import uvloop
+
+        uvloop.install()
     asyncio.run(serve(args.listen, args.ready_file, args.marker, args.max_concurrent_streams))
     return 0
 

@@ -46,8 +46,10 @@ METHODS = [
     "Hello with a bare Welcome, acks + echoes tool calls, stops on the marker word and sends one final Ack. "
     "Load comes from separate `scripts/bench/load.py` processes (1 for <= 100 sessions, 2 above) that "
     "stamp seq/session_id/timestamp like the commander and open every session with Hello -> Welcome; the "
-    "same loader code drives both servers. Client and server share the machine's CPUs: with 2 cores a "
-    "saturated loader inflates every latency, for both servers alike.",
+    "same loader code drives both servers. Both servers run on the same event loop: asyncio's, the "
+    "dispatcher's default (DISPATCHER_UVLOOP=true runs both on uvloop); the loaders always use "
+    "asyncio's. Client and server share the machine's CPUs: with 2 cores a saturated loader "
+    "inflates every latency, for both servers alike.",
     "1. upstream throughput: N sessions write their share of the packets (one 4-character token each) as "
     "fast as grpc.aio lets them, then is_finish and half-close; packets / (first write -> last stream "
     "end, after the final Ack covering every seq). Server CPU per packet = the server's user+system CPU "

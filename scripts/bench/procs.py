@@ -37,6 +37,7 @@ __all__ = [
     "running_dispatcher",
     "running_server",
     "split_spec",
+    "use_uvloop",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +77,14 @@ class Server:
     pid: int
 
 
+def use_uvloop() -> bool:
+    """Both servers run on the same event loop, so that the ratio prices the dispatcher's own
+    work: asyncio's (the dispatcher's default), or uvloop for both with DISPATCHER_UVLOOP=true."""
+    return os.environ.get("DISPATCHER_UVLOOP", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def _server_command(kind: str, ready: Path) -> list[str]:
+    loop_flag = ["--uvloop"] if use_uvloop() else ["--no-uvloop"]
     if kind == "ours":
         return [
             str(BIN / "dispatcher"), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
@@ -86,13 +94,13 @@ def _server_command(kind: str, ready: Path) -> list[str]:
             "--server-max-concurrent-streams", str(MAX_STREAMS_PER_CONNECTION),
             "--server-max-connection-idle-ms", "0",
             "--idle-timeout-s", "0", "--max-session-s", "0",
-            "--no-server-reflection",
+            "--no-server-reflection", *loop_flag,
         ]  # fmt: skip
     if kind == "baseline":
         return [
             sys.executable, "-m", "scripts.bench.baseline_server", "--listen", "127.0.0.1:0",
             "--ready-file", str(ready), "--marker", MARKER,
-            "--max-concurrent-streams", str(MAX_STREAMS_PER_CONNECTION),
+            "--max-concurrent-streams", str(MAX_STREAMS_PER_CONNECTION), *loop_flag,
         ]  # fmt: skip
     raise ValueError(f"unknown server kind {kind!r}")
 

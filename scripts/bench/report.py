@@ -152,7 +152,8 @@ def markdown(figures: list[Figure], info: dict[str, Any], methods: list[str]) ->
         "",
         f"Machine: {info['cpu_model']}, {info['nproc']} CPUs, {info['mem_gib']} GiB RAM, {info['os']}; "
         f"Python {info['python']}, grpcio {info['grpcio']}, protobuf {info['protobuf']}"
-        f"{', uvloop ' + info['uvloop'] if info.get('uvloop') else ', uvloop not installed'}. "
+        f"{', uvloop ' + info['uvloop'] if info.get('uvloop') else ', uvloop not installed'}; "
+        f"both servers on the {info.get('event_loop', 'asyncio')} event loop. "
         f"Load average at start: {info['loadavg_start']}. Run time: {info['run_s']:.0f} s.",
         "",
         "Client and server processes share the same CPUs on loopback; figures are medians over "

@@ -485,10 +485,13 @@ def test_bad_tokens_configuration_is_one_line_and_exit_2() -> None:
         assert result.stderr.startswith("dispatcher: ")
 
 
-def test_dispatcher_serves_on_uvloop(start_dispatcher: DispatcherFactory) -> None:
-    dispatcher = start_dispatcher("--uvloop")
+@pytest.mark.parametrize(("flags", "on_uvloop"), [(("--uvloop",), True), ((), False)])
+def test_dispatcher_serves_on_uvloop_or_by_default_plain_asyncio(
+    start_dispatcher: DispatcherFactory, flags: tuple[str, ...], on_uvloop: bool
+) -> None:
+    dispatcher = start_dispatcher(*flags)
     serving = dispatcher.wait_for_event("dispatcher.serving")
-    assert serving["config"]["server"]["uvloop"] is True
+    assert serving["config"]["server"]["uvloop"] is on_uvloop
     result = run_commander(dispatcher.address, "What is 2 + 2?", "--tokens-per-s", "0")
     assert result.returncode == 0, result.stdout
     assert "FINISHED" in result.stdout
