@@ -2,10 +2,10 @@
 (the ChatStream handler, which yields each packet to grpc).
 
 Why not an anyio memory object stream: that stream yields to the event loop on every
-receive and send (a checkpoint) and builds an Event for every wait, which cost about a
-fifth of the dispatcher's per-packet CPU in profiles, and its state (a buffer plus two
-waiter dicts, two stream objects) is a good part of an idle session's memory. This queue
-only allocates a future when someone really has to wait.
+receive and send (a checkpoint) and builds an Event for every wait, both visible in
+profiles of the hot path, and its state (a buffer plus two waiter dicts, two stream
+objects) was a good part of an idle session's memory. This queue only allocates a future
+when someone really has to wait.
 
 Ordinary packets are bounded by `capacity`: `put` waits while the queue is full, which stops
 the pump reading, so HTTP/2 flow control pushes back on the commander. Acks are `offer`ed
