@@ -512,6 +512,18 @@ async def test_a_plain_function_tool_runs_inline_without_a_task_or_limit() -> No
     assert isinstance(invalid, ToolOutcome) and invalid.error_code is ToolErrorCode.INVALID_ARGUMENTS
 
 
+async def test_a_plain_function_tool_that_raises_is_a_failed_outcome() -> None:
+    registry = ToolRegistry()
+
+    @registry.tool()
+    def broken(args: dict[str, Any]) -> None:
+        raise ValueError("bad input shape")
+
+    outcome = await ToolExecutor(registry).execute("c", "broken", "{}")
+    assert outcome.error_code is ToolErrorCode.FAILED
+    assert outcome.error_message == "tool 'broken' failed: ValueError: bad input shape"
+
+
 async def test_a_plain_function_returning_an_awaitable_is_a_clear_failure() -> None:
     registry = ToolRegistry()
 

@@ -1,0 +1,61 @@
+"""SessionTasks: the dispatcher's session tasks are cancelled and awaited at shutdown, and none
+starts after it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import anyio
+import pytest
+
+from dispatcher.session_tasks import SessionTasks
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
+
+
+async def test_aclose_cancels_every_running_task_and_waits_for_its_cleanup() -> None:
+    tasks = SessionTasks()
+    started = anyio.Event()
+    cleaned: list[int] = []
+
+    async def session(n: int) -> None:
+        try:
+            started.set()
+            await asyncio.sleep(3600)
+        finally:
+            await asyncio.sleep(0)  # cleanup that itself awaits still completes
+            cleaned.append(n)
+
+    for n in range(3):
+        tasks.start(session(n), name=f"session:{n}")
+    await started.wait()
+    assert len(tasks) == 3
+    await tasks.aclose()
+    assert sorted(cleaned) == [0, 1, 2] and len(tasks) == 0
+
+
+async def test_a_finished_task_leaves_the_set() -> None:
+    tasks = SessionTasks()
+    done = anyio.Event()
+
+    async def session() -> None:
+        done.set()
+
+    tasks.start(session(), name="session:quick")
+    await done.wait()
+    await asyncio.sleep(0)  # its done-callback runs on the next loop turn
+    assert len(tasks) == 0
+
+
+async def test_no_task_starts_after_aclose() -> None:
+    tasks = SessionTasks()
+    await tasks.aclose()
+    ran: list[str] = []
+
+    async def session() -> None:
+        ran.append("ran")
+
+    work = session()
+    with pytest.raises(RuntimeError, match="has shut down"):
+        tasks.start(work, name="session:late")
+    assert work.cr_frame is None and not ran  # closed, so never run and no "never awaited" warning
