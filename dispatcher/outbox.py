@@ -47,10 +47,6 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._queue) + (len(self._urgent) if self._urgent else 0)
 
-    @property
-    def accepting(self) -> bool:
-        return not (self._finished or self._closed)
-
     # -- writers ----------------------------------------------------------------------
 
     def offer(self, packet: Packet) -> bool:

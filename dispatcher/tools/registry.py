@@ -37,10 +37,9 @@ class CallLimiter:
     running loop only when a caller first has to wait, so it can be built outside one.
     """
 
-    __slots__ = ("_semaphore", "borrowed", "total", "waiting")
+    __slots__ = ("_semaphore", "borrowed", "waiting")
 
     def __init__(self, total: int) -> None:
-        self.total = total
         self.borrowed = 0  # calls holding a slot
         self.waiting = 0  # calls queued for one
         self._semaphore = asyncio.Semaphore(total)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from dispatcher.session_tasks import SessionTasks
@@ -21,9 +22,9 @@ async def test_aclose_cancels_every_running_task_and_waits_for_its_cleanup() -> 
     async def session(n: int) -> None:
         try:
             started.set()
-            await asyncio.sleep(3600)
+            await asyncio.Event().wait()  # until cancelled
         finally:
-            await asyncio.sleep(0)  # cleanup that itself awaits still completes
+            await anyio.lowlevel.checkpoint()  # cleanup that itself awaits still completes
             cleaned.append(n)
 
     for n in range(3):
@@ -43,8 +44,11 @@ async def test_a_finished_task_leaves_the_set() -> None:
 
     tasks.start(session(), name="session:quick")
     await done.wait()
-    await asyncio.sleep(0)  # its done-callback runs on the next loop turn
-    assert len(tasks) == 0
+    for _ in range(100):  # its done-callback runs on a later loop turn
+        if not len(tasks):
+            break
+        await anyio.lowlevel.checkpoint()
+    assert len(tasks) == 0, "a finished session task is still counted"
 
 
 async def test_no_task_starts_after_aclose() -> None:
