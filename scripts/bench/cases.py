@@ -70,7 +70,10 @@ METHODS = [
     "up before the window. A stop not seen by the end of the wait after the window counts at that wait "
     "in the trigger figure (a lower bound, flagged). tokens/s and packets/s in the notes are what the "
     "loaders handed to grpc inside the window: accepted, not necessarily processed (an overloaded "
-    "server's HTTP/2 buffers hold a backlog); server CPU % is measured over the window (100 % = one core).",
+    "server's HTTP/2 buffers hold a backlog); server CPU % is measured over the window (100 % = one core). "
+    "The paced targets apply to both the plain rows (one packet per token, as a client without "
+    "coalescing sends) and the coalesced rows (the loader's writer joins the tokens queued behind a "
+    "write, as the commander does by default).",
     "4. capacity: paced sessions (50 tokens/s, bursty, an echo call every ~3 s, 10 stops/s over all "
     "sessions) in ramped steps; a step passes when the token delivery p99 and the (trigger) stop p99 are "
     "under 50 ms, the loaders achieved >= 90 % of the offered tokens and nothing failed. Delivery = a tool "

@@ -43,6 +43,8 @@ class StopCase:
         return f"{sessions_text(self.sessions)} {how}"
 
     def target(self) -> Target | None:
+        # Paced rows with and without coalescing: the commander coalesces by default, so the
+        # coalesced row is what a stock commander sees; the other is a one-packet-per-token client.
         if self.pace == "paced" and self.sessions == 100:
             return Target("p99 ≤ 5 ms", ours_at_most=5.0)
         if self.pace == "paced" and self.sessions == 1000:
