@@ -12,6 +12,11 @@ the pump reading, so HTTP/2 flow control pushes back on the commander. Acks are 
 and simply dropped when the queue is full (acks are cumulative: the next one covers it).
 Urgent packets (a stop and its ack, from timers or other sessions' callers, which must never
 wait) go past the bound; at most a couple per session.
+
+`lend()` hands the writer's turn to another task for one packet: only while the reader is
+parked with nothing queued, i.e. when no write of the reader's is in flight. The session
+task uses it to write a stop itself the moment it decides one, instead of waking the
+reader, which under load runs a whole event-loop round later.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ class OutboxClosed(Exception):
 
 
 class Outbox:
-    __slots__ = ("_capacity", "_closed", "_finished", "_queue", "_reader", "_urgent", "_writers")
+    __slots__ = ("_capacity", "_closed", "_finished", "_lent", "_queue", "_reader", "_urgent", "_writers")
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
@@ -41,6 +46,7 @@ class Outbox:
         self._urgent: deque[Packet] | None = None  # only ever holds what overflowed the bound
         self._finished = False  # no more writes; the reader drains what is queued
         self._closed = False  # the reader is gone: writes fail, nothing more is read
+        self._lent = False  # another task holds the writer's turn: the reader takes nothing
         self._reader: asyncio.Future[None] | None = None
         self._writers: deque[asyncio.Future[None]] | None = None
 
@@ -92,6 +98,20 @@ class Outbox:
                     self._writers.remove(waiter)
                 raise
 
+    def lend(self) -> bool:
+        """Take the writer's turn from the reader (True), if it is parked with nothing queued;
+        the reader then takes nothing until `give_back()`. False: write through the queue."""
+        reader = self._reader
+        if self._lent or reader is None or reader.done() or self._queue or self._urgent:
+            return False
+        self._lent = True
+        return True
+
+    def give_back(self) -> None:
+        """The lent write is done: the reader takes what was queued meanwhile."""
+        self._lent = False
+        self._wake_reader()
+
     def finish(self) -> None:
         """No more packets: the reader gets what is queued, then None."""
         self._finished = True
@@ -105,15 +125,16 @@ class Outbox:
         while True:
             if self._closed:
                 return None
-            if self._urgent:
-                return self._urgent.popleft()
-            if self._queue:
-                packet = self._queue.popleft()
-                if self._writers:
-                    self._wake_writer()
-                return packet
+            if not self._lent:
+                if self._urgent:
+                    return self._urgent.popleft()
+                if self._queue:
+                    packet = self._queue.popleft()
+                    if self._writers:
+                        self._wake_writer()
+                    return packet
             if self._finished:
-                return None
+                return None  # a write still lent then was cut short: the RPC is ending anyway
             self._reader = asyncio.get_running_loop().create_future()
             try:
                 await self._reader

@@ -4,7 +4,10 @@ One session = one task (the inbound pump, in its own cancel scope), owned by the
 dispatcher's `SessionTasks`, plus one task per running tool call. The ChatStream handler
 only drains the outbox: no anyio cancel scope ever spans one of its `yield`s (grpc drives
 that generator and may stop it from outside), which is why the session's tasks live here
-and not in the handler. Wake-ups come from the process's shared `Timers`.
+and not in the handler. One exception to "the handler writes": a stop the session task
+decides while the handler sits idle is written by the session task itself, with the
+outbox's writer turn lent to it (see `_write_stop`). Wake-ups come from the process's
+shared `Timers`.
 
 Tool calls are plain asyncio tasks owned by the runner rather than anyio task-group
 children: on anyio 4.16 `TaskGroup.start_soon` alone costs ~20 µs (timeit, this machine)
@@ -20,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import anyio
@@ -88,6 +91,7 @@ class SessionRunner:
         "_slot_freed",
         "_timers",
         "_tool_tasks",
+        "_write",
         "assignment",
         "commander",
         "done",
@@ -99,6 +103,7 @@ class SessionRunner:
         "session_id",
         "settled",
         "started_by",
+        "stop_written",
     )
 
     def __init__(
@@ -140,6 +145,10 @@ class SessionRunner:
         self._timers = timers
         self._armed = math.inf  # the deadline armed with `timers` (mirrors it: read per packet)
         self._gone_reason: str | None = None
+        # The RPC's own write (context.write), for a stop the session task writes itself.
+        self._write: Callable[[wire.pb.DownstreamPacket], Awaitable[None]] | None = None
+        # Once the stop is out, only acks follow it (the handler drops anything else).
+        self.stop_written = False
         # Set when the session's outcome is decided (EndStream), a moment before `done`.
         self.settled = Latch()
         self.done = Latch()
@@ -205,6 +214,10 @@ class SessionRunner:
             wire.ctl.RunningToolCall(call_id=call_id, tool_name=tool, started_at_ms=started)
             for call_id, (tool, started) in self.machine.tool_calls_started.items()
         ]
+
+    def attach_writer(self, write: Callable[[wire.pb.DownstreamPacket], Awaitable[None]]) -> None:
+        """Let the session task write a stop straight to the RPC (see `_write_stop`)."""
+        self._write = write
 
     def discard(self) -> None:
         """Release the outbox of a runner that was never started (its session was refused)."""
@@ -329,11 +342,17 @@ class SessionRunner:
 
     async def _apply(self, actions: Sequence[Action]) -> None:
         """Carry out actions from a task that may wait: a full outbox pushes back on it."""
-        for action in actions:
+        for index, action in enumerate(actions):
             if type(action) is Send:
                 if action.packet.HasField("ack"):
                     self._send_ack(action.packet)
                 elif action.packet.HasField("stop"):
+                    if self._may_write_stop(actions):
+                        # The rest of this batch (cancel the tools, the ack) is synchronous and
+                        # queues behind the lent turn: carry it out, then write the stop.
+                        await self._apply(actions[index + 1 :])
+                        await self._write_stop(action.packet)
+                        return
                     self._send_urgent(action.packet)
                 else:
                     try:
@@ -403,6 +422,31 @@ class SessionRunner:
         if outcome is not None:
             return f"session ended {outcome.state.value}: {outcome.reason}"
         return f"session ended: {self._gone_reason or 'stream closed'}"
+
+    def _may_write_stop(self, actions: Sequence[Action]) -> bool:
+        """Whether the session task may write this batch's stop itself: only with the writer's
+        turn lent (nothing queued, no write in flight), and not when the batch also ends the
+        session (its end cancels this task: the handler then sends the stop, then the status)."""
+        if self._write is None or any(type(action) in (EndStream, StartTool) for action in actions):
+            return False
+        return self.outbox.lend()
+
+    async def _write_stop(self, packet: wire.pb.DownstreamPacket) -> None:
+        """Write the stop from the session task, the moment it is decided: waking the handler
+        instead would send it an event-loop round later, and under load that round is the
+        larger part of the stop's latency."""
+        assert self._write is not None
+        self.stop_written = True
+        self.packets_out["stop"] = self.packets_out.get("stop", 0) + 1
+        try:
+            await self._write(packet)
+        except Exception:  # the RPC is over (aborted, cancelled, transport gone)
+            self.outbox.give_back()
+            self.peer_gone("the stream ended while the stop was being written")
+            return
+        # Cancelled mid-write (the session ending): the turn is not given back, as grpc may
+        # still be sending; the handler then takes nothing more and ends with the session.
+        self.outbox.give_back()
 
     def _send_ack(self, packet: wire.pb.DownstreamPacket) -> None:
         # Acks are cumulative: when the outbox is full the next one covers this one.

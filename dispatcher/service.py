@@ -77,18 +77,19 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         context.add_done_callback(_on_rpc_done(runner))  # type: ignore[arg-type]  # grpc-stubs protocol quirk
         outbox = runner.outbox
         counts = runner.packets_out
-        stop_sent = False
         try:
             if runner.assignment is not None:  # a pool stream: the assignment goes first
                 counts["assignment"] = 1
                 yield wire.pb.DownstreamPacket(assignment=runner.assignment)
             while (packet := await outbox.get()) is not None:
-                # This is where downstream order becomes final: once the stop is out, only
-                # acks follow (a result decided a moment before the stop may be queued after it).
-                if stop_sent and not packet.HasField("ack"):
+                # This is where downstream order becomes final: once the stop is out (from
+                # here, or written by the session task), only acks follow (a result decided a
+                # moment before the stop may be queued after it).
+                if runner.stop_written and not packet.HasField("ack"):
                     continue
                 kind = packet.WhichOneof("signal")
-                stop_sent = stop_sent or kind == "stop"
+                if kind == "stop":
+                    runner.stop_written = True
                 counts[kind] = counts.get(kind, 0) + 1
                 yield packet
         finally:
@@ -127,6 +128,7 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         await context.send_initial_metadata(
             ((MetadataKey.SESSION_ID, session_id), (MetadataKey.DISPATCHER_ID, encode_metadata_value(self.hop)))
         )
+        runner.attach_writer(context.write)
         self._spawn(runner, first)
         return runner
 

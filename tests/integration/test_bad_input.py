@@ -147,6 +147,27 @@ async def test_packets_after_a_stop_are_counted_and_never_forwarded() -> None:
         assert ended is not None and ended.dropped_packets == 2
 
 
+async def test_a_stop_written_by_the_session_task_is_followed_by_its_ack_and_counted_once() -> None:
+    """With nothing queued, the session task writes a policy stop itself (no hop through the
+    handler); the stream then looks exactly as when the handler sends it."""
+    config = test_config(policy={"block_patterns": ("forbidden",)})
+    async with running_dispatcher(config) as d, grpc.aio.insecure_channel(d.address) as ch, with_bystander(ch):
+        raw = RawSession(ch)
+        await raw.hello("direct-stop")  # the Welcome has been read: the handler is idle
+        await raw.content(2, "forbidden")
+        first = await raw.recv()
+        assert first.WhichOneof("signal") == "stop"
+        ack = await raw.recv_kind("ack")
+        assert ack.ack.seq == 2
+        confirm = wire.pb.StopConfirm(stop_id=first.stop.stop_id, last_seq=2)
+        await raw.send(wire.pb.UpstreamPacket(seq=3, stop_confirm=confirm))
+        assert {p.WhichOneof("signal") for p in await raw.drain()} <= {"ack"}
+        code, _, trailers = await raw.status()
+        assert code is grpc.StatusCode.PERMISSION_DENIED and trailers["x-stop-confirmed"] == "true"
+        ended = d.registry.get_ended("direct-stop")
+        assert ended is not None and ended.info.packets_out["stop"] == 1
+
+
 async def test_unconfirmed_stop_ends_after_the_grace_period() -> None:
     config = test_config(policy={"block_patterns": ("forbidden",)}, session={"stop_grace_ms": 200})
     async with running_dispatcher(config) as d, grpc.aio.insecure_channel(d.address) as ch, with_bystander(ch):

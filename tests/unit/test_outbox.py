@@ -172,3 +172,48 @@ async def test_a_cancelled_latch_waiter_leaves_nothing_behind() -> None:
         assert latch._waiters
         tg.cancel_scope.cancel()
     assert not latch._waiters  # the cancelled waiter removed itself
+
+
+async def test_lend_only_while_the_reader_is_parked_with_nothing_queued() -> None:
+    outbox = Outbox(4)
+    assert not outbox.lend()  # no reader waiting: it may be writing right now
+    got: list[int | str] = []
+
+    async def reader() -> None:
+        while (packet := await outbox.get()) is not None:
+            got.append(packet.ack.seq if packet.HasField("ack") else packet.stop.stop_id)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await settle()
+        assert outbox.lend()
+        assert not outbox.lend()  # one turn at a time
+        outbox.offer(ack(1))  # queued behind the lent turn
+        outbox.push_urgent(stop("s"))
+        await settle()
+        assert got == []  # the reader takes nothing while the turn is lent
+        outbox.give_back()
+        await settle()
+        assert got == [1, "s"]  # in queue order (the urgent one fitted under the bound)
+        outbox.offer(ack(2))
+        assert not outbox.lend()  # something queued: it goes first, through the reader
+        outbox.finish()
+    assert got == [1, "s", 2]
+
+
+async def test_a_turn_never_given_back_ends_the_reader_at_finish() -> None:
+    """A lent write cut short (the session ending) keeps the turn: the reader must not write
+    behind it, and ends when the outbox finishes."""
+    outbox = Outbox(4)
+    got: list[int | str] = []
+
+    async def reader() -> None:
+        got.extend(await drain(outbox))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await settle()
+        assert outbox.lend()
+        outbox.offer(ack(1))
+        outbox.finish()
+    assert got == []
