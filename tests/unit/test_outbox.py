@@ -23,9 +23,9 @@ def stop(stop_id: str) -> wire.pb.DownstreamPacket:
     return wire.pb.DownstreamPacket(stop=wire.pb.StopSignal(stop_id=stop_id))
 
 
-async def drain(outbox: Outbox) -> list[int | str]:
-    """Everything the reader gets until None: ack seqs and stop ids."""
-    seen: list[int | str] = []
+async def drain(outbox: Outbox, seen: list[int | str] | None = None) -> list[int | str]:
+    """Everything the reader gets until None, as it comes (into `seen`): ack seqs and stop ids."""
+    seen = [] if seen is None else seen
     while (packet := await outbox.get()) is not None:
         seen.append(packet.ack.seq if packet.HasField("ack") else packet.stop.stop_id)
     return seen
@@ -125,18 +125,20 @@ async def test_close_fails_waiting_and_later_writers_and_ends_the_reader() -> No
 async def test_the_reader_waits_for_a_packet_and_gets_none_after_finish() -> None:
     outbox = Outbox(4)
     got: list[int | str] = []
+    drained = anyio.Event()
 
     async def reader() -> None:
-        got.extend(await drain(outbox))
+        await drain(outbox, got)
+        drained.set()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
         await settle()
         outbox.offer(ack(7))
         await settle()
-        assert got == []  # still reading: not finished yet
+        assert got == [7] and not drained.is_set()  # still reading: not finished yet
         outbox.finish()
-    assert got == [7]
+    assert drained.is_set()
 
 
 def test_capacity_must_be_positive() -> None:
@@ -178,13 +180,8 @@ async def test_lend_only_while_the_reader_is_parked_with_nothing_queued() -> Non
     outbox = Outbox(4)
     assert not outbox.lend()  # no reader waiting: it may be writing right now
     got: list[int | str] = []
-
-    async def reader() -> None:
-        while (packet := await outbox.get()) is not None:
-            got.append(packet.ack.seq if packet.HasField("ack") else packet.stop.stop_id)
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(reader)
+        tg.start_soon(drain, outbox, got)
         await settle()
         assert outbox.lend()
         assert not outbox.lend()  # one turn at a time
@@ -206,12 +203,8 @@ async def test_a_turn_never_given_back_ends_the_reader_at_finish() -> None:
     behind it, and ends when the outbox finishes."""
     outbox = Outbox(4)
     got: list[int | str] = []
-
-    async def reader() -> None:
-        got.extend(await drain(outbox))
-
     async with anyio.create_task_group() as tg:
-        tg.start_soon(reader)
+        tg.start_soon(drain, outbox, got)
         await settle()
         assert outbox.lend()
         outbox.offer(ack(1))
