@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -14,7 +15,6 @@ from scripts.bench.procs import (
     cpu_seconds,
     rss_kb,
     run_loaders,
-    running_server,
     split_spec,
 )
 from scripts.bench.report import Figure, Target
@@ -22,11 +22,11 @@ from scripts.bench.runner import (
     Budget,
     Context,
     drive,
+    each_server,
     error_texts,
     loaders_for,
     merge,
     paced_spec,
-    servers,
     sessions_text,
     side,
     start_at_for,
@@ -99,32 +99,30 @@ def upstream_throughput(ctx: Context) -> None:
     }
     cpu = {n: Figure("1. upstream", f"server CPU per packet, {sessions_text(n)}", "µs", "lower") for n in sizes}
     errors: list[str] = []
-    for rep in range(plan.reps):
-        for kind in servers(ctx, rep, budget, errors):
-            try:
-                with running_server(kind, ctx.workdir) as server:
-                    for n in sizes:
-                        loaders = loaders_for(n)
-                        spec = LoadSpec(
-                            target=server.target,
-                            mode="throughput",
-                            sessions=n,
-                            start_at=start_at_for(n, loaders),
-                            duration_s=30.0,
-                            deadline_s=60.0,
-                            packets_per_session=max(1, plan.throughput_packets // n),
-                        )
-                        cpu_before = cpu_seconds(server.pid)
-                        merged = merge(run_loaders(split_spec(spec, loaders), ctx.log))
-                        cpu_used = cpu_seconds(server.pid) - cpu_before
-                        rates[n].errors += error_texts(merged, kind)
-                        window = merged["window_end"] - merged["window_start"]
-                        if merged.get("completed") == n and window > 0:
-                            getattr(rates[n], side(kind)).append(merged["packets"] / window)
-                            getattr(cpu[n], side(kind)).append(cpu_used / merged["packets"] * 1e6)
-                        rates[n].details.append({"rep": rep, "kind": kind, **summary_detail(merged)})
-            except RuntimeError as exc:
-                errors.append(f"{kind}: {exc}")
+
+    def measure(rep: int, kind: str, server: Server) -> None:
+        for n in sizes:
+            loaders = loaders_for(n)
+            spec = LoadSpec(
+                target=server.target,
+                mode="throughput",
+                sessions=n,
+                start_at=start_at_for(n, loaders),
+                duration_s=30.0,
+                deadline_s=60.0,
+                packets_per_session=max(1, plan.throughput_packets // n),
+            )
+            cpu_before = cpu_seconds(server.pid)
+            merged = merge(run_loaders(split_spec(spec, loaders), ctx.log))
+            cpu_used = cpu_seconds(server.pid) - cpu_before
+            rates[n].errors += error_texts(merged, kind)
+            window = merged["window_end"] - merged["window_start"]
+            if merged.get("completed") == n and window > 0:
+                getattr(rates[n], side(kind)).append(merged["packets"] / window)
+                getattr(cpu[n], side(kind)).append(cpu_used / merged["packets"] * 1e6)
+            rates[n].details.append({"rep": rep, "kind": kind, **summary_detail(merged)})
+
+    each_server(ctx, budget, errors, measure)
     for n in sizes:
         rates[n].errors += errors
         ctx.emit(rates[n])
@@ -154,31 +152,29 @@ def tool_round_trip(ctx: Context) -> None:
         for n in sizes
     }
     errors: list[str] = []
-    for rep in range(plan.reps):
-        for kind in servers(ctx, rep, budget, errors):
-            try:
-                with running_server(kind, ctx.workdir) as server:
-                    for n in sizes:
-                        loaders = loaders_for(n)
-                        spec = LoadSpec(
-                            target=server.target,
-                            mode="tool",
-                            sessions=n,
-                            start_at=start_at_for(n, loaders),
-                            duration_s=plan.tool_window_s,
-                            deadline_s=plan.tool_window_s + 30,
-                        )
-                        merged = drive(ctx, server, split_spec(spec, loaders))
-                        calls[n].errors += error_texts(merged, kind)
-                        calls[n].details.append({"rep": rep, "kind": kind, **summary_detail(merged)})
-                        if merged.get("rtt_ms"):
-                            summary = latency_summary(merged["rtt_ms"])
-                            which = side(kind)
-                            getattr(calls[n], which).append(merged["calls"] / plan.tool_window_s)
-                            getattr(p50[n], which).append(summary["p50"])
-                            getattr(p99[n], which).append(summary["p99"])
-            except RuntimeError as exc:
-                errors.append(f"{kind}: {exc}")
+
+    def measure(rep: int, kind: str, server: Server) -> None:
+        for n in sizes:
+            loaders = loaders_for(n)
+            spec = LoadSpec(
+                target=server.target,
+                mode="tool",
+                sessions=n,
+                start_at=start_at_for(n, loaders),
+                duration_s=plan.tool_window_s,
+                deadline_s=plan.tool_window_s + 30,
+            )
+            merged = drive(ctx, server, split_spec(spec, loaders))
+            calls[n].errors += error_texts(merged, kind)
+            calls[n].details.append({"rep": rep, "kind": kind, **summary_detail(merged)})
+            if merged.get("rtt_ms"):
+                summary = latency_summary(merged["rtt_ms"])
+                which = side(kind)
+                getattr(calls[n], which).append(merged["calls"] / plan.tool_window_s)
+                getattr(p50[n], which).append(summary["p50"])
+                getattr(p99[n], which).append(summary["p99"])
+
+    each_server(ctx, budget, errors, measure)
     for n in sizes:
         calls[n].errors += errors
         for figure in (calls[n], p50[n], p99[n]):
@@ -197,16 +193,13 @@ def capacity(ctx: Context) -> None:
     first = plan.capacity_steps[0]
     delivery = Figure("4. capacity", f"token delivery p99 at {first} paced sessions", "ms", "lower")
     steps_text: dict[str, list[str]] = {"ours": [], "baseline": []}
-    for rep in range(plan.capacity_reps):
-        for kind in servers(ctx, rep, budget, figure.errors):
-            try:
-                with running_server(kind, ctx.workdir) as server:
-                    passed, text = _ramp(ctx, server, rep, figure, delivery, budget)
-            except RuntimeError as exc:
-                figure.errors.append(f"{kind}: {exc}")
-                continue
-            getattr(figure, side(kind)).append(float(passed))
-            steps_text[kind].append(text)
+
+    def measure(rep: int, kind: str, server: Server) -> None:
+        passed, text = _ramp(ctx, server, rep, figure, delivery, budget)
+        getattr(figure, side(kind)).append(float(passed))
+        steps_text[kind].append(text)
+
+    each_server(ctx, budget, figure.errors, measure, reps=plan.capacity_reps)
     top = plan.capacity_steps[-1]
     at_least = [kind for kind in KINDS if top in getattr(figure, side(kind))]
     figure.note = (f"passed every step, so at least {top}: {', '.join(at_least)}; " if at_least else "") + (
@@ -302,29 +295,27 @@ def memory(ctx: Context) -> None:
         if n >= 10_000:
             opened_figure.target = Target(f"{n:,} open", ours_at_least=float(n))
         reps = plan.reps if n <= 1000 else min(plan.reps, 2)
-        for rep in range(reps):
-            for kind in servers(ctx, rep, budget, per_session.errors):
-                try:
-                    with running_server(kind, ctx.workdir) as server:
-                        warm, _ = _open_idle(ctx, server.target, 20)
-                        warm.release()
-                        before = _settled_rss_kb(server.pid)
-                        idle, opened = _open_idle(ctx, server.target, n)
-                        after = _settled_rss_kb(server.pid)
-                        results = idle.release()
-                except RuntimeError as exc:
-                    per_session.errors.append(f"{kind}: {exc}")
-                    continue
-                merged = merge(results)
-                per_session.errors += error_texts(merged, kind)
-                per_session.details.append(
-                    {"rep": rep, "kind": kind, "opened": opened, "rss_before_kb": before, "rss_after_kb": after}
-                )
-                getattr(opened_figure, side(kind)).append(float(opened))
-                if opened:
-                    getattr(per_session, side(kind)).append((after - before) / opened)
+        measure = functools.partial(_idle_rss, ctx, n, per_session, opened_figure)
+        each_server(ctx, budget, per_session.errors, measure, reps=reps)
         ctx.emit(per_session)
         ctx.emit(opened_figure)
+
+
+def _idle_rss(ctx: Context, n: int, per_session: Figure, opened: Figure, rep: int, kind: str, server: Server) -> None:
+    """One memory run: RSS per idle session for `n` sessions, after 20 warm-up sessions."""
+    warm, _ = _open_idle(ctx, server.target, 20)
+    warm.release()
+    before = _settled_rss_kb(server.pid)
+    idle, opened_count = _open_idle(ctx, server.target, n)
+    after = _settled_rss_kb(server.pid)
+    merged = merge(idle.release())
+    per_session.errors += error_texts(merged, kind)
+    per_session.details.append(
+        {"rep": rep, "kind": kind, "opened": opened_count, "rss_before_kb": before, "rss_after_kb": after}
+    )
+    getattr(opened, side(kind)).append(float(opened_count))
+    if opened_count:
+        getattr(per_session, side(kind)).append((after - before) / opened_count)
 
 
 # -- 6. serialization -------------------------------------------------------------------------------

@@ -10,13 +10,13 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from scripts.bench.plan import Plan
-from scripts.bench.procs import KINDS, LOADER_STARTUP_S, Server, run_loaders
+from scripts.bench.procs import KINDS, LOADER_STARTUP_S, Server, run_loaders, running_server
 from scripts.bench.report import Figure, table_line
 from scripts.bench.stats import latency_summary
 from scripts.bench.streams import LoadSpec
@@ -128,6 +128,25 @@ def summary_detail(merged: dict[str, Any]) -> dict[str, Any]:
         if merged.get(key):
             detail[key] = latency_summary(merged[key])
     return detail
+
+
+def each_server(
+    ctx: Context,
+    budget: Budget,
+    errors: list[str],
+    measure: Callable[[int, str, Server], None],
+    reps: int | None = None,
+) -> None:
+    """`measure(rep, kind, server)` against a fresh server of each kind, repetition by repetition
+    (the kinds' order alternating), while the budget lasts. A server that fails to start, or a
+    run that fails (RuntimeError), is noted in `errors` and the case goes on."""
+    for rep in range(ctx.plan.reps if reps is None else reps):
+        for kind in servers(ctx, rep, budget, errors):
+            try:
+                with running_server(kind, ctx.workdir) as server:
+                    measure(rep, kind, server)
+            except RuntimeError as exc:
+                errors.append(f"{kind}: {exc}")
 
 
 def servers(ctx: Context, rep: int, budget: Budget, errors: list[str]) -> Iterator[str]:

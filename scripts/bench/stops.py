@@ -12,16 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from scripts.bench.plan import Plan
-from scripts.bench.procs import running_server, split_spec
+from scripts.bench.procs import Server, split_spec
 from scripts.bench.report import Figure, Target
 from scripts.bench.runner import (
     Budget,
     Context,
     drive,
+    each_server,
     error_texts,
     median_text,
     paced_spec,
-    servers,
     sessions_text,
     side,
     summary_detail,
@@ -73,44 +73,42 @@ def stop_latency(ctx: Context) -> None:
     packets: dict[StopCase, dict[str, list[float]]] = {case: {"ours": [], "baseline": []} for case in cases}
     cpu: dict[StopCase, dict[str, list[float]]] = {case: {"ours": [], "baseline": []} for case in cases}
     errors: list[str] = []
-    for rep in range(plan.reps):
-        for kind in servers(ctx, rep, budget, errors):
-            try:
-                with running_server(kind, ctx.workdir) as server:
-                    for case in cases:
-                        spec, loaders = paced_spec(
-                            plan,
-                            server.target,
-                            case.sessions,
-                            tokens_per_s=plan.tokens_per_s if case.pace == "paced" else 0.0,
-                            stops_per_s=_stops_per_s(plan, case.sessions),
-                            window_s=plan.stop_window_s,
-                            coalesce=case.coalesce,
-                        )
-                        merged = drive(ctx, server, split_spec(spec, loaders))
-                        figure = p99[case]
-                        figure.errors += error_texts(merged, kind)
-                        figure.details.append({"rep": rep, "kind": kind, **summary_detail(merged)})
-                        per_session_s = plan.stop_window_s * case.sessions
-                        achieved[case][kind].append(merged.get("tokens", 0) / per_session_s)
-                        packets[case][kind].append(merged.get("packets", 0) / per_session_s)
-                        if "server_cpu_pct" in merged:
-                            cpu[case][kind].append(merged["server_cpu_pct"])
-                        if merged.get("stops_missed"):
-                            figure.errors.append(
-                                f"{kind}: {merged['stops_missed']} of {merged.get('stops_triggered', 0)} stops not "
-                                "seen by the end of the wait (counted at the wait: a lower bound)"
-                            )
-                        if merged.get("stop_ms"):
-                            summary = latency_summary(merged["stop_ms"])
-                            getattr(p50[case], side(kind)).append(summary["p50"])
-                            getattr(figure, side(kind)).append(summary["p99"])
-                        if merged.get("issued_stop_ms"):
-                            summary = latency_summary(merged["issued_stop_ms"])
-                            getattr(issued50[case], side(kind)).append(summary["p50"])
-                            getattr(issued99[case], side(kind)).append(summary["p99"])
-            except RuntimeError as exc:
-                errors.append(f"{kind}: {exc}")
+
+    def measure(rep: int, kind: str, server: Server) -> None:
+        for case in cases:
+            spec, loaders = paced_spec(
+                plan,
+                server.target,
+                case.sessions,
+                tokens_per_s=plan.tokens_per_s if case.pace == "paced" else 0.0,
+                stops_per_s=_stops_per_s(plan, case.sessions),
+                window_s=plan.stop_window_s,
+                coalesce=case.coalesce,
+            )
+            merged = drive(ctx, server, split_spec(spec, loaders))
+            figure = p99[case]
+            figure.errors += error_texts(merged, kind)
+            figure.details.append({"rep": rep, "kind": kind, **summary_detail(merged)})
+            per_session_s = plan.stop_window_s * case.sessions
+            achieved[case][kind].append(merged.get("tokens", 0) / per_session_s)
+            packets[case][kind].append(merged.get("packets", 0) / per_session_s)
+            if "server_cpu_pct" in merged:
+                cpu[case][kind].append(merged["server_cpu_pct"])
+            if merged.get("stops_missed"):
+                figure.errors.append(
+                    f"{kind}: {merged['stops_missed']} of {merged.get('stops_triggered', 0)} stops not "
+                    "seen by the end of the wait (counted at the wait: a lower bound)"
+                )
+            if merged.get("stop_ms"):
+                summary = latency_summary(merged["stop_ms"])
+                getattr(p50[case], side(kind)).append(summary["p50"])
+                getattr(figure, side(kind)).append(summary["p99"])
+            if merged.get("issued_stop_ms"):
+                summary = latency_summary(merged["issued_stop_ms"])
+                getattr(issued50[case], side(kind)).append(summary["p50"])
+                getattr(issued99[case], side(kind)).append(summary["p99"])
+
+    each_server(ctx, budget, errors, measure)
     for case in cases:
         offered = f"offered {plan.tokens_per_s:g}" if case.pace == "paced" else "full speed"
         tokens, sent, used = achieved[case], packets[case], cpu[case]
