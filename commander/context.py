@@ -103,7 +103,7 @@ class AgentContext:
         if result is None:
             raise ToolCallError(name, call_id, "TIMEOUT", f"no result within {timeout:g} s")
         if result.HasField("error") and result.error.code:
-            code = wire.pb.ToolErrorCode.Name(result.error.code).removeprefix("TOOL_ERROR_CODE_")
+            code = wire.tool_error_code_name(result.error.code)
             raise ToolCallError(name, call_id, code, result.error.message)
         return json.loads(result.result_json) if result.result_json else None
 

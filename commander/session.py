@@ -114,11 +114,7 @@ class _Run:
                     call_id=pending.call_id if pending else result.call_id,
                     tool_name=result.tool_name,
                     result_json=result.result_json,
-                    error_code=(
-                        wire.pb.ToolErrorCode.Name(result.error.code).removeprefix("TOOL_ERROR_CODE_")
-                        if result.HasField("error") and result.error.code
-                        else ""
-                    ),
+                    error_code=wire.tool_error_code_name(result.error.code) if result.HasField("error") else "",
                     error_message=result.error.message,
                     execution_time_us=result.execution_time_us,
                 )
@@ -294,7 +290,7 @@ def _confirm(stop: StopInfo, run: _Run, discarded: int, halted_at: float) -> wir
         halt_us=int((halted_at - run.stop_received_at) * 1_000_000),
         discarded_packets=discarded,
         pending_tool_calls=[
-            wire.pb.PendingToolCall(call_id=p.call_id, tool_name=p.tool_name, fate="TOOL_CALL_FATE_" + p.fate)
+            wire.pb.PendingToolCall(call_id=p.call_id, tool_name=p.tool_name, fate=wire.tool_call_fate_to_wire(p.fate))
             for p in run.pending_at_stop
         ],
     )

@@ -18,16 +18,16 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dispatcher.auth import AccessPolicy, AuthInterceptor
+from dispatcher.cluster.peers import PeerGroup
 from dispatcher.config import DispatcherConfig
-from dispatcher.control import SessionControlService
-from dispatcher.latch import Latch
-from dispatcher.peers import PeerGroup
-from dispatcher.pool import CommanderPool
-from dispatcher.registry import SessionRegistry
-from dispatcher.runner import SessionRunner
-from dispatcher.service import AgentInteractionService
-from dispatcher.session_tasks import SessionTasks
-from dispatcher.timers import Timers
+from dispatcher.control.service import SessionControlService
+from dispatcher.sessions.latch import Latch
+from dispatcher.sessions.pool import CommanderPool
+from dispatcher.sessions.registry import SessionRegistry
+from dispatcher.sessions.runner import SessionRunner
+from dispatcher.sessions.tasks import SessionTasks
+from dispatcher.sessions.timers import Timers
+from dispatcher.stream.service import AgentInteractionService
 from dispatcher.tools import ToolExecutor, ToolRegistry, default_registry
 from shared import settings, wire
 from shared.model import StopCode, StopInfo

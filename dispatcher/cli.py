@@ -13,9 +13,9 @@ import click
 
 from dispatcher.app import Dispatcher, run_until_signalled
 from dispatcher.auth import Role, hash_token
+from dispatcher.cluster.workers import run_workers
 from dispatcher.config import DispatcherConfig
 from dispatcher.tools import default_registry
-from dispatcher.workers import run_workers
 from shared.log import configure_logging
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, describe, load_cli_config
 

@@ -49,6 +49,9 @@ __all__ = [
     "session_state_to_wire",
     "stop_from_wire",
     "stop_to_wire",
+    "tool_call_fate_to_wire",
+    "tool_error_code_name",
+    "tool_error_code_to_wire",
 ]
 
 UpstreamPacket = pb.UpstreamPacket
@@ -151,3 +154,31 @@ def session_state_from_wire(number: int) -> SessionState | None:
         return SessionState(name.removeprefix("SESSION_STATE_"))
     except ValueError:
         return None
+
+
+# The proto's enums carry their type's name as a prefix (buf's ENUM_VALUE_PREFIX rule); the rest
+# of the code speaks the bare names ("UNKNOWN_TOOL", "ABANDONED"). These are the only places
+# that add or strip a prefix.
+_TOOL_ERROR_PREFIX = "TOOL_ERROR_CODE_"
+_FATE_PREFIX = "TOOL_CALL_FATE_"
+
+
+def tool_error_code_to_wire(name: str) -> int:
+    """`"TIMEOUT"` as the proto's ToolErrorCode number; ValueError for a name it lacks."""
+    return int(pb.ToolErrorCode.Value(_TOOL_ERROR_PREFIX + name))
+
+
+def tool_error_code_name(number: int) -> str:
+    """The proto's ToolErrorCode number as its bare name; "" for UNSPECIFIED, the number
+    itself (as text) for a code a newer peer sent that this build does not know."""
+    if not number:
+        return ""
+    try:
+        return str(pb.ToolErrorCode.Name(number)).removeprefix(_TOOL_ERROR_PREFIX)
+    except ValueError:
+        return str(number)
+
+
+def tool_call_fate_to_wire(name: str) -> int:
+    """`"ABANDONED"` / `"RESULT_IGNORED"` as the proto's ToolCallFate number."""
+    return int(pb.ToolCallFate.Value(_FATE_PREFIX + name))

@@ -30,7 +30,7 @@ def stop_content(stop_word: str) -> str:
 def tool_error_name(result: wire.pb.ToolCallResult) -> str:
     if not result.HasField("error"):
         return "no error"
-    return wire.ToolErrorCode.Name(result.error.code).removeprefix("TOOL_ERROR_CODE_")
+    return wire.tool_error_code_name(result.error.code)
 
 
 async def echo_round_trip(session: RawSession, seq: int, call_id: str, what: str) -> None:

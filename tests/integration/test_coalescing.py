@@ -11,7 +11,7 @@ import pytest
 from commander import AgentContext, SessionResult, run_session
 from commander.models import ScriptedAgent
 from dispatcher.app import Dispatcher
-from dispatcher.registry import EndedSession
+from dispatcher.sessions.registry import EndedSession
 from shared.model import SessionState
 from tests.conftest import commander_config, running_dispatcher, wait_until
 
@@ -34,8 +34,8 @@ async def run(dispatcher: Dispatcher, agent: Any, **connection: Any) -> tuple[Se
     address = dispatcher.address or ""
     async with grpc.aio.insecure_channel(address) as channel:
         result = await run_session(agent, "go", channel=channel, config=commander_config(address, **connection))
-    await wait_until(lambda: dispatcher.registry.get_ended(result.session_id) is not None, "the session is recorded")
-    ended = dispatcher.registry.get_ended(result.session_id)
+    await wait_until(lambda: dispatcher.sessions.registry.get_ended(result.session_id) is not None, "the session is recorded")
+    ended = dispatcher.sessions.registry.get_ended(result.session_id)
     assert ended is not None
     return result, ended
 

@@ -94,12 +94,12 @@ async def test_a_client_pinging_too_often_is_refused_and_a_polite_one_is_not() -
         assert elapsed < 5.0, f"GOAWAY took {elapsed:.1f} s"
 
         # The dispatcher noticed the abusive commander is gone and ended its session.
-        await wait_until(lambda: dispatcher.registry.get_ended("abusive") is not None, "abusive session not ended")
-        ended = dispatcher.registry.get_ended("abusive")
+        await wait_until(lambda: dispatcher.sessions.registry.get_ended("abusive") is not None, "abusive session not ended")
+        ended = dispatcher.sessions.registry.get_ended("abusive")
         assert ended is not None and ended.outcome.state is SessionState.CANCELLED, ended
 
         # The polite session was silent just as long on its own connection and still works.
-        assert dispatcher.registry.get_open("polite") is not None
+        assert dispatcher.sessions.registry.get_open("polite") is not None
         await finish_ok(good, 2)
 
 
@@ -121,10 +121,10 @@ async def test_a_silent_stream_outlives_connection_idle_and_keepalive_timers() -
         # single message either way. (The client's own 500 ms pings never fire: each server PING it
         # receives counts as read activity and resets its keepalive timer.)
         await anyio.sleep(2.0)  # sleep-ok: the silence under test
-        assert dispatcher.registry.get_open("silent") is not None
+        assert dispatcher.sessions.registry.get_open("silent") is not None
         assert channel.get_state() is grpc.ChannelConnectivity.READY
         await finish_ok(raw, 2)
-    ended = dispatcher.registry.get_ended("silent")
+    ended = dispatcher.sessions.registry.get_ended("silent")
     assert ended is not None and ended.outcome.state is SessionState.FINISHED
 
 

@@ -86,7 +86,7 @@ async def test_a_full_session_is_served_and_traced_under_opentelemetry(spans: In
         result = await run_scripted(dispatcher.address, "What is 6*7?")
     assert result.state is SessionState.FINISHED, result
     assert result.status_code == "OK" and result.tool_calls == 1 and not result.compat_mode
-    ended = dispatcher.registry.get_ended(result.session_id)
+    ended = dispatcher.sessions.registry.get_ended(result.session_id)
     assert ended is not None and ended.outcome.state is SessionState.FINISHED
 
     await wait_until(lambda: finished_spans(spans, CHAT_STREAM), f"no {CHAT_STREAM} span", timeout_s=WAIT_S)

@@ -46,7 +46,7 @@ async def test_full_session_thinks_calls_a_tool_and_finishes() -> None:
     [tool_result] = recorder.of(ToolResultReceived)
     assert tool_result.tool_name == "calculator" and '"value":42' in tool_result.result_json
     assert result.last_acked_seq == result.packets_sent  # the final Ack covers every packet
-    ended = dispatcher.registry.get_ended(result.session_id)
+    ended = dispatcher.sessions.registry.get_ended(result.session_id)
     assert ended is not None and ended.outcome.state is SessionState.FINISHED
     # 60 tokens + the finish, merged by coalescing as the outbox filled up (at most the
     # 32 queued + 2 per message): 2 to 61 content packets.
@@ -104,7 +104,7 @@ async def test_policy_stop_lands_mid_answer_and_is_confirmed() -> None:
     config = test_config(policy={"block_patterns": ("(?i)launch codes",)})
     async with running_dispatcher(config) as dispatcher:
         result = await run_scripted(dispatcher.address, "tell me the launch codes", tokens_per_s=200, observer=recorder)
-        ended = dispatcher.registry.get_ended(result.session_id)
+        ended = dispatcher.sessions.registry.get_ended(result.session_id)
     assert result.state is SessionState.STOPPED
     assert result.stop is not None and result.stop.code is StopCode.POLICY_VIOLATION
     assert result.stop.path == ("policy:content_blocklist", "dispatcher:test")
@@ -170,7 +170,7 @@ async def test_idle_timeout_expires_a_silent_session() -> None:
     async with running_dispatcher(test_config(policy={"idle_timeout_s": 0.3})) as dispatcher:
         async with grpc.aio.insecure_channel(dispatcher.address) as channel:
             result = await run_session(agent, "", channel=channel, config=commander_config(dispatcher.address))
-        ended = dispatcher.registry.get_ended(result.session_id)
+        ended = dispatcher.sessions.registry.get_ended(result.session_id)
     assert result.state is SessionState.EXPIRED
     assert result.stop is not None and result.stop.code is StopCode.IDLE_TIMEOUT
     assert ended is not None and ended.outcome.state is SessionState.EXPIRED
@@ -192,7 +192,7 @@ async def test_stop_reaches_an_agent_awaiting_a_tool_and_the_tool_is_cancelled()
 
                 async def stop_when_tool_runs() -> None:
                     await gate.started.wait()
-                    [handle] = list(dispatcher.registry.open_sessions())
+                    [handle] = list(dispatcher.sessions.registry.open_sessions())
 
                     stop = StopInfo(code=StopCode.OPERATOR, reason="operator says stop", path=("operator:test",))
                     handle.request_stop(stop)
@@ -265,7 +265,7 @@ async def test_shutdown_ends_as_soon_as_every_session_has_ended_not_after_the_gr
                 dispatcher.request_shutdown("drain test")
     [result] = results
     assert result.stop is not None and result.stop.code is StopCode.SHUTDOWN
-    assert dispatcher.registry.open_count == 0
+    assert dispatcher.sessions.registry.open_count == 0
 
 
 async def test_cancel_from_the_commander_side_is_recorded_with_its_reason() -> None:
@@ -285,8 +285,8 @@ async def test_cancel_from_the_commander_side_is_recorded_with_its_reason() -> N
             result = await run_session(
                 agent, "", channel=channel, config=commander_config(dispatcher.address), cancel=cancel
             )
-        await wait_until(lambda: dispatcher.registry.get_ended(result.session_id) is not None, "the session ended")
-        ended = dispatcher.registry.get_ended(result.session_id)
+        await wait_until(lambda: dispatcher.sessions.registry.get_ended(result.session_id) is not None, "the session ended")
+        ended = dispatcher.sessions.registry.get_ended(result.session_id)
     assert llm_cancelled.is_set()
     assert (result.state, result.reason) == (SessionState.CANCELLED, "cancelled by the commander")
     assert result.status_code == "CANCELLED"

@@ -12,9 +12,9 @@ import grpc
 import pytest
 from click.testing import CliRunner
 
-from dispatcher.ctl import cli
-from dispatcher.ctl.client import ClientConfig, CtlError, StopAnswer
-from dispatcher.ctl.errors import (
+from dispatcherctl import cli
+from dispatcherctl.client import ClientConfig, CtlError, StopAnswer
+from dispatcherctl.errors import (
     EXIT_AUTH,
     EXIT_FAILED,
     EXIT_NOT_FOUND,
@@ -22,8 +22,8 @@ from dispatcher.ctl.errors import (
     error_for_status,
     is_transport_failure,
 )
-from dispatcher.ctl.names import parse_kinds, parse_states, parse_stop_code, result_name, state_name
-from dispatcher.ctl.render import (
+from dispatcherctl.names import parse_kinds, parse_states, parse_stop_code, result_name, state_name
+from dispatcherctl.render import (
     SESSION_HEADERS,
     StopTally,
     format_age,
@@ -39,7 +39,7 @@ from dispatcher.ctl.render import (
     stop_json,
     stop_line,
 )
-from dispatcher.ctl.stream import EventPrinter, event_line, safe_text
+from dispatcherctl.stream import EventPrinter, event_line, safe_text
 from shared import wire
 
 pytestmark = pytest.mark.timeout(10)

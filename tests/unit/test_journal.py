@@ -5,8 +5,8 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from dispatcher.control import follow_journal
-from dispatcher.journal import Journal
+from dispatcher.control.service import follow_journal
+from dispatcher.core.journal import Journal
 from shared import wire
 from shared.errors import FellBehind
 

@@ -8,8 +8,8 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from dispatcher.latch import Latch
-from dispatcher.outbox import Outbox, OutboxClosed
+from dispatcher.sessions.latch import Latch
+from dispatcher.sessions.outbox import Outbox, OutboxClosed
 from shared import wire
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from dispatcher.config import PolicyConfig
-from dispatcher.policies import Policy, PolicyTracker, Violation
+from dispatcher.core.policies import Policy, PolicyTracker, Violation
 from shared.model import StopCode
 
 pytestmark = pytest.mark.timeout(10)

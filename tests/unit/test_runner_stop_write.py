@@ -15,10 +15,10 @@ import grpc
 import pytest
 
 from dispatcher.config import DispatcherConfig, PolicyConfig
-from dispatcher.registry import SessionRegistry
-from dispatcher.runner import SessionRunner
-from dispatcher.service import AgentInteractionService
-from dispatcher.timers import Timers
+from dispatcher.sessions.registry import SessionRegistry
+from dispatcher.sessions.runner import SessionRunner
+from dispatcher.sessions.timers import Timers
+from dispatcher.stream.service import AgentInteractionService
 from dispatcher.tools import ToolExecutor, default_registry
 from shared import wire
 

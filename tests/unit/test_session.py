@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from dispatcher.config import PolicyConfig, SessionConfig
-from dispatcher.policies import Policy
-from dispatcher.session import (
+from dispatcher.core.policies import Policy
+from dispatcher.core.session import (
     Action,
     CancelTools,
     EndStream,

@@ -9,7 +9,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from dispatcher.session_tasks import SessionTasks
+from dispatcher.sessions.tasks import SessionTasks
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import anyio
 
-from dispatcher.runner import SessionRunner
+from dispatcher.sessions.runner import SessionRunner
 from shared import wire
 from shared.errors import NoFreeCommander
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from typing import Any, TextIO
 
-from dispatcher.ctl.names import state_name, stop_code_name
-from dispatcher.ctl.render import oneline, outcome_text
+from dispatcherctl.names import state_name, stop_code_name
+from dispatcherctl.render import oneline, outcome_text
 from shared import wire
 
 __all__ = ["EventPrinter", "event_line", "safe_text"]
@@ -44,13 +44,6 @@ def _short_json(text: str) -> str:
     return text
 
 
-def _tool_error_name(code: int) -> str:
-    try:
-        return str(wire.pb.ToolErrorCode.Name(code)).removeprefix("TOOL_ERROR_CODE_")
-    except ValueError:
-        return f"TOOL_ERROR_CODE_{code}"
-
-
 def event_line(event: Any) -> str | None:
     """The own line of a tool call, result, stop, confirmation, error or state change
     (`#12 tool_call calculator {...} [call_id]`); None for thought and content deltas."""
@@ -63,7 +56,7 @@ def event_line(event: Any) -> str | None:
         result = event.tool_result
         took = f"{result.execution_time_us / 1000:.2f} ms"
         if result.HasField("error") and result.error.code:
-            error = f"{_tool_error_name(result.error.code)}: {oneline(safe_text(result.error.message))}"
+            error = f"{wire.tool_error_code_name(result.error.code)}: {oneline(safe_text(result.error.message))}"
             return f"{head} {result.tool_name} error {error} [{result.call_id}] {took}"
         return f"{head} {result.tool_name} ok {_short_json(result.result_json)} [{result.call_id}] {took}"
     if kind == "stop":

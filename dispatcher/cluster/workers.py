@@ -28,7 +28,7 @@ from dispatcher.config import DispatcherConfig
 
 __all__ = ["run_workers"]
 
-log = structlog.get_logger("dispatcher.workers")
+log = structlog.get_logger("dispatcher.cluster.workers")
 
 _READY_TIMEOUT_S = 30.0
 _STOP_TIMEOUT_S = 60.0

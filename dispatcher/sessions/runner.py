@@ -31,11 +31,8 @@ import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
-from dispatcher.journal import Journal
-from dispatcher.latch import Latch
-from dispatcher.outbox import Outbox, OutboxClosed
-from dispatcher.registry import EndedSession, SessionRegistry
-from dispatcher.session import (
+from dispatcher.core.journal import Journal
+from dispatcher.core.session import (
     Action,
     CancelTools,
     EndStream,
@@ -45,15 +42,18 @@ from dispatcher.session import (
     SessionOutcome,
     StartTool,
 )
-from dispatcher.snapshots import outcome_to_wire
-from dispatcher.timers import Timers
+from dispatcher.core.snapshots import outcome_to_wire
+from dispatcher.sessions.latch import Latch
+from dispatcher.sessions.outbox import Outbox, OutboxClosed
+from dispatcher.sessions.registry import EndedSession, SessionRegistry
+from dispatcher.sessions.timers import Timers
 from dispatcher.tools import PreparedCall, ToolExecutor, ToolOutcome
 from shared import wire
 from shared.model import StopInfo
 
 __all__ = ["SessionRunner", "tool_result_to_wire"]
 
-log = structlog.get_logger("dispatcher.session")
+log = structlog.get_logger("dispatcher.sessions.runner")
 _clock = time.monotonic
 _UPSTREAM_END_SETTLE_S = 0.05
 
@@ -67,7 +67,7 @@ def tool_result_to_wire(outcome: ToolOutcome) -> wire.pb.ToolCallResult:
     )
     if outcome.error_code is not None:
         result.error.CopyFrom(
-            wire.pb.ToolError(code="TOOL_ERROR_CODE_" + outcome.error_code.name, message=outcome.error_message)
+            wire.pb.ToolError(code=wire.tool_error_code_to_wire(outcome.error_code.name), message=outcome.error_message)
         )
     return result
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dispatcher.actions import SessionOutcome
+from dispatcher.core.actions import SessionOutcome
 from shared import wire
 from shared.model import SessionState
 

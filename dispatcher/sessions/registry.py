@@ -7,9 +7,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from dispatcher.actions import SessionOutcome
-from dispatcher.journal import Journal
-from dispatcher.latch import Latch
+from dispatcher.core.actions import SessionOutcome
+from dispatcher.core.journal import Journal
+from dispatcher.sessions.latch import Latch
 from shared import wire
 from shared.errors import AtCapacity, SessionConflict
 from shared.model import StopInfo

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from dispatcher.ctl.client import ClientConfig, ControlClient
-from dispatcher.ctl.names import parse_stop_code
+from dispatcherctl.client import ClientConfig, ControlClient
+from dispatcherctl.names import parse_stop_code
 
 __all__ = ["json_option", "meta_callback", "names_callback", "open_client", "stdout_is_tty", "stop_code_callback"]
 

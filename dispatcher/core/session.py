@@ -16,11 +16,11 @@ import zlib
 from collections import deque
 from collections.abc import Sequence
 
-from dispatcher.actions import Action, CancelTools, EndStream, Report, Send, SessionOutcome, StartTool
 from dispatcher.config import SessionConfig
-from dispatcher.journal import Journal
-from dispatcher.policies import Policy, Violation
-from dispatcher.snapshots import state_change
+from dispatcher.core.actions import Action, CancelTools, EndStream, Report, Send, SessionOutcome, StartTool
+from dispatcher.core.journal import Journal
+from dispatcher.core.policies import Policy, Violation
+from dispatcher.core.snapshots import state_change
 from shared import wire
 from shared.model import STOP_STATUS_NAME, SessionState, StopCode, StopInfo, now_ms
 

@@ -19,8 +19,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from dispatcher.ctl.client import StopAnswer, health_status_name
-from dispatcher.ctl.names import result_name, state_name, stop_code_name
+from dispatcherctl.client import StopAnswer, health_status_name
+from dispatcherctl.names import result_name, state_name, stop_code_name
 from shared import wire
 
 __all__ = [

@@ -21,12 +21,12 @@ from google.protobuf.message import DecodeError
 
 from dispatcher.auth import AccessPolicy
 from dispatcher.config import DispatcherConfig
-from dispatcher.policies import Policy
-from dispatcher.pool import CommanderPool, PoolSlot
-from dispatcher.registry import SessionRegistry
-from dispatcher.runner import SessionRunner, describe_peer
-from dispatcher.session import Session, SessionOutcome
-from dispatcher.timers import Timers
+from dispatcher.core.policies import Policy
+from dispatcher.core.session import Session, SessionOutcome
+from dispatcher.sessions.pool import CommanderPool, PoolSlot
+from dispatcher.sessions.registry import SessionRegistry
+from dispatcher.sessions.runner import SessionRunner, describe_peer
+from dispatcher.sessions.timers import Timers
 from dispatcher.tools import ToolExecutor
 from shared import wire
 from shared.errors import AgentRuntimeError, ProtocolViolation, ShuttingDown
@@ -34,7 +34,7 @@ from shared.wire import MetadataKey, encode_metadata_value
 
 __all__ = ["AgentInteractionService", "valid_session_id"]
 
-log = structlog.get_logger("dispatcher.service")
+log = structlog.get_logger("dispatcher.stream.service")
 
 _REFUSAL_READ_WAIT_S = 0.5
 _SESSION_ID = re.compile(r"[\x21-\x7e]{1,128}")

@@ -16,7 +16,7 @@ from typing import Any, NoReturn
 
 import click
 
-from dispatcher.ctl.client import (
+from dispatcherctl.client import (
     DEFAULT_TARGET,
     HEALTH_SERVING,
     ClientConfig,
@@ -24,11 +24,11 @@ from dispatcher.ctl.client import (
     StopAnswer,
     health_status_name,
 )
-from dispatcher.ctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CtlError
-from dispatcher.ctl.live import ask, watch
-from dispatcher.ctl.names import LIVE_STATES, parse_states, session_state_names, state_names_of, stop_code_names
-from dispatcher.ctl.options import json_option, names_callback, open_client, stdout_is_tty, stop_code_callback
-from dispatcher.ctl.render import (
+from dispatcherctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, CtlError
+from dispatcherctl.live import ask, watch
+from dispatcherctl.names import LIVE_STATES, parse_states, session_state_names, state_names_of, stop_code_names
+from dispatcherctl.options import json_option, names_callback, open_client, stdout_is_tty, stop_code_callback
+from dispatcherctl.render import (
     SESSION_HEADERS,
     StopTally,
     health_line,

@@ -25,7 +25,7 @@ from shared import wire
 
 __all__ = ["FORWARDED", "PeerGroup", "forward_metadata", "is_forwarded"]
 
-log = structlog.get_logger("dispatcher.peers")
+log = structlog.get_logger("dispatcher.cluster.peers")
 
 FORWARDED = "x-dispatcher-forwarded"
 _SUFFIX = ".addr"

@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dispatcher.ctl.errors import EXIT_USAGE, CtlError, error_for_status
+from dispatcherctl.errors import EXIT_USAGE, CtlError, error_for_status
 from shared import wire
 
 __all__ = [

@@ -23,7 +23,7 @@ import structlog
 
 __all__ = ["TimerClient", "Timers"]
 
-log = structlog.get_logger("dispatcher.timers")
+log = structlog.get_logger("dispatcher.sessions.timers")
 _clock = time.monotonic
 _SWEEP_MIN = 1024
 

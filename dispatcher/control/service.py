@@ -19,13 +19,13 @@ import grpc
 import structlog
 
 from dispatcher.auth import AccessPolicy, Principal
+from dispatcher.cluster.peers import PeerGroup, first_status, forward_metadata, is_forwarded
 from dispatcher.config import DispatcherConfig
-from dispatcher.journal import EVENT_KINDS, Journal
-from dispatcher.peers import PeerGroup, first_status, forward_metadata, is_forwarded
-from dispatcher.registry import SessionHandle, SessionRegistry
-from dispatcher.runner import SessionRunner
-from dispatcher.service import AgentInteractionService, valid_session_id
-from dispatcher.snapshots import outcome_to_wire
+from dispatcher.core.journal import EVENT_KINDS, Journal
+from dispatcher.core.snapshots import outcome_to_wire
+from dispatcher.sessions.registry import SessionHandle, SessionRegistry
+from dispatcher.sessions.runner import SessionRunner
+from dispatcher.stream.service import AgentInteractionService, valid_session_id
 from shared import wire
 from shared.errors import (
     AccessDenied,
@@ -42,7 +42,7 @@ from shared.model import StopCode, StopInfo, now_ms
 
 __all__ = ["SessionControlService", "follow_journal"]
 
-log = structlog.get_logger("dispatcher.control")
+log = structlog.get_logger("dispatcher.control.service")
 
 _ASK_KINDS = frozenset({wire.ctl.EVENT_KIND_CONTENT, wire.ctl.EVENT_KIND_TOOL_CALL})
 _DEFAULT_PAGE = 100

@@ -13,12 +13,12 @@ from typing import Any
 import click
 import grpc
 
-from dispatcher.ctl.client import ControlClient
-from dispatcher.ctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, CtlError
-from dispatcher.ctl.names import event_kind_names, parse_kinds, state_name
-from dispatcher.ctl.options import json_option, meta_callback, names_callback, open_client, stdout_is_tty
-from dispatcher.ctl.render import json_line, outcome_detail
-from dispatcher.ctl.stream import EventPrinter
+from dispatcherctl.client import ControlClient
+from dispatcherctl.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_STOPPED, CtlError
+from dispatcherctl.names import event_kind_names, parse_kinds, state_name
+from dispatcherctl.options import json_option, meta_callback, names_callback, open_client, stdout_is_tty
+from dispatcherctl.render import json_line, outcome_detail
+from dispatcherctl.stream import EventPrinter
 from shared import wire
 
 __all__ = ["ask", "watch"]
