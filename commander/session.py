@@ -25,6 +25,7 @@ from commander.context import AgentContext
 from commander.events import HandshakeDone, Observer, StopReceived, ToolResultReceived
 from commander.transport import Link, StreamEnd
 from shared import wire
+from shared.errors import describe_exception
 from shared.model import SessionState, StopCode, StopInfo
 
 __all__ = ["Agent", "PendingAtStop", "SessionResult", "run_session"]
@@ -255,7 +256,7 @@ async def run_session(
                             log.error("agent.failed", error=repr(agent_error))
                             await link.send(
                                 wire.pb.UpstreamPacket(
-                                    error=wire.pb.ErrorSignal(code="AGENT_ERROR", message=_describe(agent_error))
+                                    error=wire.pb.ErrorSignal(code="AGENT_ERROR", message=describe_exception(agent_error))
                                 )
                             )
                         else:
@@ -302,10 +303,6 @@ def _pending_fates(ctx: AgentContext) -> tuple[PendingAtStop, ...]:
         PendingAtStop(p.call_id, p.tool_name, "RESULT_IGNORED" if p.result_after_stop else "ABANDONED")
         for p in ctx.pending_calls()
     )
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"[:1000]
 
 
 def _result(
@@ -356,7 +353,7 @@ def _result(
     if run.cancel_reason is not None:
         return SessionResult(state=SessionState.CANCELLED, reason=run.cancel_reason, **common)  # type: ignore[arg-type]
     if agent_error is not None and end.code is grpc.StatusCode.OK:
-        return SessionResult(state=SessionState.FAILED, reason=f"agent failed: {_describe(agent_error)}", **common)  # type: ignore[arg-type]
+        return SessionResult(state=SessionState.FAILED, reason=f"agent failed: {describe_exception(agent_error)}", **common)  # type: ignore[arg-type]
     if end.code is grpc.StatusCode.OK:
         return SessionResult(state=SessionState.FINISHED, reason="finished", **common)  # type: ignore[arg-type]
     state = SessionState.CANCELLED if end.code is grpc.StatusCode.CANCELLED else SessionState.FAILED

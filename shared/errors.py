@@ -22,7 +22,23 @@ __all__ = [
     "SessionConflict",
     "ShuttingDown",
     "ToolCallError",
+    "describe_exception",
 ]
+
+_MAX_DETAIL_CHARS = 1000
+
+
+def describe_exception(exc: BaseException, max_chars: int = _MAX_DETAIL_CHARS) -> str:
+    """`Type: message`, bounded: it goes on the wire or into a log line, and may be huge.
+    A broken `__str__` must not turn the failure being described into a second one."""
+    kind = type(exc).__name__
+    try:
+        detail = str(exc)
+    except Exception:
+        detail = ""
+    if len(detail) > max_chars:
+        detail = detail[:max_chars] + "..."
+    return f"{kind}: {detail}" if detail else kind
 
 
 class AgentRuntimeError(Exception):

@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from jsonschema.exceptions import best_match
 
 from dispatcher.tools.registry import ToolRegistry, ToolSpec
+from shared.errors import describe_exception
 
 __all__ = ["PreparedCall", "ToolErrorCode", "ToolExecutor", "ToolOutcome"]
 
@@ -83,7 +84,6 @@ def _reject_constant(name: str) -> NoReturn:
 # Built once: json.loads/dumps with keyword arguments would build a codec per call.
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-_MAX_DETAIL_CHARS = 1000
 
 
 def _parse_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any] | str:
@@ -109,18 +109,6 @@ def _parse_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any] | st
         assert error is not None
         return f"arguments failed the schema at {error.json_path}: {error.message}"
     return args  # type: ignore[no-any-return]
-
-
-def _describe(exc: Exception) -> str:
-    """`Type: message`, bounded: it goes on the wire and may be huge."""
-    kind = type(exc).__name__
-    try:
-        detail = str(exc)
-    except Exception:  # a broken __str__ must not turn a tool failure into our crash
-        detail = ""
-    if len(detail) > _MAX_DETAIL_CHARS:
-        detail = detail[:_MAX_DETAIL_CHARS] + "..."
-    return f"{kind}: {detail}" if detail else kind
 
 
 class ToolExecutor:
@@ -221,7 +209,7 @@ class ToolExecutor:
 
     @staticmethod
     def _failed(call_id: str, tool_name: str, exc: Exception, elapsed_us: int) -> ToolOutcome:
-        message = f"tool {tool_name!r} failed: {_describe(exc)}"
+        message = f"tool {tool_name!r} failed: {describe_exception(exc)}"
         return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us)
 
     def _serialise(self, call_id: str, tool_name: str, result: Any, elapsed_us: int) -> ToolOutcome:
@@ -234,7 +222,7 @@ class ToolExecutor:
         except UnicodeEncodeError:
             message = f"tool {tool_name!r} returned a string that is not valid Unicode"
         except (TypeError, ValueError, RecursionError) as exc:
-            message = f"tool {tool_name!r} returned a value that is not JSON-serialisable: {_describe(exc)}"
+            message = f"tool {tool_name!r} returned a value that is not JSON-serialisable: {describe_exception(exc)}"
         else:
             limit = self._max_result_bytes
             if size <= limit:
