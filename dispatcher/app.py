@@ -1,19 +1,23 @@
-"""The composition root: builds the grpc.aio server and runs it until shutdown.
+"""The composition root: builds the grpc.aio server around the session manager and runs it.
 
-Shutdown (SIGTERM/SIGINT or `request_shutdown()`): health goes NOT_SERVING, new
-sessions are refused with UNAVAILABLE, every open session gets a SHUTDOWN stop, the
-sessions get `shutdown_grace_s` to confirm, then the server stops and whatever is
-left is cancelled.
+Shutdown (SIGTERM/SIGINT or `request_shutdown()`): health goes NOT_SERVING, new sessions are
+refused with UNAVAILABLE, every open session gets a SHUTDOWN stop and `shutdown_grace_s` to
+confirm it; then the server stops and what is left is cancelled, each wait bounded
+(`_CLOSE_BOUND_S`). A second signal cancels the drain itself: the process is gone within
+about a second, whatever a session or a tool is doing.
+
+asyncio throughout (see docs/architecture.md, "Cancellation"): nothing in the dispatcher
+shields a wait from cancellation, and every cleanup wait has a bound.
 """
 
 from __future__ import annotations
 
+import asyncio
 import signal
+from typing import Protocol
 
-import anyio
 import grpc
 import structlog
-from anyio.abc import TaskStatus
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -21,47 +25,53 @@ from dispatcher.auth import AccessPolicy, AuthInterceptor
 from dispatcher.cluster.peers import PeerGroup
 from dispatcher.config import DispatcherConfig
 from dispatcher.control.service import SessionControlService
-from dispatcher.sessions.latch import Latch
-from dispatcher.sessions.pool import CommanderPool
-from dispatcher.sessions.registry import SessionRegistry
-from dispatcher.sessions.runner import SessionRunner
-from dispatcher.sessions.tasks import SessionTasks
-from dispatcher.sessions.timers import Timers
+from dispatcher.sessions.manager import SessionManager
 from dispatcher.stream.service import AgentInteractionService
-from dispatcher.tools import ToolExecutor, ToolRegistry, default_registry
+from dispatcher.tools import ToolRegistry, default_registry
 from shared import settings, wire
 from shared.model import StopCode, StopInfo
 
-__all__ = ["Dispatcher"]
+__all__ = ["Dispatcher", "run_until_signalled"]
 
 log = structlog.get_logger("dispatcher")
 
+# Each wait of the last phase of shutdown is bounded by this: the server's stop, the session
+# tasks' end, the timers. With the second signal's forced exit they add up to well under 1 s.
+_CLOSE_BOUND_S = 0.25
+
+
+class _Started(Protocol):
+    """anyio's TaskStatus, or anything else with `started(value)`."""
+
+    def started(self, value: str) -> None: ...
+
+
+class _Ignored:
+    def started(self, value: str) -> None:
+        return None
+
 
 class Dispatcher:
-    """One dispatcher process: server, health, reflection, sessions, tools."""
+    """One dispatcher process: server, health, reflection, the session manager, tools."""
 
     def __init__(self, config: DispatcherConfig, tools: ToolRegistry | None = None) -> None:
         self.config = config
-        self.tools = tools if tools is not None else default_registry()
-        self.registry = SessionRegistry(
-            max_open=config.server.max_sessions,
-            ended_kept=config.session.ended_sessions_kept,
-            journals_kept=config.session.ended_journals_kept,
-        )
+        self.tools = tools if tools is not None else default_registry(test_tools=config.server.test_tools)
+        self.sessions = SessionManager(config, self.tools)
         self.address: str | None = None
-        self._shutdown = anyio.Event()
-        self._shutdown_reason = ""
-        self._draining = False
         self.health = health.aio.HealthServicer()
         self.access = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens)
-        self.pool = CommanderPool(max_waiting=config.pool.max_waiting_callers)
-        self.timers = Timers()
-        self._sessions = SessionTasks()
         self.peers = PeerGroup(config.server.peer_dir, config.server.instance) if config.server.peer_dir else None
+        self._shutdown = asyncio.Event()
+        self._shutdown_reason = ""
 
     @property
     def is_draining(self) -> bool:
-        return self._draining
+        return self.sessions.is_draining
+
+    @property
+    def shutdown_requested(self) -> bool:
+        return self._shutdown.is_set()
 
     def request_shutdown(self, reason: str = "shutdown requested") -> None:
         """Begin a graceful shutdown (idempotent; safe from any task of the loop)."""
@@ -69,134 +79,113 @@ class Dispatcher:
             self._shutdown_reason = reason
             self._shutdown.set()
 
-    async def serve(self, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: _Started = _Ignored()) -> None:  # noqa: B008 - stateless
         """Serve until shutdown is requested; reports the bound HOST:PORT through `task_status`."""
         config = self.config
         if config.server.otel:
             _instrument_otel()
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self.timers.run)
-            service = AgentInteractionService(
-                config=config,
-                registry=self.registry,
-                executor=ToolExecutor(self.tools, max_result_bytes=_max_result_bytes(config)),
-                spawn=self._spawn,
-                is_draining=lambda: self._draining,
-                access=self.access,
-                pool=self.pool,
-                timers=self.timers,
-            )
-            control = SessionControlService(
-                config=config,
-                registry=self.registry,
-                sessions=service,
-                access=self.access,
-                is_draining=lambda: self._draining,
-                peers=self.peers,
-            )
-            server = grpc.aio.server(options=config.grpc_options(), interceptors=[AuthInterceptor(self.access)])
-            wire.add_servicer(service, server)
-            wire.add_control_servicer(control, server)
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-            if config.server.reflection:
-                reflection.enable_server_reflection(
-                    (
-                        wire.SERVICE_NAME,
-                        wire.CONTROL_SERVICE_NAME,
-                        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                        reflection.SERVICE_NAME,
-                    ),
-                    server,
-                )
-            host = config.server.listen.rsplit(":", 1)[0]
-            try:
-                port = server.add_insecure_port(config.server.listen)
-            except RuntimeError as exc:  # grpc's word for "address in use / not available"
-                raise OSError(f"cannot listen on {config.server.listen}: {exc}") from exc
-            if port == 0:
-                raise OSError(f"cannot listen on {config.server.listen}")
-            self.address = f"{host}:{port}"
-            # A group member also listens on a port of its own, so that the others can reach
-            # *this* process (the shared port goes to whichever member the kernel picks).
-            member_address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}" if self.peers else ""
+        server = self._build_server()
+        host = config.server.listen.rsplit(":", 1)[0]
+        try:
+            port = server.add_insecure_port(config.server.listen)
+        except RuntimeError as exc:  # grpc's word for "address in use / not available"
+            raise OSError(f"cannot listen on {config.server.listen}: {exc}") from exc
+        if port == 0:
+            raise OSError(f"cannot listen on {config.server.listen}")
+        self.address = f"{host}:{port}"
+        # A group member also listens on a port of its own, so that the others can reach
+        # *this* process (the shared port goes to whichever member the kernel picks).
+        member_address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}" if self.peers else ""
+        timers = asyncio.get_running_loop().create_task(self.sessions.timers.run(), name="dispatcher:timers")
+        try:
             await server.start()
             if self.peers is not None:
                 self.peers.advertise(member_address)
-            await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-            await self.health.set(wire.SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-            await self.health.set(wire.CONTROL_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+            for service in ("", wire.SERVICE_NAME, wire.CONTROL_SERVICE_NAME):
+                await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
             if config.server.ready_file:
-                await anyio.Path(config.server.ready_file).write_text(self.address + "\n")
-            log.info(
-                "dispatcher.serving",
-                address=self.address,
-                instance=service.hop,
-                tools=self.tools.names(),
-                tokens=self.access.describe(),
-                config=settings.describe(config),
-            )
-            if not self.access.enabled:
-                log.warning(
-                    "auth.disabled",
-                    detail="DEVELOPMENT MODE: no tokens configured, so every caller may open, watch, start and "
-                    "stop any session. Configure --tokens-file or DISPATCHER_TOKENS before exposing this port.",
-                )
+                await asyncio.to_thread(_write_text, config.server.ready_file, self.address + "\n")
+            self._log_serving()
             task_status.started(self.address)
-            try:
-                await self._shutdown.wait()
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await self._drain(server, service.hop)
-                    await self._sessions.aclose()
-                    tg.cancel_scope.cancel()
+            await self._shutdown.wait()
+            await self._drain()  # a second signal cancels this wait: see run_until_signalled
+        finally:
+            await self._close(server, timers)
 
-    async def _drain(self, server: grpc.aio.Server, hop: str) -> None:
+    def _build_server(self) -> grpc.aio.Server:
+        config = self.config
+        server = grpc.aio.server(options=config.grpc_options(), interceptors=[AuthInterceptor(self.access)])
+        wire.add_servicer(AgentInteractionService(sessions=self.sessions, access=self.access), server)
+        control = SessionControlService(config=config, sessions=self.sessions, access=self.access, peers=self.peers)
+        wire.add_control_servicer(control, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        if config.server.reflection:
+            reflection.enable_server_reflection(
+                (
+                    wire.SERVICE_NAME,
+                    wire.CONTROL_SERVICE_NAME,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+        return server
+
+    def _log_serving(self) -> None:
+        log.info(
+            "dispatcher.serving",
+            address=self.address,
+            instance=self.sessions.hop,
+            tools=self.tools.names(),
+            tokens=self.access.describe(),
+            config=settings.describe(self.config),
+        )
+        if not self.access.enabled:
+            log.warning(
+                "auth.disabled",
+                detail="DEVELOPMENT MODE: no tokens configured, so every caller may open, watch, start and "
+                "stop any session. Configure --tokens-file or DISPATCHER_TOKENS before exposing this port.",
+            )
+
+    async def _drain(self) -> None:
         grace_s = self.config.server.shutdown_grace_s
-        self._draining = True
-        open_count = self.registry.open_count
-        log.info("dispatcher.draining", reason=self._shutdown_reason, open_sessions=open_count, grace_s=grace_s)
-        await self.health.enter_graceful_shutdown()
-        self.pool.close("dispatcher is shutting down; reconnect to another instance")
         stop = StopInfo(
             code=StopCode.SHUTDOWN,
             reason="dispatcher is shutting down",
             cause=self._shutdown_reason,
             path=(f"shutdown:{self._shutdown_reason.split(' ')[0] or 'request'}",),
         )
-        for handle in self.registry.open_sessions():
-            handle.request_stop(stop)
-        with anyio.move_on_after(grace_s):
-            while self.registry.open_count:
-                await _sessions_changed(self.registry)
-        left = self.registry.open_count
+        open_count = self.sessions.begin_drain(stop)
+        log.info("dispatcher.draining", reason=self._shutdown_reason, open_sessions=open_count, grace_s=grace_s)
+        await self.health.enter_graceful_shutdown()
+        await self.sessions.wait_all_ended(grace_s)
+
+    async def _close(self, server: grpc.aio.Server, timers: asyncio.Task[None]) -> None:
+        """The last phase, also after a forced exit: every wait bounded, nothing shielded."""
+        if not self.sessions.is_draining:  # serve() failed or was cancelled before the drain
+            self.sessions.begin_drain(StopInfo(StopCode.SHUTDOWN, "dispatcher is shutting down"))
+        left = self.sessions.registry.open_count
         if self.peers is not None:
-            await self.peers.close()
+            await _bounded(self.peers.close())
         # Whatever is still open is cut now; grpc cancels the remaining calls.
-        await server.stop(grace=0.2 if left else None)
+        await _bounded(server.stop(grace=None))
+        await self.sessions.aclose(_CLOSE_BOUND_S)
+        timers.cancel()
+        await asyncio.wait([timers], timeout=_CLOSE_BOUND_S)
         log.info("dispatcher.stopped", sessions_cut=left)
 
-    def _spawn(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None:
-        self._sessions.start(runner.run(first), name=f"session:{runner.session_id}")
+
+async def _bounded(work: object) -> None:
+    """Await `work` for at most `_CLOSE_BOUND_S`; a stuck close must not keep the process."""
+    try:
+        await asyncio.wait_for(work, _CLOSE_BOUND_S)  # type: ignore[arg-type]
+    except TimeoutError:
+        log.warning("dispatcher.close_timed_out", bound_s=_CLOSE_BOUND_S)
 
 
-async def _sessions_changed(registry: SessionRegistry) -> None:
-    """Wait until some open session ends (each runner sets `done` when it ends)."""
-    handles = list(registry.open_sessions())
-    if not handles:
-        return
-    async with anyio.create_task_group() as tg:
-
-        async def wait_one(done: Latch) -> None:
-            await done.wait()
-            tg.cancel_scope.cancel()
-
-        for handle in handles:
-            tg.start_soon(wait_one, handle.done)
-
-
-def _max_result_bytes(config: DispatcherConfig) -> int:
-    # Leave room for the envelope (tool name, call id, error) inside one downstream message.
-    return max(1024, config.server.max_send_message_bytes - 4096)
+def _write_text(path: str, text: str) -> None:
+    with open(path, "w") as file:
+        file.write(text)
 
 
 def _instrument_otel() -> None:
@@ -215,20 +204,32 @@ def _instrument_otel() -> None:
     GrpcAioInstrumentorServer(filter_=health_checks).instrument()  # type: ignore[no-untyped-call]
 
 
-async def run_until_signalled(dispatcher: Dispatcher) -> None:
-    """Serve; the first SIGTERM/SIGINT drains gracefully, a second one exits at once."""
-    async with anyio.create_task_group() as tg:
+async def run_until_signalled(dispatcher: Dispatcher) -> int:
+    """Serve; the first SIGTERM/SIGINT drains gracefully, a second one cancels the drain.
+    Returns the process's exit status: 0 after a drain, 1 after a forced exit."""
+    loop = asyncio.get_running_loop()
+    serving = asyncio.current_task()
+    assert serving is not None
+    forced = False
 
-        async def watch_signals() -> None:
-            with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-                async for signum in signals:
-                    name = signal.Signals(signum).name
-                    if dispatcher.is_draining or dispatcher._shutdown.is_set():
-                        log.warning("dispatcher.forced_exit", signal=name)
-                        tg.cancel_scope.cancel()
-                        return
-                    dispatcher.request_shutdown(f"{name} received")
+    def on_signal(signum: signal.Signals) -> None:
+        nonlocal forced
+        if dispatcher.shutdown_requested:
+            log.warning("dispatcher.forced_exit", signal=signum.name)
+            forced = True
+            serving.cancel()
+        else:
+            dispatcher.request_shutdown(f"{signum.name} received")
 
-        tg.start_soon(watch_signals)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
         await dispatcher.serve()
-        tg.cancel_scope.cancel()
+    except asyncio.CancelledError:
+        if not forced:
+            raise
+        serving.uncancel()
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    return 1 if forced else 0

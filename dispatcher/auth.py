@@ -14,8 +14,6 @@ credentials, and they expose nothing that the published proto does not.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import enum
 import hashlib
 import hmac
@@ -27,6 +25,7 @@ from typing import Any
 import grpc
 import structlog
 
+from dispatcher.boundary import await_first_write
 from shared import wire
 
 __all__ = ["AccessPolicy", "Principal", "Role", "hash_token", "parse_token_lines"]
@@ -34,7 +33,6 @@ __all__ = ["AccessPolicy", "Principal", "Role", "hash_token", "parse_token_lines
 log = structlog.get_logger("dispatcher.auth")
 
 AUTHORIZATION = "authorization"
-_FIRST_WRITE_WAIT_S = 0.5
 _BEARER = "bearer "
 
 
@@ -199,10 +197,7 @@ def _refusing_handler(
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         if like.request_streaming:
-            # Let the client's first write land: aborting while it is in flight can reach the
-            # client as INTERNAL instead of our status (grpc/grpc#36066).
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(anext(aiter(request)), _FIRST_WRITE_WAIT_S)
+            await await_first_write(request)
         await context.abort(code, message)
         yield  # pragma: no cover - abort raises; this only makes it an async generator
 

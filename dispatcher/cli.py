@@ -8,13 +8,13 @@ import secrets
 import sys
 from typing import Any
 
-import anyio
 import click
 
 from dispatcher.app import Dispatcher, run_until_signalled
 from dispatcher.auth import Role, hash_token
 from dispatcher.cluster.workers import run_workers
 from dispatcher.config import DispatcherConfig
+from dispatcher.process import run_process
 from dispatcher.tools import default_registry
 from shared.log import configure_logging
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, describe, load_cli_config
@@ -61,22 +61,18 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     gc.collect()
     gc.freeze()
     try:
-        anyio.run(run_until_signalled, dispatcher, backend_options={"use_uvloop": config.server.uvloop})
-    except* OSError as group:  # raised inside task groups, so it arrives grouped
-        click.echo(f"dispatcher: {_first_leaf(group)}", err=True)
+        status = run_process(run_until_signalled(dispatcher), use_uvloop=config.server.uvloop)
+    except OSError as exc:
+        click.echo(f"dispatcher: {exc}", err=True)
         sys.exit(1)
-
-
-def _first_leaf(error: BaseException) -> BaseException:
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+    sys.exit(status)
 
 
 @main.command()
-def tools() -> None:
+@click.option("--test-tools", is_flag=True, help="also list `sleep`, served only with `serve --test-tools`")
+def tools(test_tools: bool) -> None:
     """List the built-in tools with their argument schemas."""
-    registry = default_registry()
+    registry = default_registry(test_tools=test_tools)
     for name in registry.names():
         spec = registry.get(name)
         assert spec is not None

@@ -104,6 +104,11 @@ class ServerConfig:
         flag="uvloop",
     )
     reflection: bool = setting(True, "serve gRPC server reflection")
+    test_tools: bool = setting(
+        False,
+        "also serve `sleep`, the built-in tool for timeout and cancellation tests (the conformance kit uses it)",
+        flag="test-tools",
+    )
     otel: bool = setting(
         False,
         "trace RPCs with OpenTelemetry (spans to stderr unless OTEL_* exporters are set)",
@@ -158,6 +163,11 @@ class SessionConfig:
         8,
         "tool calls of one session running at once; more wait (the commander's writes are pushed back)",
     )
+    tool_cancel_grace_ms: int = setting(
+        1_000,
+        "when a session ends, how long a cancelled tool call has to finish; one that ignores the "
+        "cancellation is then abandoned (recorded, its session freed)",
+    )
     ended_sessions_kept: int = setting(1_000, "ended sessions whose outcome stays visible")
     ended_journals_kept: int = setting(
         100,
@@ -185,6 +195,7 @@ class SessionConfig:
         for name in (
             "stop_grace_ms",
             "finish_linger_ms",
+            "tool_cancel_grace_ms",
             "ack_interval_ms",
             "ended_sessions_kept",
             "ended_journals_kept",
@@ -313,8 +324,11 @@ class DispatcherConfig:
                 instance_id="test",
                 shutdown_grace_s=2.0,
                 reflection=True,
+                test_tools=True,
             ),
-            session=SessionConfig(stop_grace_ms=1_000, finish_linger_ms=500, ack_interval_ms=50),
+            session=SessionConfig(
+                stop_grace_ms=1_000, finish_linger_ms=500, ack_interval_ms=50, tool_cancel_grace_ms=200
+            ),
             policy=PolicyConfig(max_session_s=60.0, idle_timeout_s=30.0),
         )
         return replace(base, **sections)  # type: ignore[arg-type]

@@ -68,7 +68,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="conformance-self-") as tmp:
         ready = Path(tmp) / "ready"
         args = [
-            dispatcher_binary(), "serve",
+            dispatcher_binary(), "serve", "--test-tools",
             "--listen", "127.0.0.1:0",
             "--ready-file", str(ready),
             "--instance-id", "conformance-self",

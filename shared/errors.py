@@ -1,13 +1,12 @@
-"""One error base, one status table.
+"""One error base for the runtime's deliberate errors.
 
-Each subclass names whose fault it is. Only the dispatcher's servicer turns these into
-gRPC statuses (`status_for`); unexpected exceptions become INTERNAL with a generic
-message to the peer and the traceback in the log.
+Each subclass names whose fault it is. Which gRPC status each ends a call with is said in
+one table, `dispatcher/core/status.py`, and applied at one boundary per servicer
+(`dispatcher/boundary.py`); unexpected exceptions become INTERNAL with a reference id for
+the peer and the traceback in the log. No grpc import here: the sans-IO modules raise these.
 """
 
 from __future__ import annotations
-
-import grpc
 
 __all__ = [
     "AccessDenied",
@@ -44,67 +43,50 @@ def describe_exception(exc: BaseException, max_chars: int = _MAX_DETAIL_CHARS) -
 class AgentRuntimeError(Exception):
     """Base of every error this runtime raises on purpose."""
 
-    status_code: grpc.StatusCode = grpc.StatusCode.INTERNAL
-
 
 class ProtocolViolation(AgentRuntimeError):
-    """The peer broke the contract (seq regression, wrong session id...): the peer's fault."""
+    """The peer broke the contract (seq regression, wrong session id...): the peer's fault.
+    `code` is the machine-readable name recorded in the outcome (e.g. SEQ_REGRESSION)."""
 
-    status_code = grpc.StatusCode.INVALID_ARGUMENT
+    def __init__(self, message: str, code: str = "PROTOCOL_VIOLATION") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class SessionConflict(AgentRuntimeError):
     """The session id asked for is held by another open stream: the caller's fault."""
 
-    status_code = grpc.StatusCode.ALREADY_EXISTS
-
 
 class ShuttingDown(AgentRuntimeError):
     """The dispatcher is draining and takes no new sessions: retry elsewhere."""
-
-    status_code = grpc.StatusCode.UNAVAILABLE
 
 
 class NoFreeCommander(AgentRuntimeError):
     """No pool commander became free in time (or too many callers already wait): retry later."""
 
-    status_code = grpc.StatusCode.UNAVAILABLE
-
 
 class NotFound(AgentRuntimeError):
     """The control plane was asked about a session this dispatcher does not know."""
-
-    status_code = grpc.StatusCode.NOT_FOUND
 
 
 class AccessDenied(AgentRuntimeError):
     """The caller's role may not touch this session (a backend and another's session)."""
 
-    status_code = grpc.StatusCode.PERMISSION_DENIED
-
 
 class BadRequest(AgentRuntimeError):
     """A control-plane request is malformed (empty reason, input that is not JSON...)."""
-
-    status_code = grpc.StatusCode.INVALID_ARGUMENT
 
 
 class OutOfRange(AgentRuntimeError):
     """A watcher asked for events the journal no longer (or does not yet) hold."""
 
-    status_code = grpc.StatusCode.OUT_OF_RANGE
-
 
 class FellBehind(AgentRuntimeError):
     """A watcher read slower than the session produced and lost its place in the journal."""
 
-    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
 
 class AtCapacity(AgentRuntimeError):
     """The dispatcher serves its configured maximum of sessions: retry later or elsewhere."""
-
-    status_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class ToolCallError(AgentRuntimeError):

@@ -7,18 +7,26 @@ generated messages, so the rest of the code never spells a wire enum.
 from __future__ import annotations
 
 import enum
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
 
 __all__ = [
-    "STOP_STATUS_NAME",
     "TERMINAL_STATES",
     "SessionState",
     "StopCode",
     "StopInfo",
     "now_ms",
+    "valid_session_id",
 ]
+
+_SESSION_ID = re.compile(r"[\x21-\x7e]{1,128}")
+
+
+def valid_session_id(session_id: str) -> bool:
+    """1-128 printable ASCII characters, spaces excluded: safe in metadata, logs and paths."""
+    return _SESSION_ID.fullmatch(session_id) is not None
 
 
 def now_ms() -> int:
@@ -107,19 +115,3 @@ class StopInfo:
         if self.path:
             text += " via " + " -> ".join(self.path)
         return text
-
-
-# How a stopped stream ends, by stop code, as grpc.StatusCode names (this module has no
-# grpc import). Generic clients and retry policies read the status; ours read the
-# `x-stop-*` trailers. SHUTDOWN is UNAVAILABLE on purpose: the same request may succeed
-# on another dispatcher.
-STOP_STATUS_NAME: dict[StopCode, str] = {
-    StopCode.UNSPECIFIED: "ABORTED",
-    StopCode.USER_CANCEL: "CANCELLED",
-    StopCode.POLICY_VIOLATION: "PERMISSION_DENIED",
-    StopCode.BUDGET_EXCEEDED: "RESOURCE_EXHAUSTED",
-    StopCode.OPERATOR: "ABORTED",
-    StopCode.SHUTDOWN: "UNAVAILABLE",
-    StopCode.TIMEOUT: "DEADLINE_EXCEEDED",
-    StopCode.IDLE_TIMEOUT: "DEADLINE_EXCEEDED",
-}

@@ -78,8 +78,6 @@ def run_workers(config: DispatcherConfig, cli_args: list[str]) -> int:
         log.info("dispatcher.workers_serving", address=address, workers=server.workers, peer_dir=peer_dir)
         while not stopping:
             dead = [worker for worker in workers if worker.poll() is not None]
-            if dead and stopping:  # they exit because we passed a signal on: not a death
-                dead = []
             if dead:
                 log.error("dispatcher.worker_died", pid=dead[0].pid, code=dead[0].returncode,
                           detail="stopping the group; restart it")  # fmt: skip

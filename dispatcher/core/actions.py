@@ -6,17 +6,34 @@ registry keeps the outcome.
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 
 from shared import wire
 from shared.model import SessionState, StopInfo, now_ms
 
-__all__ = ["Action", "CancelTools", "EndStream", "Report", "Send", "SessionOutcome", "StartTool"]
+__all__ = ["Action", "CancelTools", "Delivery", "EndStream", "Report", "Send", "SessionOutcome", "StartTool"]
+
+
+class Delivery(enum.Enum):
+    """How a downstream packet is queued: decided here, once, and honoured by the outbox,
+    whose one reader is the only writer of the stream."""
+
+    IN_ORDER = "in_order"
+    """Tool results, error signals, the Welcome: first in, first out, bounded (the sender
+    waits for room: that is the backpressure). Dropped, and reported as dropped, when a stop
+    goes out before them."""
+    ACK = "ack"
+    """Cumulative progress: never waits; a newer ack replaces one still queued."""
+    URGENT = "urgent"
+    """The stop: ahead of everything queued, whether the outbox is full or not. After it only
+    acks are written."""
 
 
 @dataclass(frozen=True, slots=True)
 class Send:
     packet: wire.pb.DownstreamPacket
+    delivery: Delivery = Delivery.IN_ORDER
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,12 +9,12 @@ instead of slowing the commander or growing memory; it can tell, because seqs ar
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections import deque
 from typing import NamedTuple
 
-import anyio
 from google.protobuf.message import Message
 
 from shared import wire
@@ -31,6 +31,7 @@ EVENT_KINDS: dict[str, int] = {
     "stop_confirm": wire.ctl.EVENT_KIND_STOP_CONFIRM,
     "error": wire.ctl.EVENT_KIND_ERROR,
     "state_change": wire.ctl.EVENT_KIND_STATE_CHANGE,
+    "tool_result_dropped": wire.ctl.EVENT_KIND_TOOL_RESULT_DROPPED,
 }
 
 
@@ -64,7 +65,7 @@ class Journal:
         self._bytes = 0
         self._max_events = max(1, max_events)
         self._max_bytes = max(1, max_bytes)
-        self._changed: anyio.Event | None = None
+        self._changed: asyncio.Event | None = None
         self.closed = False
 
     @property
@@ -130,7 +131,7 @@ class Journal:
         """Return once an event with a seq >= `seq` exists or the journal is closed."""
         while self.next_seq <= seq and not self.closed:
             if self._changed is None:
-                self._changed = anyio.Event()
+                self._changed = asyncio.Event()
             await self._changed.wait()
 
     def _wake(self) -> None:

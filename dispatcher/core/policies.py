@@ -28,8 +28,9 @@ class Violation:
 
     code: StopCode
     reason: str
-    cause: str
+    cause: str  # goes to the commander in the StopSignal: names the policy, never its rule
     origin: str  # first hop of the stop path, e.g. "policy:content_blocklist"
+    detail: str = ""  # for operators only (log, outcome): e.g. the pattern that matched
 
 
 class Blocklist:
@@ -144,8 +145,11 @@ def _blocked(where: str, pattern: str) -> Violation:
     return Violation(
         code=StopCode.POLICY_VIOLATION,
         reason=f"{where} matched a blocked pattern",
-        cause=f"policy=content_blocklist pattern={pattern!r}",
+        # The pattern is the operator's rule: telling the peer which one matched would teach
+        # it how to get around the block-list. Operators see it in the outcome and the log.
+        cause="policy=content_blocklist",
         origin="policy:content_blocklist",
+        detail=f"pattern={pattern!r}",
     )
 
 

@@ -1,10 +1,10 @@
-"""One session's protocol state machine: sans-IO, no grpc, no anyio (its actions: dispatcher/actions.py).
+"""One session's protocol state machine: sans-IO, no grpc, no event loop (its actions: actions.py).
 
-The servicer feeds it events (`on_packet`, `on_tool_done`, `on_timer`, `request_stop`,
-`on_upstream_closed`, `on_peer_gone`, `on_upstream_failed`) and carries out the actions
-it returns (`Send`, `StartTool`, `CancelTools`, `Report`, `EndStream`). Every decision
-about ordering, acks, stops, policies and terminal states is made here, so it is tested
-by feeding packets and reading actions, with no network.
+The runner feeds it events (`on_packet`, `on_tool_done`, `on_timer`, `request_stop`,
+`on_upstream_eof`, `on_upstream_closed`, `on_peer_gone`, `on_upstream_failed`) and carries out
+the actions it returns (`Send`, `StartTool`, `CancelTools`, `Report`, `EndStream`). Every
+decision about acks, stops, policies, terminal states and the delivery class of each
+downstream packet is made here, so it is tested by feeding packets and reading actions.
 
 Hot path: a content or thought packet costs a few attribute updates, the policy scan
 of its text, and returns the shared empty tuple unless an Ack is due.
@@ -13,40 +13,25 @@ of its text, and returns the shared empty tuple unless an Ack is due.
 from __future__ import annotations
 
 import zlib
-from collections import deque
 from collections.abc import Sequence
 
 from dispatcher.config import SessionConfig
-from dispatcher.core.actions import Action, CancelTools, EndStream, Report, Send, SessionOutcome, StartTool
+from dispatcher.core.actions import Action, CancelTools, Delivery, EndStream, Report, Send, SessionOutcome, StartTool
 from dispatcher.core.journal import Journal
+from dispatcher.core.outcomes import closed_packet_code, commander_error_outcome, stop_outcome
 from dispatcher.core.policies import Policy, Violation
 from dispatcher.core.snapshots import state_change
+from dispatcher.core.status import status_of
+from dispatcher.core.time_limits import TimeLimits
+from dispatcher.core.tool_calls import ToolCallBook
 from shared import wire
-from shared.model import STOP_STATUS_NAME, SessionState, StopCode, StopInfo, now_ms
+from shared.errors import ProtocolViolation
+from shared.model import SessionState, StopInfo, now_ms
 
-__all__ = [
-    "Action",
-    "CancelTools",
-    "EndStream",
-    "Report",
-    "Send",
-    "Session",
-    "SessionOutcome",
-    "StartTool",
-]
+__all__ = ["Action", "CancelTools", "Delivery", "EndStream", "Report", "Send", "Session", "SessionOutcome", "StartTool"]
 
 
 _NO_ACTIONS: tuple[Action, ...] = ()
-
-
-class _Fatal(Exception):
-    """Internal: a protocol violation that ends the stream."""
-
-    def __init__(self, code: str, message: str, status: str = "INVALID_ARGUMENT") -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
 
 
 def ack_interval_s(session_id: str, ack_interval_ms: int) -> float:
@@ -63,47 +48,11 @@ class Session:
 
     # Slots: ten thousand idle sessions each save the ~1.2 KiB a per-instance dict costs.
     __slots__ = (
-        "_ack_due",
-        "_ack_every",
-        "_ack_interval_s",
-        "_caller_deadline",
-        "_caller_hop",
-        "_config",
-        "_ended",
-        "_grace_deadline",
-        "_hop",
-        "_idle_s",
-        "_last_activity",
-        "_limits",
-        "_linger_deadline",
-        "_ordered",
-        "_ordered_done",
-        "_policy",
-        "_policy_config",
-        "_received",
-        "_reported",
-        "_running",
-        "_seen_call_ids",
-        "_sequenced",
-        "_started_at",
-        "_stop",
-        "_stop_sent_at",
-        "_unacked",
-        "_upstream_closed",
-        "_wall_deadline",
-        "dispatcher_hop",
-        "dropped_packets",
-        "hello",
-        "journal",
-        "last_seq",
-        "outcome",
-        "packets_in",
-        "session_id",
-        "started_at_ms",
-        "state",
-        "tool_calls_done",
-        "tool_calls_started",
-        "wake_at",
+        "_ack_due", "_ack_every", "_ack_interval_s", "_config", "_ended", "_grace_deadline", "_hop",
+        "_last_activity", "_limits", "_linger_deadline", "_policy", "_received", "_reported", "_sequenced",
+        "_started_at", "_stop", "_stop_detail", "_stop_sent_at", "_time_limits", "_unacked", "_upstream_closed",
+        "dispatcher_hop", "dropped_packets", "hello", "journal", "last_seq", "outcome", "packets_in", "session_id",
+        "started_at_ms", "state", "tools", "wake_at",
     )
 
     def __init__(
@@ -127,8 +76,7 @@ class Session:
             session_id, max_events=config.journal_max_events, max_bytes=config.journal_max_bytes
         )
         self.journal.append("state_change", state_change(SessionState.OPEN, "stream opened"))
-        self.tool_calls_done = 0
-        self.tool_calls_started: dict[str, tuple[str, int]] = {}  # running call_id -> (tool, started_at_ms)
+        self.tools = ToolCallBook()
         self.wake_at: float | None = None  # when on_timer wants to run next (monotonic seconds)
         self.packets_in: dict[str, int] = {}
         self.dropped_packets = 0
@@ -138,7 +86,6 @@ class Session:
         self.dispatcher_hop = dispatcher_hop
         self._hop = dispatcher_hop
         self._config = config
-        self._policy_config = policy.config
         self._policy = policy.tracker()
         self._limits = limits
         self._sequenced = False
@@ -148,16 +95,9 @@ class Session:
         self._ack_interval_s = ack_interval_s(session_id, config.ack_interval_ms)
         self._ack_due: float | None = None
         self._last_activity = now
-        max_s = policy.config.max_session_s
-        self._wall_deadline: float | None = now + max_s if max_s else None
-        self._idle_s = policy.config.idle_timeout_s
-        self._caller_deadline: float | None = None
-        self._caller_hop = ""
-        self._running: dict[str, bool] = {}  # call_id -> released in request order
-        self._seen_call_ids: set[str] = set()
-        self._ordered: deque[str] | None = None  # call ids without a call_id, in request order
-        self._ordered_done: dict[str, wire.pb.ToolCallResult] = {}
+        self._time_limits = TimeLimits(policy.config, now)
         self._stop: StopInfo | None = None
+        self._stop_detail = ""  # what the stop's origin told operators only (e.g. the pattern)
         self._stop_sent_at = 0.0
         self._grace_deadline: float | None = None
         self._linger_deadline: float | None = None
@@ -175,12 +115,16 @@ class Session:
 
     @property
     def running_tool_calls(self) -> list[str]:
-        return list(self._running)
+        return self.tools.running()
 
     @property
     def is_ended(self) -> bool:
         """True once EndStream was emitted: the servicer stops reading."""
         return self._ended
+
+    @property
+    def stop_grace_s(self) -> float:
+        return self._config.stop_grace_ms / 1000
 
     @property
     def pending_stop(self) -> StopInfo | None:
@@ -205,9 +149,9 @@ class Session:
                 seq = self._take_seq(seq)
             named = packet.session_id
             if named and named != self.session_id:
-                raise _Fatal(
-                    "SESSION_MISMATCH",
+                raise ProtocolViolation(
                     f"packet seq {seq} names session {named!r} but this stream is session {self.session_id!r}",
+                    "SESSION_MISMATCH",
                 )
             self.last_seq = seq
             self._received += 1
@@ -232,29 +176,22 @@ class Session:
                 f"packet seq {seq} has no payload (empty oneof, or a member this dispatcher does not know)",
                 seq,
             )
-        except _Fatal as fatal:
-            return self._fail(fatal, now)
+        except ProtocolViolation as violation:
+            return self._fail(violation.code, str(violation), status_of(violation) or "INVALID_ARGUMENT")
 
     def on_tool_done(self, call_id: str, result: wire.pb.ToolCallResult, now: float) -> Sequence[Action]:
-        ordered = self._running.pop(call_id, None)
-        if ordered is None:  # cancelled by a stop or an end: its result is never sent
+        """A call's result. It is journaled when it is written downstream (by the runner), or
+        here as dropped when its call was cancelled meanwhile: the journal never shows a
+        result the commander did not get."""
+        released = self.tools.finish(call_id, result)
+        if released is None:  # cancelled by a stop or the session's end: never sent
+            self.journal.append("tool_result_dropped", result)
             return _NO_ACTIONS
-        self.tool_calls_started.pop(call_id, None)
-        self.tool_calls_done += 1
         self._last_activity = now
-        if not self._running and self.state is SessionState.AWAITING_TOOL:
+        if not self.tools.has_running and self.state is SessionState.AWAITING_TOOL:
             self.state = SessionState.ACTIVE
-        actions: list[Action] = []
-        if ordered:
-            self._ordered_done[call_id] = result
-            while self._ordered and self._ordered[0] in self._ordered_done:
-                released = self._ordered_done.pop(self._ordered.popleft())
-                self.journal.append("tool_result", released)
-                actions.append(Send(wire.pb.DownstreamPacket(tool_result=released)))
-        else:
-            self.journal.append("tool_result", result)
-            actions.append(Send(wire.pb.DownstreamPacket(tool_result=result)))
-        if not self._running:
+        actions: list[Action] = [Send(wire.pb.DownstreamPacket(tool_result=done)) for done in released]
+        if not self.tools.has_running:
             if self.outcome is not None:
                 actions.extend(self._after_terminal(now))
             elif self._upstream_closed:
@@ -267,41 +204,9 @@ class Session:
         if self._ack_due is not None and now >= self._ack_due:
             actions.extend(self._ack())
         if not self.is_closed:
-            if self._wall_deadline is not None and now >= self._wall_deadline:
-                actions.extend(
-                    self._stop_now(
-                        StopInfo(
-                            code=StopCode.TIMEOUT,
-                            reason="session wall-clock limit reached",
-                            cause=f"limit=max_session_s value={self._policy_config.max_session_s:g}",
-                            path=("timer:max_session_s",),
-                        ),
-                        now,
-                    )
-                )
-            elif self._caller_deadline is not None and now >= self._caller_deadline:
-                actions.extend(
-                    self._stop_now(
-                        StopInfo(
-                            code=StopCode.TIMEOUT,
-                            reason="the caller's deadline passed",
-                            path=(self._caller_hop,),
-                        ),
-                        now,
-                    )
-                )
-            elif (idle_deadline := self._idle_deadline()) is not None and now >= idle_deadline:
-                actions.extend(
-                    self._stop_now(
-                        StopInfo(
-                            code=StopCode.IDLE_TIMEOUT,
-                            reason="commander idle for too long",
-                            cause=f"limit=idle_timeout_s value={self._idle_s:g}",
-                            path=("timer:idle_timeout_s",),
-                        ),
-                        now,
-                    )
-                )
+            stop = self._time_limits.due(now, self._last_activity, self.tools.has_running)
+            if stop is not None:
+                actions.extend(self._stop_now(stop, now))
         if self.state is SessionState.STOPPING and self._grace_deadline is not None and now >= self._grace_deadline:
             actions.extend(self._end_stop(confirmed=False, how="grace period expired without stop_confirm", now=now))
         if self._linger_deadline is not None and now >= self._linger_deadline and not self._ended:
@@ -311,8 +216,7 @@ class Session:
 
     def set_caller_deadline(self, deadline: float, caller_hop: str, now: float) -> None:
         """A StartSession caller's deadline (monotonic seconds): a TIMEOUT stop when it passes."""
-        self._caller_deadline = deadline
-        self._caller_hop = caller_hop
+        self._time_limits.set_caller_deadline(deadline, caller_hop)
         self._recompute_wake(now)
 
     def request_stop(self, stop: StopInfo, now: float) -> Sequence[Action]:
@@ -323,6 +227,15 @@ class Session:
         self._recompute_wake(now)
         return actions
 
+    def on_upstream_eof(self) -> Sequence[Action]:
+        """Upstream ended, and the runner does not know yet whether the commander half-closed
+        or grpc killed the call (both end the request iterator alike). An ack of everything
+        received is due either way; the runner learns from its write whether the stream is
+        still alive, then calls `on_upstream_closed` or `on_peer_gone`."""
+        if self._ended:
+            return _NO_ACTIONS
+        return self._ack()
+
     def on_upstream_closed(self, now: float) -> Sequence[Action]:
         """The commander half-closed (no more packets will come)."""
         self._upstream_closed = True
@@ -331,7 +244,7 @@ class Session:
             actions.extend(self._end_stop(confirmed=False, how="commander half-closed without stop_confirm", now=now))
         elif self.outcome is not None:
             actions.extend(self._after_terminal(now))
-        elif not self._running:
+        elif not self.tools.has_running:
             actions.extend(self._finish("commander half-closed without is_finish", now))
         # else: tool calls still running; their results go out, then the stream ends.
         self._recompute_wake(now)
@@ -344,7 +257,8 @@ class Session:
                 self._set_outcome(self._stop_outcome(confirmed=False, how=f"peer went away: {reason}"))
             else:
                 self._set_outcome(SessionOutcome(SessionState.CANCELLED, reason, "peer", status="CANCELLED"))
-        self._running.clear()
+        for held in self.tools.forget_running():
+            self.journal.append("tool_result_dropped", held)
         self._ended = True
         assert self.outcome is not None
         return self.outcome
@@ -352,7 +266,12 @@ class Session:
     def on_upstream_failed(self, status: str, details: str, now: float) -> Sequence[Action]:
         """Reading upstream failed with a status (INVALID_ARGUMENT for bytes that do not parse)."""
         code = "MALFORMED_PACKET" if status == "INVALID_ARGUMENT" else "UPSTREAM_FAILED"
-        return self._fail(_Fatal(code, details, status), now)
+        return self._fail(code, details, status)
+
+    def on_crash(self, reference: str) -> Sequence[Action]:
+        """The runner hit a bug of ours while carrying out this session (logged there, with
+        `reference`): the session fails INTERNAL, and the peer reads only the reference."""
+        return self._fail("INTERNAL", f"internal error (ref {reference})", "INTERNAL")
 
     # -- packet kinds -------------------------------------------------------------
 
@@ -384,19 +303,14 @@ class Session:
         ordered = not call_id
         if ordered:
             call_id = f"seq-{seq}"
-        if call_id in self._seen_call_ids:
-            actions = list(
-                self._reject(
-                    "DUPLICATE_CALL_ID",
-                    f"tool call at seq {seq} reuses call_id {call_id!r}; the call was not run",
-                    seq,
-                    call_id=call_id,
-                )
+        if self.tools.is_duplicate(call_id):
+            return self._reject(
+                "DUPLICATE_CALL_ID",
+                f"tool call at seq {seq} reuses call_id {call_id!r}; the call was not run",
+                seq,
+                call_id=call_id,
             )
-            return actions
-        self._seen_call_ids.add(call_id)
-        self._running[call_id] = ordered
-        self.tool_calls_started[call_id] = (call.tool_name, now_ms())
+        self.tools.start(call_id, call.tool_name, ordered=ordered)
         if ordered:
             call = wire.pb.ToolCallRequest(
                 tool_name=call.tool_name,
@@ -405,10 +319,6 @@ class Session:
                 timeout_ms=call.timeout_ms,
             )
         self.journal.append("tool_call", call, seq)
-        if ordered:
-            if self._ordered is None:
-                self._ordered = deque()
-            self._ordered.append(call_id)
         self.state = SessionState.AWAITING_TOOL
         timeout_s = call.timeout_ms / 1000 if call.timeout_ms else None
         # The ack first: an inline tool's result is ready the moment StartTool is carried out.
@@ -434,19 +344,11 @@ class Session:
 
     def _on_commander_error(self, error: wire.pb.ErrorSignal, now: float) -> Sequence[Action]:
         self.journal.append("error", error, self.last_seq)
-        code = error.code or "COMMANDER_ERROR"
-        if code == "CANCELLED":  # the commander's own cancel (its user, its caller), not a failure
-            outcome = SessionOutcome(
-                SessionState.CANCELLED, error.message or "cancelled by the commander", "commander", "CANCELLED", code
-            )
-        else:
-            outcome = SessionOutcome(
-                SessionState.FAILED, f"commander reported {code}: {error.message}", "commander", error_code=code
-            )
+        outcome = commander_error_outcome(error)
         self._set_outcome(outcome)
         actions: list[Action] = []
-        if self._running:
-            actions.append(CancelTools(f"commander reported {code}"))
+        if self.tools.has_running:
+            actions.append(CancelTools(f"commander reported {outcome.error_code}"))
             self._forget_running()
         actions.extend(self._ack())
         actions.extend(self._after_terminal(now))
@@ -465,30 +367,24 @@ class Session:
             self.dropped_packets += 1  # in flight when the stop went out: counted, never forwarded
             return _NO_ACTIONS
         self.dropped_packets += 1
-        code = (
-            "PACKET_AFTER_STOP"
-            if self.state in (SessionState.STOPPED, SessionState.EXPIRED)
-            else ("PACKET_AFTER_FINISH" if self.state is SessionState.FINISHED else "PACKET_AFTER_END")
-        )
         seq = packet.seq or self.last_seq + 1
-        return self._reject(
-            code, f"packet seq {seq} arrived after the session ended ({self.state.value}); dropped", seq
-        )
+        message = f"packet seq {seq} arrived after the session ended ({self.state.value}); dropped"
+        return self._reject(closed_packet_code(self.state), message, seq)
 
     # -- helpers ------------------------------------------------------------------
 
     def _take_seq(self, seq: int) -> int:
         if seq:
             if seq <= self.last_seq:
-                raise _Fatal(
-                    "SEQ_REGRESSION",
+                raise ProtocolViolation(
                     f"seq {seq} after seq {self.last_seq}: seq must strictly increase within a session",
+                    "SEQ_REGRESSION",
                 )
             self._sequenced = True
             return seq
         if self._sequenced:
-            raise _Fatal(
-                "SEQ_MISSING", f"packet without seq after seq {self.last_seq}: this session numbers its packets"
+            raise ProtocolViolation(
+                f"packet without seq after seq {self.last_seq}: this session numbers its packets", "SEQ_MISSING"
             )
         return self.last_seq + 1
 
@@ -507,7 +403,7 @@ class Session:
         self._ack_due = None
         if self.last_seq == 0:
             return _NO_ACTIONS
-        return (Send(wire.pb.DownstreamPacket(ack=wire.pb.Ack(seq=self.last_seq))),)
+        return (Send(wire.pb.DownstreamPacket(ack=wire.pb.Ack(seq=self.last_seq)), Delivery.ACK),)
 
     def _reject(self, code: str, message: str, seq: int, *, call_id: str = "") -> Sequence[Action]:
         """A non-fatal bad packet: answer with an ErrorSignal; report the first of each code."""
@@ -520,6 +416,7 @@ class Session:
 
     def _violated(self, violation: Violation, now: float) -> Sequence[Action]:
         stop = StopInfo(code=violation.code, reason=violation.reason, cause=violation.cause, path=(violation.origin,))
+        self._stop_detail = violation.detail
         actions = self._stop_now(stop, now)
         self._recompute_wake(now)
         return actions
@@ -534,8 +431,8 @@ class Session:
         signal = wire.stop_to_wire(stop)
         self.journal.append("stop", signal)
         self.journal.append("state_change", state_change(SessionState.STOPPING, stop.describe()))
-        actions: list[Action] = [Send(wire.pb.DownstreamPacket(stop=signal))]
-        if self._running:
+        actions: list[Action] = [Send(wire.pb.DownstreamPacket(stop=signal), Delivery.URGENT)]
+        if self.tools.has_running:
             actions.append(CancelTools(f"session stopping: {stop.code.name}"))
             self._forget_running()
         actions.extend(self._ack())
@@ -544,17 +441,12 @@ class Session:
         return actions
 
     def _stop_outcome(self, *, confirmed: bool, how: str, now: float | None = None, halt_us: int = 0) -> SessionOutcome:
-        stop = self._stop
-        assert stop is not None
-        state = SessionState.EXPIRED if stop.code is StopCode.IDLE_TIMEOUT else SessionState.STOPPED
-        return SessionOutcome(
-            state,
-            f"{stop.reason} ({how})",
-            stop.path[0] if stop.path else self._hop,
-            status=STOP_STATUS_NAME[stop.code],
-            error_code=stop.code.name,
-            stop=stop,
-            stop_confirmed=confirmed,
+        assert self._stop is not None
+        return stop_outcome(
+            self._stop,
+            how=how,
+            detail=self._stop_detail,
+            ended_by_default=self._hop,
             stop_to_confirm_ms=(now - self._stop_sent_at) * 1000 if (confirmed and now is not None) else None,
             halt_us=halt_us,
         )
@@ -581,7 +473,7 @@ class Session:
 
     def _after_terminal(self, now: float) -> list[Action]:
         """Finished or failed by the commander: end once tools are done and upstream is closed."""
-        if self._ended or self._running:
+        if self._ended or self.tools.has_running:
             return []
         if self._upstream_closed:
             return self._end()
@@ -589,16 +481,12 @@ class Session:
             self._linger_deadline = now + self._config.finish_linger_ms / 1000
         return []
 
-    def _fail(self, fatal: _Fatal, now: float) -> list[Action]:
+    def _fail(self, code: str, message: str, status: str) -> list[Action]:
         if self.outcome is None:
-            self._set_outcome(
-                SessionOutcome(
-                    SessionState.FAILED, fatal.message, "dispatcher", status=fatal.status, error_code=fatal.code
-                )
-            )
-        actions: list[Action] = [Report(fatal.code, fatal.message, self.last_seq)]
-        if self._running:
-            actions.append(CancelTools(f"session failed: {fatal.code}"))
+            self._set_outcome(SessionOutcome(SessionState.FAILED, message, "dispatcher", status=status, error_code=code))
+        actions: list[Action] = [Report(code, message, self.last_seq)]
+        if self.tools.has_running:
+            actions.append(CancelTools(f"session failed: {code}"))
             self._forget_running()
         actions.extend(self._end())
         return actions
@@ -619,29 +507,17 @@ class Session:
             self.journal.append("state_change", state_change(outcome.state, outcome.reason, outcome))
 
     def _forget_running(self) -> None:
-        self._running.clear()
-        self.tool_calls_started.clear()
-        if self._ordered:
-            self._ordered.clear()
-        self._ordered_done.clear()
-
-    def _idle_deadline(self) -> float | None:
-        if not self._idle_s or self._running:
-            return None
-        return self._last_activity + self._idle_s
+        for held in self.tools.forget_running():  # finished, but waiting behind an earlier call
+            self.journal.append("tool_result_dropped", held)
 
     def _recompute_wake(self, now: float) -> None:
         candidates: list[float] = []
         if self._ack_due is not None:
             candidates.append(self._ack_due)
         if not self.is_closed:
-            if self._wall_deadline is not None:
-                candidates.append(self._wall_deadline)
-            if self._caller_deadline is not None:
-                candidates.append(self._caller_deadline)
-            idle = self._idle_deadline()
-            if idle is not None:
-                candidates.append(idle)
+            limit = self._time_limits.next_deadline(self._last_activity, self.tools.has_running)
+            if limit is not None:
+                candidates.append(limit)
         if self.state is SessionState.STOPPING and self._grace_deadline is not None:
             candidates.append(self._grace_deadline)
         if self._linger_deadline is not None and not self._ended:

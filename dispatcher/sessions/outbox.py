@@ -1,22 +1,28 @@
-"""A session's downstream queue: many writers (the runner's pump, tool calls, timers), one reader
-(the ChatStream handler, which yields each packet to grpc).
+"""A session's downstream queue: where the order of everything written to the stream is decided.
 
-Why not an anyio memory object stream: that stream yields to the event loop on every
-receive and send (a checkpoint) and builds an Event for every wait, both visible in
-profiles of the hot path, and its state (a buffer plus two waiter dicts, two stream
-objects) was a good part of an idle session's memory. This queue only allocates a future
-when someone really has to wait.
+Many tasks put packets in (the session task, tool calls, timers, other sessions' callers);
+exactly one takes them out: the ChatStream handler, the stream's only writer. Each packet
+comes with its delivery class (`Delivery`, decided by the session machine), and this queue
+is the one place that honours it:
 
-Ordinary packets are bounded by `capacity`: `put` waits while the queue is full, which stops
-the pump reading, so HTTP/2 flow control pushes back on the commander. Acks are `offer`ed
-and simply dropped when the queue is full (acks are cumulative: the next one covers it).
-Urgent packets (a stop and its ack, from timers or other sessions' callers, which must never
-wait) go past the bound; at most a couple per session.
+- IN_ORDER packets (tool results, error signals, the Welcome, the Assignment) go out first
+  in, first out. At most `capacity` wait; `put` then waits for room, which stops the session
+  reading upstream, so HTTP/2 flow control pushes back on the commander.
+- ACK packets never wait: at most one is queued, and a newer ack replaces its seq in place
+  (acks are cumulative), so an ack is never lost to a full queue either.
+- The URGENT packet (the stop) goes out before anything queued, whether the queue is full or
+  not. From then on the queue is *sealed*: the in-order packets still queued are taken out
+  and handed back to the caller as dropped, and later ones are refused the same way. Only
+  acks may follow a stop.
 
-`lend()` hands the writer's turn to another task for one packet: only while the reader is
-parked with nothing queued, i.e. when no write of the reader's is in flight. The session
-task uses it to write a stop itself the moment it decides one, instead of waking the
-reader, which under load runs a whole event-loop round later.
+So the journal can tell the truth: a packet handed back as dropped was never written, and
+the reader reports each packet it wrote (`written`), which is when a tool result counts as
+delivered. `flush()` waits until everything queued so far has been written, or the reader
+is gone: the session uses it to learn whether the stream is still alive.
+
+Why not an anyio memory object stream: that stream checkpoints on every send and receive
+and builds an Event per wait, both visible in profiles of the hot path, and its state was a
+good part of an idle session's memory. This queue allocates a future only to wait.
 """
 
 from __future__ import annotations
@@ -29,62 +35,64 @@ from shared import wire
 __all__ = ["Outbox", "OutboxClosed"]
 
 Packet = wire.pb.DownstreamPacket
+_NOTHING: tuple[Packet, ...] = ()
 
 
 class OutboxClosed(Exception):
-    """The outbox takes no more packets: the session finished or the RPC's reader went away."""
+    """The outbox takes no more packets: the RPC's writer is gone."""
 
 
 class Outbox:
-    __slots__ = ("_capacity", "_closed", "_finished", "_lent", "_queue", "_reader", "_urgent", "_writers")
+    __slots__ = (
+        "_ack",
+        "_capacity",
+        "_closed",
+        "_finished",
+        "_flushers",
+        "_in_flight",
+        "_queue",
+        "_reader",
+        "_sealed",
+        "_urgent",
+        "_writers",
+    )
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
             raise ValueError(f"outbox capacity must be >= 1, got {capacity}")
         self._capacity = capacity
-        self._queue: deque[Packet] = deque()
-        self._urgent: deque[Packet] | None = None  # only ever holds what overflowed the bound
-        self._finished = False  # no more writes; the reader drains what is queued
-        self._closed = False  # the reader is gone: writes fail, nothing more is read
-        self._lent = False  # another task holds the writer's turn: the reader takes nothing
+        self._queue: deque[Packet] = deque()  # in-order packets, and at most one ack among them
+        self._ack: Packet | None = None  # the ack queued in `_queue`, while not yet taken
+        self._urgent: Packet | None = None
+        self._sealed = False  # a stop was queued: in-order packets are dropped from now on
+        self._finished = False  # no more packets: the reader drains what is queued
+        self._closed = False  # the reader is gone: nothing more is read or written
+        self._in_flight = False  # the reader took a packet and has not reported it written
         self._reader: asyncio.Future[None] | None = None
         self._writers: deque[asyncio.Future[None]] | None = None
+        self._flushers: list[asyncio.Future[bool]] | None = None
 
     def __len__(self) -> int:
-        return len(self._queue) + (len(self._urgent) if self._urgent else 0)
+        return len(self._queue) + (self._urgent is not None)
+
+    @property
+    def is_sealed(self) -> bool:
+        return self._sealed
 
     # -- writers ----------------------------------------------------------------------
 
-    def offer(self, packet: Packet) -> bool:
-        """Queue `packet` if there is room now; False (packet dropped) otherwise."""
-        if self._finished or self._closed or len(self._queue) >= self._capacity:
-            return False
-        self._queue.append(packet)
-        self._wake_reader()
-        return True
-
-    def push_urgent(self, packet: Packet) -> None:
-        """Queue `packet` even past the bound (after what is queued, when it fits); never waits.
-        Dropped when the outbox no longer accepts packets: there is nobody to tell."""
-        if self._finished or self._closed:
-            return
-        if len(self._queue) < self._capacity:
-            self._queue.append(packet)
-        else:
-            if self._urgent is None:
-                self._urgent = deque()
-            self._urgent.append(packet)  # the reader takes these before the queue
-        self._wake_reader()
-
-    async def put(self, packet: Packet) -> None:
-        """Queue `packet`, waiting while the outbox is full; OutboxClosed once it no longer accepts."""
+    async def put(self, packet: Packet) -> bool:
+        """Queue an in-order packet, waiting while the queue is full. False: dropped, because a
+        stop went out first (or the outbox finished). OutboxClosed once the reader is gone."""
         while True:
-            if self._finished or self._closed:
+            if self._closed:
                 raise OutboxClosed
-            if len(self._queue) < self._capacity:
+            if self._sealed or self._finished:
+                return False
+            if self._in_order_count() < self._capacity:
                 self._queue.append(packet)
                 self._wake_reader()
-                return
+                return True
             waiter = asyncio.get_running_loop().create_future()
             if self._writers is None:
                 self._writers = deque()
@@ -98,19 +106,39 @@ class Outbox:
                     self._writers.remove(waiter)
                 raise
 
-    def lend(self) -> bool:
-        """Take the writer's turn from the reader (True), if it is parked with nothing queued;
-        the reader then takes nothing until `give_back()`. False: write through the queue."""
-        reader = self._reader
-        if self._lent or reader is None or reader.done() or self._queue or self._urgent:
+    def put_nowait(self, packet: Packet) -> bool:
+        """Queue an in-order packet if there is room now (the Assignment, before anything else)."""
+        if self._closed or self._sealed or self._finished or self._in_order_count() >= self._capacity:
             return False
-        self._lent = True
+        self._queue.append(packet)
+        self._wake_reader()
         return True
 
-    def give_back(self) -> None:
-        """The lent write is done: the reader takes what was queued meanwhile."""
-        self._lent = False
+    def push_ack(self, packet: Packet) -> None:
+        """Queue a cumulative ack; one still queued takes its seq instead. Never waits."""
+        if self._closed or self._finished:
+            return
+        queued = self._ack
+        if queued is not None:
+            queued.ack.seq = packet.ack.seq
+            return
+        self._ack = packet
+        self._queue.append(packet)
         self._wake_reader()
+
+    def push_urgent(self, packet: Packet) -> tuple[Packet, ...]:
+        """Queue the stop ahead of everything and seal the queue. Returns the in-order packets
+        it displaced (never written). Never waits."""
+        if self._closed or self._finished or self._urgent is not None:
+            return _NOTHING
+        self._urgent = packet
+        self._sealed = True
+        dropped = tuple(p for p in self._queue if p is not self._ack)
+        if dropped:
+            self._queue = deque(p for p in self._queue if p is self._ack)
+        self._wake_reader()
+        self._wake_all_writers()  # they find the queue sealed: their packets are dropped
+        return dropped
 
     def finish(self) -> None:
         """No more packets: the reader gets what is queued, then None."""
@@ -118,38 +146,86 @@ class Outbox:
         self._wake_reader()
         self._wake_all_writers()
 
+    async def flush(self) -> bool:
+        """True once everything queued so far has been written; False if the reader went away
+        first (the RPC is over). Waits as long as the reader takes: bound it from outside."""
+        if self._closed:
+            return False
+        if self._is_drained():
+            return True
+        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        if self._flushers is None:
+            self._flushers = []
+        self._flushers.append(waiter)
+        try:
+            return await waiter
+        finally:
+            if self._flushers is not None and waiter in self._flushers:
+                self._flushers.remove(waiter)
+
     # -- the reader -------------------------------------------------------------------
 
     async def get(self) -> Packet | None:
-        """The next packet (urgent ones first); None once finished and drained, or closed."""
+        """The next packet to write (the stop first); None once finished and drained, or closed.
+        Call `written()` once the packet is on the stream."""
         while True:
             if self._closed:
                 return None
-            if not self._lent:
-                if self._urgent:
-                    return self._urgent.popleft()
-                if self._queue:
-                    packet = self._queue.popleft()
-                    if self._writers:
-                        self._wake_writer()
-                    return packet
+            urgent = self._urgent
+            if urgent is not None:
+                self._urgent = None
+                self._in_flight = True
+                return urgent
+            if self._queue:
+                packet = self._queue.popleft()
+                if packet is self._ack:
+                    self._ack = None
+                elif self._writers:
+                    self._wake_writer()
+                self._in_flight = True
+                return packet
             if self._finished:
-                return None  # a write still lent then was cut short: the RPC is ending anyway
+                return None
             self._reader = asyncio.get_running_loop().create_future()
             try:
                 await self._reader
             finally:
                 self._reader = None
 
-    def close(self) -> None:
-        """The reader is gone (the RPC ended): writers fail with OutboxClosed from now on."""
+    def written(self) -> None:
+        """The packet last taken is on the stream."""
+        self._in_flight = False
+        if self._flushers and self._is_drained():
+            self._resolve_flushers(True)
+
+    def close(self) -> tuple[Packet, ...]:
+        """The reader is gone (the RPC ended). Returns the in-order packets never written (the
+        one in flight, if any, among them); writers fail with OutboxClosed from now on."""
+        if self._closed:
+            return _NOTHING
         self._closed = True
+        left = tuple(p for p in self._queue if p is not self._ack)
         self._queue.clear()
+        self._ack = None
         self._urgent = None
         self._wake_reader()
         self._wake_all_writers()
+        self._resolve_flushers(False)
+        return left
 
-    # -- wake-ups ---------------------------------------------------------------------
+    # -- internals ----------------------------------------------------------------------
+
+    def _in_order_count(self) -> int:
+        return len(self._queue) - (self._ack is not None)
+
+    def _is_drained(self) -> bool:
+        return not self._queue and self._urgent is None and not self._in_flight
+
+    def _resolve_flushers(self, result: bool) -> None:
+        flushers, self._flushers = self._flushers, None
+        for waiter in flushers or ():
+            if not waiter.done():
+                waiter.set_result(result)
 
     def _wake_reader(self) -> None:
         reader = self._reader

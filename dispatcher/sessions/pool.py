@@ -8,12 +8,11 @@ refused at once instead of queueing without bound.
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
-
-import anyio
 
 from dispatcher.sessions.runner import SessionRunner
 from shared import wire
@@ -30,7 +29,7 @@ class PoolSlot:
     requests: AsyncIterator[wire.pb.UpstreamPacket]
     peer: str
     commander: str
-    assigned: anyio.Event = field(default_factory=anyio.Event)
+    assigned: asyncio.Event = field(default_factory=asyncio.Event)
     runner: SessionRunner | None = None
     refusal: str = ""  # set instead of a runner when the slot must end (shutdown)
     gone: bool = False
@@ -60,7 +59,7 @@ class CommanderPool:
         self._free: OrderedDict[int, PoolSlot] = OrderedDict()
         self._max_waiting = max_waiting
         self._waiting = 0
-        self._changed = anyio.Event()
+        self._changed = asyncio.Event()
 
     @property
     def free_count(self) -> int:
@@ -69,7 +68,7 @@ class CommanderPool:
     def add(self, slot: PoolSlot) -> None:
         self._free[id(slot)] = slot
         self._changed.set()
-        self._changed = anyio.Event()
+        self._changed = asyncio.Event()
 
     def remove(self, slot: PoolSlot) -> None:
         self._free.pop(id(slot), None)
@@ -87,13 +86,14 @@ class CommanderPool:
             raise NoFreeCommander(f"no free commander and {self._waiting} callers already waiting for one; retry later")
         self._waiting += 1
         try:
-            with anyio.move_on_after(wait_s):
+            async with asyncio.timeout(wait_s):
                 while True:
                     while self._free:
                         slot = self._free.popitem(last=False)[1]
                         if not slot.gone:
                             return slot
                     await self._changed.wait()
+        except TimeoutError:
             return None
         finally:
             self._waiting -= 1

@@ -1,21 +1,19 @@
 """Runs one session: pumps upstream packets into the state machine and carries out its actions.
 
-One session = one task (the inbound pump, in its own cancel scope), owned by the
-dispatcher's `SessionTasks`, plus one task per running tool call. The ChatStream handler
-only drains the outbox: no anyio cancel scope ever spans one of its `yield`s (grpc drives
-that generator and may stop it from outside), which is why the session's tasks live here
-and not in the handler. One exception to "the handler writes": a stop the session task
-decides while the handler sits idle is written by the session task itself, with the
-outbox's writer turn lent to it (see `_write_stop`). Wake-ups come from the process's
-shared `Timers`.
+One session = one task (the upstream pump), started and owned by the `SessionManager`, plus
+one task per running async tool call (`ToolTasks`). The ChatStream handler is the stream's
+only writer: it drains the session's `Outbox`, which orders packets by the delivery class the
+machine gave each. Wake-ups come from the process's shared `Timers`.
 
-Tool calls are plain asyncio tasks owned by the runner rather than anyio task-group
-children: on anyio 4.16 `TaskGroup.start_soon` alone costs ~20 µs (timeit, this machine)
-against ~3 µs for `create_task`, and each call also paid a cancel scope, a timeout scope
-and a semaphore (~15 µs more). They stay structured all the same: each is cancelled with
-a recorded reason by a stop, and the session task cancels and awaits every one that is
-left before it records the outcome, so none outlives its session. Tools written as plain
-functions do not get a task at all (see ToolSpec).
+Cancellation discipline (asyncio throughout, written down in docs/architecture.md):
+- The session task ends itself when the machine says EndStream from another task (a timer,
+  a tool, a control call, the RPC's done-callback) by cancelling itself, and takes that
+  cancellation back with `Task.uncancel()`; any other cancellation (shutdown) is re-raised
+  after cleanup.
+- Cleanup is bounded: tool calls get `tool_cancel_grace_s` to end once cancelled, then are
+  abandoned with a recorded reason. The outcome is recorded after that, in `finally`, even
+  when shutdown cancels the task mid-cleanup.
+- Nothing here awaits grpc's write: the handler does; this task only reads.
 """
 
 from __future__ import annotations
@@ -23,39 +21,30 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Sequence
 
-import anyio
 import grpc
 import structlog
 from google.protobuf.message import DecodeError
 
+from dispatcher.boundary import new_reference
+from dispatcher.core.actions import Action, CancelTools, Delivery, EndStream, Report, Send, SessionOutcome, StartTool
 from dispatcher.core.journal import Journal
-from dispatcher.core.session import (
-    Action,
-    CancelTools,
-    EndStream,
-    Report,
-    Send,
-    Session,
-    SessionOutcome,
-    StartTool,
-)
+from dispatcher.core.session import Session
 from dispatcher.core.snapshots import outcome_to_wire
 from dispatcher.sessions.latch import Latch
 from dispatcher.sessions.outbox import Outbox, OutboxClosed
-from dispatcher.sessions.registry import EndedSession, SessionRegistry
+from dispatcher.sessions.registry import EndedSession
 from dispatcher.sessions.timers import Timers
+from dispatcher.sessions.tool_tasks import ToolTasks
 from dispatcher.tools import PreparedCall, ToolExecutor, ToolOutcome
 from shared import wire
 from shared.model import StopInfo
 
-__all__ = ["SessionRunner", "tool_result_to_wire"]
+__all__ = ["RunnerSettings", "SessionRunner", "tool_result_to_wire"]
 
-log = structlog.get_logger("dispatcher.sessions.runner")
+log = structlog.get_logger("dispatcher.session")
 _clock = time.monotonic
-_UPSTREAM_END_SETTLE_S = 0.05
 
 
 def tool_result_to_wire(outcome: ToolOutcome) -> wire.pb.ToolCallResult:
@@ -66,10 +55,34 @@ def tool_result_to_wire(outcome: ToolOutcome) -> wire.pb.ToolCallResult:
         execution_time_us=outcome.execution_time_us,
     )
     if outcome.error_code is not None:
-        result.error.CopyFrom(
-            wire.pb.ToolError(code=wire.tool_error_code_to_wire(outcome.error_code.name), message=outcome.error_message)
-        )
+        result.error.code = wire.tool_error_code_to_wire(outcome.error_code.name)  # type: ignore[assignment]
+        result.error.message = outcome.error_message
     return result
+
+
+class RunnerSettings:
+    """What every runner of one dispatcher shares (built once by the manager)."""
+
+    __slots__ = ("abandoned", "executor", "max_tool_calls", "on_ended", "outbox_size", "timers", "tool_cancel_grace_s")
+
+    def __init__(
+        self,
+        *,
+        executor: ToolExecutor,
+        timers: Timers,
+        outbox_size: int,
+        max_tool_calls: int,
+        tool_cancel_grace_s: float,
+        on_ended: Callable[[EndedSession], None],
+        abandoned: set[asyncio.Task[None]],
+    ) -> None:
+        self.executor = executor
+        self.timers = timers
+        self.outbox_size = outbox_size
+        self.max_tool_calls = max_tool_calls
+        self.tool_cancel_grace_s = tool_cancel_grace_s
+        self.on_ended = on_ended
+        self.abandoned = abandoned
 
 
 class SessionRunner:
@@ -77,49 +90,21 @@ class SessionRunner:
 
     # `__weakref__`: the process's Timers hold runners weakly.
     __slots__ = (
-        "__weakref__",
-        "_armed",
-        "_cancel_reasons",
-        "_crashed",
-        "_executor",
-        "_gone_reason",
-        "_max_tool_calls",
-        "_peer",
-        "_registry",
-        "_requests",
-        "_scope",
-        "_slot_freed",
-        "_timers",
-        "_tool_tasks",
-        "_write",
-        "assignment",
-        "commander",
-        "done",
-        "machine",
-        "outbox",
-        "outcome",
-        "packets_out",
-        "peer",
-        "session_id",
-        "settled",
-        "started_by",
-        "stop_written",
-    )
+        "__weakref__", "_armed", "_cleaning_up", "_ending_self", "_gone_reason", "_requests", "_settings", "_task",
+        "_tools", "assignment", "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer",
+        "session_id", "settled", "started_by",
+    )  # fmt: skip
 
     def __init__(
         self,
         *,
         machine: Session,
         requests: AsyncIterator[wire.pb.UpstreamPacket],
-        executor: ToolExecutor,
-        registry: SessionRegistry,
-        outbox_size: int,
-        max_concurrent_tool_calls: int,
+        settings: RunnerSettings,
         peer: str,
         commander: str = "",
         started_by: str = "",
         assignment: wire.pb.Assignment | None = None,
-        timers: Timers,
     ) -> None:
         self.session_id = machine.session_id
         self.machine = machine
@@ -127,31 +112,21 @@ class SessionRunner:
         self.peer = peer
         self.commander = commander  # who runs it: token name, else Hello.agent_name
         self.started_by = started_by  # "<kind>:<name>" when started through the control API
-        self.assignment = assignment  # pool streams: sent down before anything else
-        self.packets_out: dict[str, int] = {}  # by DownstreamPacket signal name (counted by the handler)
+        self.assignment = assignment
+        self.packets_out: dict[str, int] = {}  # by DownstreamPacket signal name, as written
+        self.outbox = Outbox(settings.outbox_size)
+        if assignment is not None:  # a pool stream: the assignment goes down before anything else
+            self.outbox.put_nowait(wire.pb.DownstreamPacket(assignment=assignment))
         self._requests = requests
-        self._executor = executor
-        self._registry = registry
-        self._peer = peer
-        self.outbox = Outbox(outbox_size)
-        self._max_tool_calls = max_concurrent_tool_calls
-        # Running calls by call_id, and why a cancelled one was cancelled. Built on first use:
-        # most sessions never call a tool, and an idle session should cost little.
-        self._tool_tasks: dict[str, asyncio.Task[None]] | None = None
-        self._cancel_reasons: dict[str, str] | None = None
-        self._slot_freed: asyncio.Future[None] | None = None  # the pump waiting for a tool slot
-        self._scope: anyio.CancelScope | None = None  # the session task's; cancelling it ends the session
-        self._crashed = False
-        self._timers = timers
-        self._armed = math.inf  # the deadline armed with `timers` (mirrors it: read per packet)
+        self._settings = settings
+        self._tools: ToolTasks | None = None  # built on first use: most sessions never call a tool
+        self._task: asyncio.Task[None] | None = None
+        self._ending_self = False  # this runner cancelled its own task to end the session
+        self._cleaning_up = False
+        self._armed = math.inf  # the deadline armed with the timers (mirrors it: read per packet)
         self._gone_reason: str | None = None
-        # The RPC's own write (context.write), for a stop the session task writes itself.
-        self._write: Callable[[wire.pb.DownstreamPacket], Awaitable[None]] | None = None
-        # Once the stop is out, only acks follow it (the handler drops anything else).
-        self.stop_written = False
-        # Set when the session's outcome is decided (EndStream), a moment before `done`.
-        self.settled = Latch()
-        self.done = Latch()
+        self.settled = Latch()  # the outcome is decided (EndStream): the stream can end
+        self.done = Latch()  # the outcome is recorded and every task of the session has ended
 
     # -- called from other tasks ------------------------------------------------------
 
@@ -166,62 +141,42 @@ class SessionRunner:
         self._rearm_timer()
 
     def peer_gone(self, reason: str) -> None:
-        """The RPC ended under us (client cancel, connection lost): stop everything."""
-        if self.outcome is not None:
+        """The RPC ended under us (client cancel, connection lost): end the session now."""
+        if self.settled.is_set() or self._gone_reason is not None:
             return
         self._gone_reason = reason
-        if self._scope is not None:
-            self._scope.cancel()
+        self._end_task()
 
-    def info(self) -> wire.ctl.SessionInfo:
-        """The session as the control plane shows it (see SessionInfo in control.proto)."""
-        machine = self.machine
-        hello = machine.hello
-        info = wire.ctl.SessionInfo(
-            session_id=self.session_id,
-            state=wire.session_state_to_wire(machine.state),  # type: ignore[arg-type]  # enums are ints
-            commander=self.commander,
-            commander_peer=self.peer,
-            started_by=self.started_by,
-            dispatcher_id=machine.dispatcher_hop,
-            started_at_ms=machine.started_at_ms,
-            last_activity_ms=machine.last_activity_ms,
-            packets_in=machine.packets_in,
-            packets_out=self.packets_out,
-            tool_calls_running=len(machine.tool_calls_started),
-            tool_calls_done=machine.tool_calls_done,
-            packets_dropped=machine.dropped_packets,
-            first_event_seq=machine.journal.first_seq if machine.journal.last_seq else 0,
-            last_event_seq=machine.journal.last_seq,
-            agent_name=hello.agent_name if hello is not None else "",
-            agent_version=hello.agent_version if hello is not None else "",
-        )
-        outcome = self.outcome or machine.outcome
-        if outcome is not None and self.settled.is_set():
-            info.outcome.CopyFrom(outcome_to_wire(outcome))
-        return info
+    def rpc_ended(self, _context: object = None) -> None:
+        """The RPC's done-callback: whatever ended it, nothing more can be written."""
+        self._writer_gone(None)
+        self.peer_gone("the commander cancelled or disconnected")
 
-    @property
-    def journal(self) -> Journal:
-        return self.machine.journal
+    def timer_fired(self, now: float) -> None:
+        """Called by the process's `Timers` at the armed deadline (never waits)."""
+        if self._armed == -math.inf:
+            return  # ended meanwhile
+        self._armed = math.inf
+        wake = self.machine.wake_at
+        if wake is not None and now >= wake:
+            self._apply_nowait(self.machine.on_timer(now))
+        self._rearm_timer()
 
-    @property
-    def pending_stop(self) -> StopInfo | None:
-        return self.machine.pending_stop
+    # -- the stream's writer reports here -------------------------------------------------
 
-    def running_tool_calls(self) -> list[wire.ctl.RunningToolCall]:
-        return [
-            wire.ctl.RunningToolCall(call_id=call_id, tool_name=tool, started_at_ms=started)
-            for call_id, (tool, started) in self.machine.tool_calls_started.items()
-        ]
+    def written(self, packet: wire.pb.DownstreamPacket) -> None:
+        """The handler wrote `packet`: only now is a tool result delivered (and journaled)."""
+        self.outbox.written()
+        kind = packet.WhichOneof("signal") or "none"
+        self.packets_out[kind] = self.packets_out.get(kind, 0) + 1
+        if kind == "tool_result":
+            self.machine.journal.append("tool_result", packet.tool_result)
 
-    def attach_writer(self, write: Callable[[wire.pb.DownstreamPacket], Awaitable[None]]) -> None:
-        """Let the session task write a stop straight to the RPC (see `_write_stop`)."""
-        self._write = write
-
-    def discard(self) -> None:
-        """Release the outbox of a runner that was never started (its session was refused)."""
-        self.outbox.close()
+    def writer_gone(self, in_flight: wire.pb.DownstreamPacket | None) -> None:
+        """The handler stopped writing (the stream ends): what it never wrote is dropped."""
+        self._writer_gone(in_flight)
+        if not self.settled.is_set():
+            self.peer_gone("the stream's writer ended")
 
     # -- the session task ------------------------------------------------------------
 
@@ -229,65 +184,34 @@ class SessionRunner:
         # The session task runs in its own copy of the context: binding here tags every log
         # line of this task and of the tool tasks it starts, with nothing to unbind.
         structlog.contextvars.bind_contextvars(session_id=self.session_id)
-        log.info("session.opened", peer=self._peer)
+        log.info("session.opened", peer=self.peer)
+        task = self._task = asyncio.current_task()
+        assert task is not None
         try:
-            with anyio.CancelScope() as scope:
-                self._scope = scope
-                if self._gone_reason is not None:
-                    scope.cancel()
-                await self._apply(self.machine.on_packet(first, _clock()))
-                self._rearm_timer()
-                if not self.machine.is_ended:
-                    await self._pump_upstream()
-                if not self.machine.is_ended:
-                    # Upstream is done; a timer (grace, linger), a tool result or the peer
-                    # going away ends the session, and EndStream cancels this scope.
-                    await anyio.sleep_forever()
-        except Exception:
-            self._crashed = True
-            log.exception("session.crashed")
-        finally:
             try:
-                await self._end_tool_calls()
+                if self._gone_reason is None:
+                    await self._apply(self.machine.on_packet(first, _clock()))
+                    self._rearm_timer()
+                    if not self.machine.is_ended:
+                        await self._pump_upstream()
+                    if not self.machine.is_ended and self._gone_reason is None:
+                        # Upstream is done; a timer, a tool result or the peer going away ends
+                        # the session, and cancels this wait (`_end_task`).
+                        await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError:
+                if not (self._ending_self and task.uncancel() == 0):
+                    raise  # shutdown: clean up below, then let it through
+        except Exception:
+            reference = new_reference()
+            log.exception("session.crashed", ref=reference)
+            self._apply_nowait(self.machine.on_crash(reference))
+        finally:
+            self._cleaning_up = True
+            try:
+                if self._tools is not None:
+                    await self._tools.end_all(self._end_reason(), self._settings.tool_cancel_grace_s)
             finally:  # even if shutdown cancels us right here, the outcome is recorded
-                if self._crashed and self.machine.outcome is None:
-                    self.machine.on_upstream_failed("INTERNAL", "internal error in the dispatcher", _clock())
                 self._finish()
-
-    def _finish(self) -> None:
-        outcome = self.machine.outcome or self.machine.on_peer_gone(self._gone_reason or "stream closed")
-        self.outcome = outcome
-        self._timers.disarm(self)
-        self._armed = -math.inf  # never again
-        self.outbox.finish()
-        self.machine.journal.close()
-        self.settled.set()
-        self.done.set()
-        self._registry.release(
-            EndedSession(
-                session_id=self.session_id,
-                started_at_ms=self.machine.started_at_ms,
-                outcome=outcome,
-                packets_in=dict(self.machine.packets_in),
-                dropped_packets=self.machine.dropped_packets,
-                started_by=self.started_by,
-                info=self.info(),
-                journal=self.machine.journal,
-            )
-        )
-        log.info(
-            "session.ended",
-            state=outcome.state.value,
-            reason=outcome.reason,
-            ended_by=outcome.ended_by,
-            status=outcome.status,
-            stop_code=outcome.stop.code.name if outcome.stop else None,
-            stop_path=list(outcome.stop.path) if outcome.stop else None,
-            stop_confirmed=outcome.stop_confirmed if outcome.stop else None,
-            stop_to_confirm_ms=round(outcome.stop_to_confirm_ms, 3) if outcome.stop_to_confirm_ms else None,
-            packets_in=sum(self.machine.packets_in.values()),
-            dropped=self.machine.dropped_packets,
-        )
 
     async def _pump_upstream(self) -> None:
         machine = self.machine
@@ -309,26 +233,72 @@ class SessionRunner:
             detail = f"the packet after seq {machine.last_seq} is not a valid UpstreamPacket: {exc}"
             await self._apply(machine.on_upstream_failed("INVALID_ARGUMENT", detail, _clock()))
             return
-        if not machine.is_closed:
-            # The iterator also just ends when grpc itself kills the RPC (a message over the
-            # size limit, a transport error); the done-callback follows a moment later and
-            # cancels us. Give it that moment before calling this a clean half-close.
-            with anyio.move_on_after(_UPSTREAM_END_SETTLE_S):
-                await anyio.sleep_forever()
+        # The request iterator ends alike when the commander half-closed and when grpc killed
+        # the call (a message over the size limit, a transport error). The write of the ack
+        # that is due now tells them apart: on a live stream it completes; on a killed one the
+        # handler is cancelled or its write fails, the outbox closes and flush() says so.
+        await self._apply(machine.on_upstream_eof())
+        if not await self._stream_alive():
+            self.peer_gone("grpc ended the call (transport error or a message over the size limit)")
+            return
         await self._apply(machine.on_upstream_closed(_clock()))
         self._rearm_timer()
 
-    def timer_fired(self, now: float) -> None:
-        """Called by the process's `Timers` at the armed deadline (never waits)."""
-        if self._armed == -math.inf:
-            return  # ended meanwhile
-        self._armed = math.inf
-        # No contextvars binding here (it cost a third of a timer's time): the one line this
-        # path can log names its session itself.
-        wake = self.machine.wake_at
-        if wake is not None and now >= wake:
-            self._apply_nowait(self.machine.on_timer(now))
-        self._rearm_timer()
+    async def _stream_alive(self) -> bool:
+        """Whether what is queued gets written. A commander that half-closed and stopped reading
+        keeps the write waiting: after the stop grace it counts as alive (a killed call would
+        have closed the outbox by then: its done-callback runs as soon as grpc ends it)."""
+        grace_s = self.machine.stop_grace_s
+        try:
+            return await asyncio.wait_for(self.outbox.flush(), grace_s)
+        except TimeoutError:
+            return True
+
+    def _finish(self) -> None:
+        outcome = self.machine.outcome or self.machine.on_peer_gone(self._gone_reason or "stream closed")
+        self.outcome = outcome
+        self._settings.timers.disarm(self)
+        self._armed = -math.inf  # never again
+        self.settled.set()
+        self.outbox.finish()
+        self.machine.journal.close()
+        self.done.set()
+        self._settings.on_ended(
+            EndedSession(
+                session_id=self.session_id,
+                started_at_ms=self.machine.started_at_ms,
+                outcome=outcome,
+                packets_in=dict(self.machine.packets_in),
+                dropped_packets=self.machine.dropped_packets,
+                started_by=self.started_by,
+                info=self.info(),
+                journal=self.machine.journal,
+            )
+        )
+        stop = outcome.stop
+        log.info(
+            "session.ended",
+            state=outcome.state.value,
+            reason=outcome.reason,
+            ended_by=outcome.ended_by,
+            status=outcome.status,
+            stop_code=stop.code.name if stop else None,
+            stop_path=list(stop.path) if stop else None,
+            stop_confirmed=outcome.stop_confirmed if stop else None,
+            stop_to_confirm_ms=round(outcome.stop_to_confirm_ms, 3) if outcome.stop_to_confirm_ms else None,
+            packets_in=sum(self.machine.packets_in.values()),
+            dropped=self.machine.dropped_packets,
+        )
+
+    def _end_task(self) -> None:
+        """End the session task from another task: cancel it (taken back in `run`)."""
+        task = self._task
+        if task is None or task.done() or self._cleaning_up or self._ending_self:
+            return
+        if task is asyncio.current_task():
+            return  # the pump sees `is_ended` after this batch and returns by itself
+        self._ending_self = True
+        task.cancel()
 
     def _rearm_timer(self) -> None:
         """Arm the machine's next wake-up when it is earlier than the one armed (a later one
@@ -336,77 +306,52 @@ class SessionRunner:
         wake = self.machine.wake_at
         if wake is not None and wake < self._armed:
             self._armed = wake
-            self._timers.arm(self, wake)
+            self._settings.timers.arm(self, wake)
 
     # -- actions ----------------------------------------------------------------------
 
     async def _apply(self, actions: Sequence[Action]) -> None:
         """Carry out actions from a task that may wait: a full outbox pushes back on it."""
-        for index, action in enumerate(actions):
-            if type(action) is Send:
-                if action.packet.HasField("ack"):
-                    self._send_ack(action.packet)
-                elif action.packet.HasField("stop"):
-                    if self._may_write_stop(actions):
-                        # The rest of this batch (cancel the tools, the ack) is synchronous and
-                        # queues behind the lent turn: carry it out, then write the stop.
-                        await self._apply(actions[index + 1 :])
-                        await self._write_stop(action.packet)
-                        return
-                    self._send_urgent(action.packet)
-                else:
-                    try:
-                        await self.outbox.put(action.packet)
-                    except OutboxClosed:
-                        # The handler closed the outbox: the RPC is over (its done-callback
-                        # may not have run yet). Same as the peer going away.
-                        self.peer_gone("the stream ended while the session was still sending")
-                        return
-            else:
-                await self._apply_other(action)
-
-    def _apply_nowait(self, actions: Sequence[Action]) -> None:
-        """Carry out actions from a task that must not wait (timer, other sessions' callers)."""
         for action in actions:
             if type(action) is Send:
-                if action.packet.HasField("ack"):
-                    self._send_ack(action.packet)
+                delivery = action.delivery
+                if delivery is Delivery.IN_ORDER:
+                    try:
+                        if not await self.outbox.put(action.packet):
+                            self._dropped((action.packet,))
+                    except OutboxClosed:  # the RPC is over (its done-callback may still be to come)
+                        self._dropped((action.packet,))
+                        self.peer_gone("the stream ended while the session was still sending")
+                        return
+                elif delivery is Delivery.ACK:
+                    self.outbox.push_ack(action.packet)
                 else:
-                    self._send_urgent(action.packet)
-            elif type(action) is StartTool:  # pragma: no cover - tools start only from packets
+                    self._dropped(self.outbox.push_urgent(action.packet))
+            elif type(action) is StartTool:
+                await self._start_tool(action)
+            else:
+                self._apply_control(action)
+
+    def _apply_nowait(self, actions: Sequence[Action]) -> None:
+        """Carry out actions from a task that must not wait (a timer, another session's caller).
+        The machine gives such events only acks, stops and control actions."""
+        for action in actions:
+            if type(action) is Send:
+                if action.delivery is Delivery.ACK:
+                    self.outbox.push_ack(action.packet)
+                elif action.delivery is Delivery.URGENT:
+                    self._dropped(self.outbox.push_urgent(action.packet))
+                elif not self.outbox.put_nowait(action.packet):
+                    self._dropped((action.packet,))
+            elif type(action) is StartTool:  # pragma: no cover - tool calls start only from packets
                 raise AssertionError("tool calls start from the upstream pump")
             else:
                 self._apply_control(action)
 
-    async def _apply_other(self, action: Action) -> None:
-        if type(action) is StartTool:
-            prepared = self._executor.prepare(action.call_id, action.tool_name, action.arguments_json, action.timeout_s)
-            if isinstance(prepared, ToolOutcome):  # answered at once: unknown, invalid or inline
-                _log_outcome(prepared)
-                await self._apply(self.machine.on_tool_done(action.call_id, tool_result_to_wire(prepared), _clock()))
-                return
-            # Waiting for a slot stops the pump reading: HTTP/2 flow control then pushes
-            # back on the commander instead of tool calls piling up here.
-            tasks = self._tool_tasks
-            if tasks is None:
-                tasks = self._tool_tasks = {}
-            while len(tasks) >= self._max_tool_calls:
-                self._slot_freed = asyncio.get_running_loop().create_future()
-                try:
-                    await self._slot_freed
-                finally:
-                    self._slot_freed = None
-            task = asyncio.get_running_loop().create_task(
-                self._run_tool(action, prepared), name=f"tool:{self.session_id}:{action.call_id}"
-            )
-            task.add_done_callback(lambda task: self._tool_ended(action, task))
-            tasks[action.call_id] = task
-        else:
-            self._apply_control(action)
-
     def _apply_control(self, action: Action) -> None:
         if type(action) is CancelTools:
-            self._cancel_tool_calls(action.reason)
+            if self._tools is not None:
+                self._tools.cancel_all(action.reason)
         elif type(action) is Report:
             log.warning(
                 "packet.rejected", session_id=self.session_id, code=action.code, seq=action.seq, detail=action.message
@@ -414,8 +359,18 @@ class SessionRunner:
         elif type(action) is EndStream:
             self.outcome = action.outcome
             self.settled.set()
-            if self._scope is not None:
-                self._scope.cancel()
+            self.outbox.finish()
+            self._end_task()
+
+    def _dropped(self, packets: Sequence[wire.pb.DownstreamPacket]) -> None:
+        """Packets decided but never written (a stop went first, or the stream ended)."""
+        for packet in packets:
+            if packet.HasField("tool_result"):
+                self.machine.journal.append("tool_result_dropped", packet.tool_result)
+
+    def _writer_gone(self, in_flight: wire.pb.DownstreamPacket | None) -> None:
+        left = self.outbox.close()
+        self._dropped((in_flight, *left) if in_flight is not None else left)
 
     def _end_reason(self) -> str:
         outcome = self.outcome or self.machine.outcome
@@ -423,94 +378,91 @@ class SessionRunner:
             return f"session ended {outcome.state.value}: {outcome.reason}"
         return f"session ended: {self._gone_reason or 'stream closed'}"
 
-    def _may_write_stop(self, actions: Sequence[Action]) -> bool:
-        """Whether the session task may write this batch's stop itself: only with the writer's
-        turn lent (nothing queued, no write in flight), and not when the batch also ends the
-        session (its end cancels this task: the handler then sends the stop, then the status)."""
-        if self._write is None or any(type(action) in (EndStream, StartTool) for action in actions):
-            return False
-        return self.outbox.lend()
-
-    async def _write_stop(self, packet: wire.pb.DownstreamPacket) -> None:
-        """Write the stop from the session task, the moment it is decided: waking the handler
-        instead would send it an event-loop round later, and under load that round is the
-        larger part of the stop's latency."""
-        assert self._write is not None
-        self.stop_written = True
-        self.packets_out["stop"] = self.packets_out.get("stop", 0) + 1
-        try:
-            await self._write(packet)
-        except Exception:  # the RPC is over (aborted, cancelled, transport gone)
-            self.outbox.give_back()
-            self.peer_gone("the stream ended while the stop was being written")
-            return
-        # Cancelled mid-write (the session ending): the turn is not given back, as grpc may
-        # still be sending; the handler then takes nothing more and ends with the session.
-        self.outbox.give_back()
-
-    def _send_ack(self, packet: wire.pb.DownstreamPacket) -> None:
-        # Acks are cumulative: when the outbox is full the next one covers this one.
-        self.outbox.offer(packet)
-
-    def _send_urgent(self, packet: wire.pb.DownstreamPacket) -> None:
-        self.outbox.push_urgent(packet)
-
     # -- tool calls ---------------------------------------------------------------------
 
+    async def _start_tool(self, action: StartTool) -> None:
+        executor = self._settings.executor
+        prepared = executor.prepare(action.call_id, action.tool_name, action.arguments_json, action.timeout_s)
+        if isinstance(prepared, ToolOutcome):  # answered at once: unknown, invalid or inline
+            _log_outcome(prepared)
+            await self._apply(self.machine.on_tool_done(action.call_id, tool_result_to_wire(prepared), _clock()))
+            return
+        tools = self._tools
+        if tools is None:
+            tools = self._tools = ToolTasks(
+                self.session_id,
+                limit=self._settings.max_tool_calls,
+                abandoned=self._settings.abandoned,
+                on_unfinished=self._tool_unfinished,
+            )
+        await tools.wait_for_slot()
+        tools.start(action.call_id, action.tool_name, self._run_tool(action, prepared))
+
     async def _run_tool(self, action: StartTool, prepared: PreparedCall) -> None:
-        """One call's task. The call's slot is held until its result sits in the outbox: with
-        a commander that does not read, finished calls must not pile up either."""
+        """One call's task. It holds its slot until its result sits in the outbox: with a
+        commander that does not read, finished calls must not pile up either."""
         # Its own task, so its own context copy: bound for the call's lines, nothing to unbind.
         structlog.contextvars.bind_contextvars(call_id=action.call_id, tool=action.tool_name)
         try:
-            outcome = await self._executor.run(prepared)
+            outcome = await self._settings.executor.run(prepared)
             _log_outcome(outcome)
             await self._apply(self.machine.on_tool_done(action.call_id, tool_result_to_wire(outcome), _clock()))
             self._rearm_timer()
-        except Exception:
-            self._crashed = True
-            log.exception("session.crashed")
-            if self._scope is not None:
-                self._scope.cancel()
+        except Exception:  # a bug of ours around the call (the executor catches the tool's own)
+            reference = new_reference()
+            log.exception("session.crashed", ref=reference)
+            self._apply_nowait(self.machine.on_crash(reference))
 
-    def _tool_ended(self, action: StartTool, task: asyncio.Task[None]) -> None:
-        """A call's task is done (run as its done-callback, so also for a call cancelled before
-        it ever ran): free its slot and record why a cancelled call ended."""
-        if self._tool_tasks is not None:
-            self._tool_tasks.pop(action.call_id, None)
-        freed = self._slot_freed
-        if freed is not None and not freed.done():
-            freed.set_result(None)
-        if task.cancelled():
-            reasons = self._cancel_reasons
-            reason = reasons.pop(action.call_id, None) if reasons else None
-            log.info(
-                "tool.cancelled",
-                session_id=self.session_id,
-                call_id=action.call_id,
-                tool=action.tool_name,
-                reason=reason or self._end_reason(),
-            )
+    def _tool_unfinished(self, call_id: str, tool_name: str, reason: str) -> None:
+        """A call ended without a result (cancelled, or abandoned): the journal says so."""
+        error = wire.pb.ToolError(code=wire.pb.TOOL_ERROR_CODE_CANCELLED, message=reason)
+        self.machine.journal.append(
+            "tool_result_dropped", wire.pb.ToolCallResult(tool_name=tool_name, call_id=call_id, error=error)
+        )
 
-    def _cancel_tool_calls(self, reason: str) -> None:
-        """Cancel every running call (a stop); each logs `reason` as it ends."""
-        if not self._tool_tasks:
-            return
-        if self._cancel_reasons is None:
-            self._cancel_reasons = {}
-        for call_id, task in self._tool_tasks.items():
-            self._cancel_reasons.setdefault(call_id, reason)
-            task.cancel()
+    # -- the control plane's view ---------------------------------------------------------
 
-    async def _end_tool_calls(self) -> None:
-        """Cancel and await whatever calls are left: none outlives the session task."""
-        if not self._tool_tasks:
-            return
-        tasks = list(self._tool_tasks.values())
-        for task in tasks:
-            task.cancel()
-        with anyio.CancelScope(shield=True):
-            await asyncio.wait(tasks)
+    @property
+    def journal(self) -> Journal:
+        return self.machine.journal
+
+    @property
+    def pending_stop(self) -> StopInfo | None:
+        return self.machine.pending_stop
+
+    def info(self) -> wire.ctl.SessionInfo:
+        """The session as the control plane shows it (see SessionInfo in control.proto)."""
+        machine = self.machine
+        hello = machine.hello
+        info = wire.ctl.SessionInfo(
+            session_id=self.session_id,
+            state=wire.session_state_to_wire(machine.state),  # type: ignore[arg-type]  # enums are ints
+            commander=self.commander,
+            commander_peer=self.peer,
+            started_by=self.started_by,
+            dispatcher_id=machine.dispatcher_hop,
+            started_at_ms=machine.started_at_ms,
+            last_activity_ms=machine.last_activity_ms,
+            packets_in=machine.packets_in,
+            packets_out=self.packets_out,
+            tool_calls_running=len(machine.tools.started),
+            tool_calls_done=machine.tools.done_count,
+            packets_dropped=machine.dropped_packets,
+            first_event_seq=machine.journal.first_seq if machine.journal.last_seq else 0,
+            last_event_seq=machine.journal.last_seq,
+            agent_name=hello.agent_name if hello is not None else "",
+            agent_version=hello.agent_version if hello is not None else "",
+        )
+        outcome = self.outcome or machine.outcome
+        if outcome is not None and self.settled.is_set():
+            info.outcome.CopyFrom(outcome_to_wire(outcome))
+        return info
+
+    def running_tool_calls(self) -> list[wire.ctl.RunningToolCall]:
+        return [
+            wire.ctl.RunningToolCall(call_id=call_id, tool_name=tool, started_at_ms=started)
+            for call_id, (tool, started) in self.machine.tools.started.items()
+        ]
 
 
 def _log_outcome(outcome: ToolOutcome) -> None:
@@ -523,10 +475,3 @@ def _log_outcome(outcome: ToolOutcome) -> None:
         log.debug(
             "tool.finished", call_id=outcome.call_id, tool=outcome.tool_name, execution_us=outcome.execution_time_us
         )
-
-
-def describe_peer(context: Any) -> str:
-    try:
-        return str(context.peer())
-    except Exception:  # pragma: no cover - peer() only fails on a dead call
-        return "unknown"

@@ -3,9 +3,10 @@
 Plain asyncio tasks in a set rather than children of the root anyio task group: on anyio
 4.16 `TaskGroup.start_soon` costs ~20 µs and an `asyncio.Event` (~0.8 KiB) per task, paid
 by every session a process opens and kept by every idle one. The structure is the same:
-`aclose()` (from the dispatcher's shutdown, shielded) cancels whatever is left and waits for
-all of it, so no session task outlives the dispatcher. A session task handles its own
-errors (`SessionRunner.run` logs a crash and records the outcome).
+`aclose()` (from the dispatcher's shutdown) cancels whatever is left and waits for it, for a
+bounded time: a session task bounds its own cleanup, so none should need it, and the process
+exits all the same. A session task handles its own errors (`SessionRunner.run` logs a crash
+and records the outcome).
 """
 
 from __future__ import annotations
@@ -44,11 +45,13 @@ class SessionTasks:
         if not task.cancelled() and task.exception() is not None:  # pragma: no cover - run() catches its own
             log.error("session.task_failed", task=task.get_name(), error=repr(task.exception()))
 
-    async def aclose(self) -> None:
-        """Cancel every session task still running and wait until all have ended."""
+    async def aclose(self, grace_s: float) -> list[str]:
+        """Cancel every session task still running and wait up to `grace_s` for them to end;
+        the names of those still running then."""
         self._closed = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
         if tasks:
-            await asyncio.wait(tasks)
+            await asyncio.wait(tasks, timeout=grace_s)
+        return [task.get_name() for task in tasks if not task.done()]

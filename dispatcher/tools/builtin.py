@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
-
-import anyio
 
 from dispatcher.tools.calculator import MAX_EXPRESSION_LENGTH, evaluate
 from dispatcher.tools.registry import ToolRegistry
@@ -14,8 +13,9 @@ from dispatcher.tools.registry import ToolRegistry
 __all__ = ["default_registry"]
 
 
-def default_registry() -> ToolRegistry:
-    """A new registry holding the built-in tools; callers may add to it freely."""
+def default_registry(*, test_tools: bool = False) -> ToolRegistry:
+    """A new registry holding the built-in tools (with `test_tools`, also `sleep`, which only
+    tests want); callers may add to it freely."""
     registry = ToolRegistry()
 
     # echo, clock and calculator only compute: plain functions, run inline (see ToolSpec).
@@ -48,6 +48,12 @@ def default_registry() -> ToolRegistry:
         expression: str = args["expression"]
         return {"expression": expression, "value": evaluate(expression)}
 
+    if test_tools:
+        _add_test_tools(registry)
+    return registry
+
+
+def _add_test_tools(registry: ToolRegistry) -> None:
     # The tool's own limit is generous so that each call's timeout decides.
     @registry.tool(
         schema={
@@ -61,7 +67,5 @@ def default_registry() -> ToolRegistry:
     async def sleep(args: dict[str, Any]) -> dict[str, Any]:
         """Wait the given number of seconds, then report it."""
         seconds = args["seconds"]
-        await anyio.sleep(seconds)
+        await asyncio.sleep(seconds)
         return {"slept_s": seconds}
-
-    return registry

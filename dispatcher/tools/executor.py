@@ -13,12 +13,13 @@ import inspect
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any
 
 from jsonschema.exceptions import best_match
 
 from dispatcher.tools.registry import ToolRegistry, ToolSpec
 from shared.errors import describe_exception
+from shared.jsontext import JsonTextError, parse_json_object
 
 __all__ = ["PreparedCall", "ToolErrorCode", "ToolExecutor", "ToolOutcome"]
 
@@ -76,32 +77,16 @@ class ToolOutcome:
         )
 
 
-def _reject_constant(name: str) -> NoReturn:
-    # NaN/Infinity are Python extensions, not JSON; a peer sending them has a bug.
-    raise ValueError(f"arguments_json is not valid JSON: {name} is not a JSON value")
-
-
-# Built once: json.loads/dumps with keyword arguments would build a codec per call.
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+# Built once: json.dumps with keyword arguments would build an encoder per call.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
 
 
 def _parse_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any] | str:
     """The validated arguments object, or the INVALID_ARGUMENTS message."""
-    if not arguments_json:
-        args: Any = {}
-    else:
-        try:
-            args = _DECODER.decode(arguments_json)
-        except json.JSONDecodeError as exc:
-            return f"arguments_json is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        except ValueError as exc:  # from _reject_constant
-            return str(exc)
-        except RecursionError:
-            return "arguments_json is nested too deeply"
-        if type(args) is not dict:
-            kind = "null" if args is None else type(args).__name__
-            return f"arguments must be a JSON object, got {kind}"
+    try:
+        args = parse_json_object(arguments_json, "arguments_json") if arguments_json else {}
+    except JsonTextError as exc:
+        return str(exc)
     validator = spec.validator
     if validator is not None and not validator.is_valid(args):
         # Only the failing path pays for collecting and ranking every error.

@@ -135,6 +135,7 @@ class DispatcherFactory:
             "--ready-file", str(ready),
             "--instance-id", instance_id,
             "--log-format", "json",
+            "--test-tools",  # the `sleep` tool: slow calls to stop and cancel
             *extra,
         ]  # fmt: skip
         with log_path.open("wb") as log_file:  # the child keeps its own descriptor

@@ -57,7 +57,7 @@ async def test_calls_without_a_valid_token_are_unauthenticated() -> None:
         await raw.send(wire.pb.UpstreamPacket(seq=1, hello=wire.pb.Hello(session_id="anon")))
         code, details, _ = await raw.status()
         assert code is grpc.StatusCode.UNAUTHENTICATED
-        assert d.registry.get_open("anon") is None and d.registry.get_ended("anon") is None
+        assert d.sessions.registry.get_open("anon") is None and d.sessions.registry.get_ended("anon") is None
 
 
 async def test_each_role_is_limited_to_its_calls() -> None:
@@ -100,7 +100,7 @@ async def test_a_backend_manages_only_the_sessions_it_started() -> None:
                 )
 
             tg.start_soon(pool_commander)
-            await wait_until(lambda: d.pool.free_count == 1, "the pool commander registered")
+            await wait_until(lambda: d.sessions.pool.free_count == 1, "the pool commander registered")
             stub = wire.SessionControlServiceStub(ch)
             started = stub.StartSession(
                 wire.ctl.StartSessionRequest(input_text="story", session_id="web-1"), metadata=bearer("web")

@@ -60,7 +60,7 @@ async def test_seq_going_backwards_repeating_or_vanishing_ends_the_stream(second
         status, details, trailers = await fatal(raw)
         assert status is grpc.StatusCode.INVALID_ARGUMENT
         assert "seq" in details and trailers["x-session-state"] == "FAILED"
-        ended = d.registry.get_ended("seq-test")
+        ended = d.sessions.registry.get_ended("seq-test")
         assert ended is not None and ended.outcome.error_code == code
 
 
@@ -124,7 +124,7 @@ async def test_packets_after_finish_are_dropped_and_answered() -> None:
         assert not any(p.HasField("tool_result") for p in rest)
         code, _, trailers = await raw.status()
         assert code is grpc.StatusCode.OK and trailers["x-session-state"] == "FINISHED"
-        ended = d.registry.get_ended("after-finish")
+        ended = d.sessions.registry.get_ended("after-finish")
         assert ended is not None and ended.dropped_packets == 1
 
 
@@ -143,7 +143,7 @@ async def test_packets_after_a_stop_are_counted_and_never_forwarded() -> None:
         assert not any(p.HasField("tool_result") for p in rest)
         code, _, trailers = await raw.status()
         assert code is grpc.StatusCode.PERMISSION_DENIED and trailers["x-stop-confirmed"] == "true"
-        ended = d.registry.get_ended("after-stop")
+        ended = d.sessions.registry.get_ended("after-stop")
         assert ended is not None and ended.dropped_packets == 2
 
 
@@ -164,7 +164,7 @@ async def test_a_stop_written_by_the_session_task_is_followed_by_its_ack_and_cou
         assert {p.WhichOneof("signal") for p in await raw.drain()} <= {"ack"}
         code, _, trailers = await raw.status()
         assert code is grpc.StatusCode.PERMISSION_DENIED and trailers["x-stop-confirmed"] == "true"
-        ended = d.registry.get_ended("direct-stop")
+        ended = d.sessions.registry.get_ended("direct-stop")
         assert ended is not None and ended.info.packets_out["stop"] == 1
 
 
@@ -217,8 +217,8 @@ async def test_oversized_upstream_message_ends_only_that_stream() -> None:
         await raw.content(2, "x" * (128 * 1024))
         code, details, _ = await fatal(raw)
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, details
-        await wait_until(lambda: d.registry.get_ended("too-big") is not None, "the oversized session was recorded")
-        ended = d.registry.get_ended("too-big")
+        await wait_until(lambda: d.sessions.registry.get_ended("too-big") is not None, "the oversized session was recorded")
+        ended = d.sessions.registry.get_ended("too-big")
         assert ended is not None and ended.outcome.state in (SessionState.FAILED, SessionState.CANCELLED)
 
 
@@ -246,8 +246,8 @@ async def test_client_disconnecting_mid_tool_call_cancels_the_tool() -> None:
             raw.call.cancel()
             with anyio.fail_after(WAIT_S):
                 await gate.cancelled.wait()
-            await wait_until(lambda: d.registry.get_ended("walks-away") is not None, "the session was recorded")
-            ended = d.registry.get_ended("walks-away")
+            await wait_until(lambda: d.sessions.registry.get_ended("walks-away") is not None, "the session was recorded")
+            ended = d.sessions.registry.get_ended("walks-away")
             assert ended is not None and ended.outcome.state is SessionState.CANCELLED
 
 
@@ -282,13 +282,13 @@ async def test_a_client_that_never_reads_is_pushed_back_and_memory_stays_bounded
         assert blocked, f"the client wrote {sent_bytes} bytes without ever being pushed back"
         # Bounded: the outbox, the running calls and the HTTP/2 windows, not the 32 MB attempted.
         assert sent_bytes < 8 * 1024 * 1024, sent_bytes
-        runner = d.registry.get_open("never-reads")
+        runner = d.sessions.registry.get_open("never-reads")
         assert runner is not None
-        assert len(runner.outbox) <= 4
+        assert len(runner.outbox) <= 4 + 1  # outbox_size in-order packets, and at most one cumulative ack
         # Walking away while session tasks are blocked on the full outbox is a cancel, not a crash.
         raw.call.cancel()
-        await wait_until(lambda: d.registry.get_ended("never-reads") is not None, "the session was recorded")
-        ended = d.registry.get_ended("never-reads")
+        await wait_until(lambda: d.sessions.registry.get_ended("never-reads") is not None, "the session was recorded")
+        ended = d.sessions.registry.get_ended("never-reads")
         assert ended is not None and ended.outcome.state is SessionState.CANCELLED, ended.outcome
 
 
@@ -306,7 +306,7 @@ async def test_dispatcher_survives_all_of_the_above_at_once() -> None:
         for raw in broken:
             code, _, _ = await fatal(raw)
             assert code is grpc.StatusCode.INVALID_ARGUMENT
-        assert isinstance(d, Dispatcher) and d.registry.open_count == 1  # only the bystander
+        assert isinstance(d, Dispatcher) and d.sessions.registry.open_count == 1  # only the bystander
 
 
 async def test_after_the_stop_only_acks_follow_even_with_results_in_flight() -> None:
@@ -343,6 +343,6 @@ async def test_bytes_that_are_not_an_upstream_packet_are_invalid_argument(first:
         assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert "not a valid UpstreamPacket" in (caught.value.details() or "")
         if not first:
-            await wait_until(lambda: d.registry.get_ended("garbage") is not None, "the session was recorded")
-            ended = d.registry.get_ended("garbage")
+            await wait_until(lambda: d.sessions.registry.get_ended("garbage") is not None, "the session was recorded")
+            ended = d.sessions.registry.get_ended("garbage")
             assert ended is not None and ended.outcome.error_code == "MALFORMED_PACKET"

@@ -69,7 +69,7 @@ async def pool_commanders(
 
         for _ in range(n):
             tg.start_soon(one)
-        await wait_until(lambda: d.pool.free_count == n, f"{n} pool streams registered")
+        await wait_until(lambda: d.sessions.pool.free_count == n, f"{n} pool streams registered")
         try:
             yield results
         finally:
@@ -174,7 +174,7 @@ async def test_operator_stop_is_confirmed_with_the_path_on_both_ends() -> None:
 
             tg.start_soon(commander)
             await wait_until(
-                lambda: (h := d.registry.get_open("victim")) is not None and h.journal.last_seq > 8,
+                lambda: (h := d.sessions.registry.get_open("victim")) is not None and h.journal.last_seq > 8,
                 "the commander is streaming its answer",
             )
             response = await control(ch).StopSession(
@@ -216,7 +216,7 @@ async def test_stop_without_a_reason_is_invalid() -> None:
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await control(ch).StopSession(wire.ctl.StopSessionRequest(session_id="kept", reason="  "))
         assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "reason" in (bad.value.details() or "")
-        assert d.registry.get_open("kept") is not None  # untouched
+        assert d.sessions.registry.get_open("kept") is not None  # untouched
         raw.call.cancel()
 
 
@@ -237,7 +237,7 @@ async def test_watch_late_and_resumed_sees_every_event_exactly_once() -> None:
         await raw.hello("watched")
         for seq in range(2, 12):
             await raw.content(seq, f"t{seq} ")
-        await wait_until(lambda: d.registry.get_open("watched").journal.last_seq >= 11, "10 contents journaled")  # type: ignore[union-attr]
+        await wait_until(lambda: d.sessions.registry.get_open("watched").journal.last_seq >= 11, "10 contents journaled")  # type: ignore[union-attr]
         stub = control(ch)
         # A watcher joining late reads 5 events, then drops its connection.
         first_call = stub.WatchSession(wire.ctl.WatchSessionRequest(session_id="watched"))
@@ -270,7 +270,7 @@ async def test_watch_from_a_dropped_seq_is_out_of_range() -> None:
         await raw.hello("short")
         for seq in range(2, 12):
             await raw.content(seq, "x")
-        await wait_until(lambda: d.registry.get_open("short").journal.last_seq >= 11, "contents journaled")  # type: ignore[union-attr]
+        await wait_until(lambda: d.sessions.registry.get_open("short").journal.last_seq >= 11, "contents journaled")  # type: ignore[union-attr]
         code, details = await status_of(
             control(ch).WatchSession(wire.ctl.WatchSessionRequest(session_id="short", from_seq=2))
         )
@@ -324,7 +324,7 @@ async def test_start_session_streams_a_pool_commanders_answer() -> None:
         assert results[0].state is SessionState.FINISHED
         info = (await stub.GetSession(wire.ctl.GetSessionRequest(session_id="s-1"))).session
         assert info.started_by == "operator:anonymous" and info.commander == "scripted-agent"
-        await wait_until(lambda: d.pool.free_count == 1, "one stream left idle in the pool")
+        await wait_until(lambda: d.sessions.pool.free_count == 1, "one stream left idle in the pool")
 
 
 async def test_two_concurrent_starts_run_on_two_commanders() -> None:
@@ -344,7 +344,7 @@ async def test_two_concurrent_starts_run_on_two_commanders() -> None:
         async with anyio.create_task_group() as tg:
             tg.start_soon(start, "a")
             tg.start_soon(start, "b")
-            await wait_until(lambda: d.registry.open_count == 2, "both sessions open at once")
+            await wait_until(lambda: d.sessions.registry.open_count == 2, "both sessions open at once")
         assert all(events[-1].state_change.state == wire.ctl.SESSION_STATE_FINISHED for events in answers.values())
         await wait_until(lambda: len(results) == 2, "both commanders reported")
         assert {r.session_id for r in results} == {"a", "b"}
@@ -365,7 +365,7 @@ async def test_caller_cancel_stops_the_commander_with_user_cancel() -> None:
         assert result.state is SessionState.STOPPED and result.stop is not None
         assert result.stop.code is StopCode.USER_CANCEL
         assert result.stop.path == ("operator:anonymous", "dispatcher:test")
-        ended = d.registry.get_ended("cx")
+        ended = d.sessions.registry.get_ended("cx")
         assert ended is not None and ended.outcome.stop_confirmed
 
 
@@ -412,13 +412,13 @@ async def test_a_stop_for_a_stream_that_just_ended_is_harmless() -> None:
     async with running_dispatcher() as d, grpc.aio.insecure_channel(d.address) as ch:
         raw = RawSession(ch)
         await raw.hello("ending")
-        handle = d.registry.get_open("ending")
+        handle = d.sessions.registry.get_open("ending")
         assert handle is not None
         handle.outbox.close()  # what the ChatStream handler's `finally` does when the RPC ends
         handle.request_stop(StopInfo(StopCode.OPERATOR, "too late", path=("operator:test",)))
         handle.request_stop(StopInfo(StopCode.SHUTDOWN, "draining", path=("shutdown:test",)))
         raw.call.cancel()
-        await wait_until(lambda: d.registry.get_ended("ending") is not None, "the session ended")
+        await wait_until(lambda: d.sessions.registry.get_ended("ending") is not None, "the session ended")
 
 
 async def test_bad_start_and_stop_requests_get_invalid_argument_or_already_exists() -> None:
@@ -441,7 +441,7 @@ async def test_bad_start_and_stop_requests_get_invalid_argument_or_already_exist
         with pytest.raises(grpc.aio.AioRpcError) as bad:
             await stub.StopSession(wire.ctl.StopSessionRequest(session_id="taken", reason="x", code=99))  # type: ignore[arg-type]
         assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
-        assert d.registry.get_open("taken") is not None  # untouched by every refusal
+        assert d.sessions.registry.get_open("taken") is not None  # untouched by every refusal
         raw.call.cancel()
 
 

@@ -1,4 +1,4 @@
-"""The session outbox (bounded queue, urgent lane, one reader) and the one-shot Latch."""
+"""The session outbox (delivery classes, one reader, flush) and the one-shot Latch."""
 
 from __future__ import annotations
 
@@ -14,20 +14,36 @@ from shared import wire
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(10)]
 
-
-def ack(seq: int) -> wire.pb.DownstreamPacket:
-    return wire.pb.DownstreamPacket(ack=wire.pb.Ack(seq=seq))
+Packet = wire.pb.DownstreamPacket
 
 
-def stop(stop_id: str) -> wire.pb.DownstreamPacket:
-    return wire.pb.DownstreamPacket(stop=wire.pb.StopSignal(stop_id=stop_id))
+def ack(seq: int) -> Packet:
+    return Packet(ack=wire.pb.Ack(seq=seq))
+
+
+def stop(stop_id: str) -> Packet:
+    return Packet(stop=wire.pb.StopSignal(stop_id=stop_id))
+
+
+def result(call_id: str) -> Packet:
+    return Packet(tool_result=wire.pb.ToolCallResult(call_id=call_id))
+
+
+def label(packet: Packet) -> int | str:
+    """ack seqs as ints, stops as "stop:<id>", results as their call id."""
+    if packet.HasField("ack"):
+        return packet.ack.seq
+    if packet.HasField("stop"):
+        return f"stop:{packet.stop.stop_id}"
+    return packet.tool_result.call_id
 
 
 async def drain(outbox: Outbox, seen: list[int | str] | None = None) -> list[int | str]:
-    """Everything the reader gets until None, as it comes (into `seen`): ack seqs and stop ids."""
+    """Everything the reader gets until None, as it comes (into `seen`), each reported written."""
     seen = [] if seen is None else seen
     while (packet := await outbox.get()) is not None:
-        seen.append(packet.ack.seq if packet.HasField("ack") else packet.stop.stop_id)
+        seen.append(label(packet))
+        outbox.written()
     return seen
 
 
@@ -37,31 +53,22 @@ async def settle() -> None:
         await anyio.lowlevel.checkpoint()
 
 
-async def test_offer_drops_once_full_and_the_reader_drains_in_order() -> None:
-    outbox = Outbox(2)
-    assert outbox.offer(ack(1)) and outbox.offer(ack(2))
-    assert not outbox.offer(ack(3))  # full: an ack is dropped, the next one covers it
+async def test_in_order_packets_go_out_first_in_first_out() -> None:
+    outbox = Outbox(4)
+    for call_id in ("a", "b", "c"):
+        assert await outbox.put(result(call_id))
     outbox.finish()
-    assert not outbox.offer(ack(4))
-    assert await drain(outbox) == [1, 2]
-
-
-async def test_urgent_packets_pass_the_bound_and_are_read_first() -> None:
-    outbox = Outbox(1)
-    outbox.push_urgent(stop("fits"))  # room left: keeps its place behind what is queued
-    outbox.push_urgent(stop("over"))  # full: goes to the urgent lane, read first
-    assert len(outbox) == 2
-    outbox.finish()
-    assert await drain(outbox) == ["over", "fits"]
+    assert not await outbox.put(result("late"))  # finished: refused, not queued
+    assert await drain(outbox) == ["a", "b", "c"]
 
 
 async def test_put_waits_while_full_and_resumes_when_the_reader_takes_one() -> None:
     outbox = Outbox(1)
-    await outbox.put(ack(1))
+    await outbox.put(result("a"))
     done = anyio.Event()
 
     async def writer() -> None:
-        await outbox.put(ack(2))
+        await outbox.put(result("b"))
         done.set()
 
     async with anyio.create_task_group() as tg:
@@ -69,24 +76,68 @@ async def test_put_waits_while_full_and_resumes_when_the_reader_takes_one() -> N
         await settle()
         assert not done.is_set()  # held back by the bound
         first = await outbox.get()
-        assert first is not None and first.ack.seq == 1
+        assert first is not None and label(first) == "a"
         await done.wait()
     outbox.finish()
-    assert await drain(outbox) == [2]
+    assert await drain(outbox) == ["b"]
+
+
+async def test_an_ack_never_waits_and_a_newer_one_takes_the_queued_ones_place() -> None:
+    outbox = Outbox(1)
+    await outbox.put(result("a"))  # full now
+    outbox.push_ack(ack(3))  # passes the bound: acks never wait
+    outbox.push_ack(ack(5))  # cumulative: the queued ack now says 5, no second ack queued
+    assert len(outbox) == 2
+    outbox.finish()
+    assert await drain(outbox) == ["a", 5]
+
+
+@pytest.mark.parametrize("full", [False, True])
+async def test_a_stop_goes_ahead_of_everything_queued_and_drops_the_results(full: bool) -> None:
+    outbox = Outbox(2 if full else 8)
+    await outbox.put(result("r1"))
+    outbox.push_ack(ack(4))
+    await outbox.put(result("r2"))
+    dropped = outbox.push_urgent(stop("s"))
+    assert [label(p) for p in dropped] == ["r1", "r2"]  # never written: the caller records them dropped
+    assert outbox.is_sealed
+    assert not await outbox.put(result("r3"))  # after a stop, results are refused ...
+    outbox.push_ack(ack(9))  # ... acks still go
+    assert outbox.push_urgent(stop("second")) == ()  # one stop only
+    outbox.finish()
+    assert await drain(outbox) == ["stop:s", 9]
+
+
+async def test_a_writer_waiting_on_a_full_outbox_is_refused_when_the_stop_comes() -> None:
+    outbox = Outbox(1)
+    await outbox.put(result("r1"))
+    outcome: list[bool] = []
+
+    async def writer() -> None:
+        outcome.append(await outbox.put(result("r2")))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(writer)
+        await settle()
+        assert outcome == []  # waiting for room
+        dropped = outbox.push_urgent(stop("s"))
+    assert outcome == [False] and [label(p) for p in dropped] == ["r1"]
+    outbox.finish()
+    assert await drain(outbox) == ["stop:s"]
 
 
 async def test_a_cancelled_writer_hands_its_wake_up_to_the_next() -> None:
     outbox = Outbox(1)
-    await outbox.put(ack(1))
+    await outbox.put(result("1"))
     written = anyio.Event()
 
     async def second() -> None:
-        await outbox.put(ack(3))
+        await outbox.put(result("3"))
         written.set()
 
     # Plain asyncio tasks: Task.cancel() lands even after the waiter's future was resolved,
     # which is the race this covers (anyio defers its cancellation until the task waits again).
-    first = asyncio.get_running_loop().create_task(outbox.put(ack(2)))
+    first = asyncio.get_running_loop().create_task(outbox.put(result("2")))
     await settle()
     queued = asyncio.get_running_loop().create_task(second())  # waits behind `first`
     await settle()
@@ -97,28 +148,28 @@ async def test_a_cancelled_writer_hands_its_wake_up_to_the_next() -> None:
     await queued
     assert first.cancelled()
     outbox.finish()
-    assert await drain(outbox) == [3]
+    assert await drain(outbox) == ["3"]
 
 
-async def test_close_fails_waiting_and_later_writers_and_ends_the_reader() -> None:
+async def test_close_fails_writers_hands_back_the_unwritten_and_ends_the_reader() -> None:
     outbox = Outbox(1)
-    await outbox.put(ack(1))
+    await outbox.put(result("queued"))
     failures: list[str] = []
 
     async def writer() -> None:
         try:
-            await outbox.put(ack(2))
+            await outbox.put(result("waiting"))
         except OutboxClosed:
             failures.append("waiting writer")
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(writer)
         await settle()
-        outbox.close()  # the RPC's reader went away
-    assert failures == ["waiting writer"]
+        left = outbox.close()  # the RPC's writer went away
+    assert [label(p) for p in left] == ["queued"] and failures == ["waiting writer"]
     with pytest.raises(OutboxClosed):
-        await outbox.put(ack(3))
-    outbox.push_urgent(stop("late"))  # nobody to tell: dropped without an error
+        await outbox.put(result("late"))
+    assert outbox.push_urgent(stop("late")) == ()  # nobody to tell
     assert len(outbox) == 0 and await outbox.get() is None
 
 
@@ -134,11 +185,47 @@ async def test_the_reader_waits_for_a_packet_and_gets_none_after_finish() -> Non
     async with anyio.create_task_group() as tg:
         tg.start_soon(reader)
         await settle()
-        outbox.offer(ack(7))
+        outbox.push_ack(ack(7))
         await settle()
         assert got == [7] and not drained.is_set()  # still reading: not finished yet
         outbox.finish()
     assert drained.is_set()
+
+
+async def test_flush_waits_until_everything_queued_is_written() -> None:
+    outbox = Outbox(4)
+    assert await outbox.flush()  # nothing queued, nothing in flight
+    outbox.push_ack(ack(1))
+    flushed: list[bool] = []
+
+    async def flusher() -> None:
+        flushed.append(await outbox.flush())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flusher)
+        await settle()
+        packet = await outbox.get()
+        assert packet is not None
+        await settle()
+        assert flushed == []  # taken, but not yet written
+        outbox.written()
+    assert flushed == [True]
+
+
+async def test_flush_says_false_when_the_reader_goes_away_first() -> None:
+    outbox = Outbox(4)
+    outbox.push_ack(ack(1))
+    flushed: list[bool] = []
+
+    async def flusher() -> None:
+        flushed.append(await outbox.flush())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(flusher)
+        await settle()
+        outbox.close()  # grpc killed the call: the write never happens
+    assert flushed == [False]
+    assert not await outbox.flush()
 
 
 def test_capacity_must_be_positive() -> None:
@@ -174,39 +261,3 @@ async def test_a_cancelled_latch_waiter_leaves_nothing_behind() -> None:
         assert latch._waiters
         tg.cancel_scope.cancel()
     assert not latch._waiters  # the cancelled waiter removed itself
-
-
-async def test_lend_only_while_the_reader_is_parked_with_nothing_queued() -> None:
-    outbox = Outbox(4)
-    assert not outbox.lend()  # no reader waiting: it may be writing right now
-    got: list[int | str] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(drain, outbox, got)
-        await settle()
-        assert outbox.lend()
-        assert not outbox.lend()  # one turn at a time
-        outbox.offer(ack(1))  # queued behind the lent turn
-        outbox.push_urgent(stop("s"))
-        await settle()
-        assert got == []  # the reader takes nothing while the turn is lent
-        outbox.give_back()
-        await settle()
-        assert got == [1, "s"]  # in queue order (the urgent one fitted under the bound)
-        outbox.offer(ack(2))
-        assert not outbox.lend()  # something queued: it goes first, through the reader
-        outbox.finish()
-    assert got == [1, "s", 2]
-
-
-async def test_a_turn_never_given_back_ends_the_reader_at_finish() -> None:
-    """A lent write cut short (the session ending) keeps the turn: the reader must not write
-    behind it, and ends when the outbox finishes."""
-    outbox = Outbox(4)
-    got: list[int | str] = []
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(drain, outbox, got)
-        await settle()
-        assert outbox.lend()
-        outbox.offer(ack(1))
-        outbox.finish()
-    assert got == []

@@ -24,7 +24,8 @@ def assert_blocked(violation: Violation | None, pattern: str, where: str = "cont
     assert violation.code is StopCode.POLICY_VIOLATION
     assert violation.origin == "policy:content_blocklist"
     assert violation.reason == f"{where} matched a blocked pattern"
-    assert violation.cause == f"policy=content_blocklist pattern={pattern!r}"
+    assert violation.cause == "policy=content_blocklist"  # the rule itself is never told to the peer
+    assert violation.detail == f"pattern={pattern!r}"
 
 
 # -- block-list -------------------------------------------------------------------------

@@ -20,8 +20,9 @@ from dispatcher.core.session import (
     StartTool,
     ack_interval_s,
 )
+from dispatcher.core.status import STOP_STATUS
 from shared import wire
-from shared.model import STOP_STATUS_NAME, SessionState, StopCode, StopInfo
+from shared.model import SessionState, StopCode, StopInfo
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -610,7 +611,7 @@ def test_stop_outcome_status_follows_stop_status_name(code: StopCode, status: st
     machine = make_session()
     machine.request_stop(StopInfo(code=code, reason="r", path=("test:x",)), 0.0)
     outcome = ended(machine.on_timer(10.0))
-    assert outcome.status == STOP_STATUS_NAME[code] == status
+    assert outcome.status == STOP_STATUS[code] == status
     assert outcome.error_code == code.name
 
 
@@ -630,10 +631,12 @@ def test_blocklist_match_stops_with_policy_violation() -> None:
     assert stop.code == wire.pb.STOP_CODE_POLICY_VIOLATION
     assert stop.path[0].startswith("policy:content_blocklist")
     assert stop.path[-1] == HOP
-    assert "forbidden" in stop.cause
+    # The peer learns which policy stopped it, never the rule: operators read that in the outcome.
+    assert stop.cause == "policy=content_blocklist" and "forbidden" not in str(stop)
     assert machine.state is SessionState.STOPPING
     outcome = ended(machine.on_upstream_closed(0.2))
     assert outcome.status == "PERMISSION_DENIED"
+    assert "pattern='forbidden'" in outcome.reason, outcome
 
 
 def test_blocklist_match_across_two_deltas() -> None:

@@ -46,7 +46,7 @@ class Gate:
 
 
 def gated_registry(gate: Gate, *, max_concurrency: int = 64, timeout_s: float = 10) -> ToolRegistry:
-    registry = default_registry()
+    registry = default_registry(test_tools=True)
     registry.register(
         ToolSpec(
             name="gate",
@@ -81,7 +81,7 @@ def error_of(outcome: ToolOutcome, code: ToolErrorCode) -> str:
 
 @pytest.mark.anyio
 async def test_echo_returns_arguments_unchanged() -> None:
-    executor = ToolExecutor(default_registry())
+    executor = ToolExecutor(default_registry(test_tools=True))
     args = {"a": [1, 2.5, None, True], "b": {"c": "ü"}}
     outcome = await executor.execute("c1", "echo", json.dumps(args))
     assert not outcome.is_error
@@ -95,13 +95,13 @@ async def test_echo_returns_arguments_unchanged() -> None:
 
 @pytest.mark.anyio
 async def test_empty_arguments_count_as_empty_object() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "echo", "")
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "echo", "")
     assert outcome.result_json == "{}"
 
 
 @pytest.mark.anyio
 async def test_clock_reports_utc_and_unix_ms_that_agree() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "clock", "{}")
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "clock", "{}")
     value = json.loads(outcome.result_json)
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", value["utc"])
     assert isinstance(value["unix_ms"], int)
@@ -113,20 +113,20 @@ async def test_clock_reports_utc_and_unix_ms_that_agree() -> None:
 
 @pytest.mark.anyio
 async def test_clock_rejects_arguments() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "clock", '{"tz": "x"}')
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "clock", '{"tz": "x"}')
     assert "'tz' was unexpected" in error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
 
 
 @pytest.mark.anyio
 async def test_calculator_evaluates() -> None:
-    executor = ToolExecutor(default_registry())
+    executor = ToolExecutor(default_registry(test_tools=True))
     outcome = await executor.execute("c1", "calculator", '{"expression": "2 + 3 * 4"}')
     assert json.loads(outcome.result_json) == {"expression": "2 + 3 * 4", "value": 14}
 
 
 @pytest.mark.anyio
 async def test_calculator_error_becomes_failed() -> None:
-    executor = ToolExecutor(default_registry())
+    executor = ToolExecutor(default_registry(test_tools=True))
     outcome = await executor.execute("c1", "calculator", '{"expression": "1/0"}')
     message = error_of(outcome, ToolErrorCode.FAILED)
     assert message == "tool 'calculator' failed: CalculatorError: division by zero"
@@ -134,7 +134,7 @@ async def test_calculator_error_becomes_failed() -> None:
 
 @pytest.mark.anyio
 async def test_calculator_schema_limits_expression_length() -> None:
-    executor = ToolExecutor(default_registry())
+    executor = ToolExecutor(default_registry(test_tools=True))
     args = json.dumps({"expression": "1+" * 600 + "1"})
     outcome = await executor.execute("c1", "calculator", args)
     message = error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
@@ -143,19 +143,19 @@ async def test_calculator_schema_limits_expression_length() -> None:
 
 @pytest.mark.anyio
 async def test_sleep_sleeps_and_reports() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "sleep", '{"seconds": 0}')
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "sleep", '{"seconds": 0}')
     assert json.loads(outcome.result_json) == {"slept_s": 0}
 
 
 def test_default_registry_contents() -> None:
-    registry = default_registry()
+    registry = default_registry(test_tools=True)
     assert registry.names() == ["calculator", "clock", "echo", "sleep"]
     for name in registry.names():
         spec = registry.get(name)
         assert spec is not None and spec.description
     sleep = registry.get("sleep")
     assert sleep is not None and sleep.timeout_s == 3600
-    assert default_registry() is not registry  # a new one each time
+    assert default_registry(test_tools=True) is not registry  # a new one each time
 
 
 # -- error codes --
@@ -163,7 +163,7 @@ def test_default_registry_contents() -> None:
 
 @pytest.mark.anyio
 async def test_unknown_tool_lists_known_tools() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "nope", "{}")
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "nope", "{}")
     message = error_of(outcome, ToolErrorCode.UNKNOWN_TOOL)
     assert message == "unknown tool 'nope'; known tools: calculator, clock, echo, sleep"
     assert outcome.execution_time_us == 0
@@ -171,7 +171,7 @@ async def test_unknown_tool_lists_known_tools() -> None:
 
 @pytest.mark.anyio
 async def test_invalid_json_reports_position() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "echo", "{oops")
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "echo", "{oops")
     message = error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
     assert message.startswith("arguments_json is not valid JSON: ")
     assert "line 1 column 2" in message
@@ -179,14 +179,14 @@ async def test_invalid_json_reports_position() -> None:
 
 @pytest.mark.anyio
 async def test_invalid_json_at_start() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "echo", "x")
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "echo", "x")
     message = error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
     assert message == "arguments_json is not valid JSON: Expecting value at line 1 column 1"
 
 
 @pytest.mark.anyio
 async def test_nan_is_not_json() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "echo", '{"a": NaN}')
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "echo", '{"a": NaN}')
     assert "NaN" in error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
 
 
@@ -196,21 +196,21 @@ async def test_nan_is_not_json() -> None:
     [("[1, 2]", "list"), ('"s"', "str"), ("3", "int"), ("null", "null")],
 )
 async def test_non_object_arguments(text: str, kind: str) -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "echo", text)
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "echo", text)
     message = error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
-    assert message == f"arguments must be a JSON object, got {kind}"
+    assert message == f"arguments_json must be a JSON object, got {kind}"
 
 
 @pytest.mark.anyio
 async def test_schema_failure_names_path_and_reason() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "sleep", '{"seconds": -1}')
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "sleep", '{"seconds": -1}')
     message = error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
     assert message == "arguments failed the schema at $.seconds: -1 is less than the minimum of 0"
 
 
 @pytest.mark.anyio
 async def test_schema_failure_missing_required() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "sleep", "{}")
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "sleep", "{}")
     message = error_of(outcome, ToolErrorCode.INVALID_ARGUMENTS)
     assert message == "arguments failed the schema at $: 'seconds' is a required property"
 
@@ -236,7 +236,7 @@ async def test_tools_own_timeout_applies_when_request_is_longer_or_absent() -> N
 
 @pytest.mark.anyio
 async def test_sleep_is_bounded_by_the_calls_timeout() -> None:
-    executor = ToolExecutor(default_registry())
+    executor = ToolExecutor(default_registry(test_tools=True))
     outcome = await executor.execute("c1", "sleep", '{"seconds": 3600}', timeout_s=0.05)
     assert error_of(outcome, ToolErrorCode.TIMEOUT) == "tool 'sleep' timed out after 0.05 s"
 
@@ -281,7 +281,7 @@ async def test_nan_result_becomes_failed() -> None:
 
 @pytest.mark.anyio
 async def test_result_too_large_counts_utf8_bytes() -> None:
-    executor = ToolExecutor(default_registry(), max_result_bytes=20)
+    executor = ToolExecutor(default_registry(test_tools=True), max_result_bytes=20)
     ok = await executor.execute("c1", "echo", json.dumps({"a": "x" * 12}))  # 20 bytes
     assert not ok.is_error
     # 12 two-byte characters: 20 characters but 32 bytes.
@@ -292,7 +292,7 @@ async def test_result_too_large_counts_utf8_bytes() -> None:
 
 @pytest.mark.anyio
 async def test_lone_surrogate_result_becomes_failed() -> None:
-    outcome = await ToolExecutor(default_registry()).execute("c1", "echo", '{"a": "\\ud800"}')
+    outcome = await ToolExecutor(default_registry(test_tools=True)).execute("c1", "echo", '{"a": "\\ud800"}')
     assert "not valid Unicode" in error_of(outcome, ToolErrorCode.FAILED)
 
 
@@ -447,7 +447,7 @@ def test_decorator_overrides() -> None:
 
 
 def test_duplicate_name_rejected() -> None:
-    registry = default_registry()
+    registry = default_registry(test_tools=True)
     with pytest.raises(ValueError, match="'echo' is already registered"):
 
         @registry.tool()
@@ -537,7 +537,7 @@ async def test_a_plain_function_returning_an_awaitable_is_a_clear_failure() -> N
 
 
 async def test_an_async_tool_is_prepared_then_run() -> None:
-    executor = ToolExecutor(default_registry())
+    executor = ToolExecutor(default_registry(test_tools=True))
     prepared = executor.prepare("c", "sleep", '{"seconds": 0}', timeout_s=5)
     assert isinstance(prepared, PreparedCall) and prepared.timeout_s == 5
     outcome = await executor.run(prepared)
@@ -561,7 +561,7 @@ def test_a_schema_that_accepts_any_object_skips_the_validator() -> None:
 
 
 def test_copy_is_independent() -> None:
-    original = default_registry()
+    original = default_registry(test_tools=True)
     copy = original.copy()
 
     @copy.tool()

@@ -39,6 +39,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_STOP_CONFIRM: _ClassVar[EventKind]
     EVENT_KIND_ERROR: _ClassVar[EventKind]
     EVENT_KIND_STATE_CHANGE: _ClassVar[EventKind]
+    EVENT_KIND_TOOL_RESULT_DROPPED: _ClassVar[EventKind]
 SESSION_STATE_UNSPECIFIED: SessionState
 SESSION_STATE_OPEN: SessionState
 SESSION_STATE_ACTIVE: SessionState
@@ -62,6 +63,7 @@ EVENT_KIND_STOP: EventKind
 EVENT_KIND_STOP_CONFIRM: EventKind
 EVENT_KIND_ERROR: EventKind
 EVENT_KIND_STATE_CHANGE: EventKind
+EVENT_KIND_TOOL_RESULT_DROPPED: EventKind
 
 class SessionInfo(_message.Message):
     __slots__ = ("session_id", "state", "commander", "commander_peer", "started_by", "dispatcher_id", "started_at_ms", "last_activity_ms", "packets_in", "packets_out", "tool_calls_running", "tool_calls_done", "packets_dropped", "first_event_seq", "last_event_seq", "outcome", "agent_name", "agent_version")
@@ -230,7 +232,7 @@ class WatchSessionResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[SessionEvent, _Mapping]] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
-    __slots__ = ("session_id", "seq", "at_ms", "packet_seq", "thought", "content", "tool_call", "tool_result", "stop", "stop_confirm", "error", "state_change")
+    __slots__ = ("session_id", "seq", "at_ms", "packet_seq", "thought", "content", "tool_call", "tool_result", "stop", "stop_confirm", "error", "state_change", "tool_result_dropped")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -243,6 +245,7 @@ class SessionEvent(_message.Message):
     STOP_CONFIRM_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    TOOL_RESULT_DROPPED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     at_ms: int
@@ -255,7 +258,8 @@ class SessionEvent(_message.Message):
     stop_confirm: _agent_pb2.StopConfirm
     error: _agent_pb2.ErrorSignal
     state_change: StateChange
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., at_ms: _Optional[int] = ..., packet_seq: _Optional[int] = ..., thought: _Optional[_Union[_agent_pb2.ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[_agent_pb2.ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[_agent_pb2.ToolCallRequest, _Mapping]] = ..., tool_result: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ..., stop: _Optional[_Union[_agent_pb2.StopSignal, _Mapping]] = ..., stop_confirm: _Optional[_Union[_agent_pb2.StopConfirm, _Mapping]] = ..., error: _Optional[_Union[_agent_pb2.ErrorSignal, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ...) -> None: ...
+    tool_result_dropped: _agent_pb2.ToolCallResult
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., at_ms: _Optional[int] = ..., packet_seq: _Optional[int] = ..., thought: _Optional[_Union[_agent_pb2.ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[_agent_pb2.ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[_agent_pb2.ToolCallRequest, _Mapping]] = ..., tool_result: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ..., stop: _Optional[_Union[_agent_pb2.StopSignal, _Mapping]] = ..., stop_confirm: _Optional[_Union[_agent_pb2.StopConfirm, _Mapping]] = ..., error: _Optional[_Union[_agent_pb2.ErrorSignal, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., tool_result_dropped: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "reason", "outcome")

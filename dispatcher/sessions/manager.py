@@ -1,0 +1,271 @@
+"""The one owner of a dispatcher's sessions: it builds them, holds them, runs their tasks and
+timers, keeps the commander pool, and ends them all at shutdown.
+
+The two servicers reach it through narrow interfaces: the ChatStream handler through
+`StreamSessions` (open a session for a stream, park a pool stream), the control plane through
+`SessionDirectory` (find, list, start on the pool). Neither imports the other, nor the runner.
+A test builds a `SessionManager` alone and drives a session with any async iterator of packets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Protocol
+
+import structlog
+
+from dispatcher.config import DispatcherConfig
+from dispatcher.core.journal import Journal
+from dispatcher.core.policies import Policy
+from dispatcher.core.session import Session
+from dispatcher.sessions.pool import CommanderPool, PoolSlot
+from dispatcher.sessions.registry import EndedSession, SessionHandle, SessionRegistry
+from dispatcher.sessions.runner import RunnerSettings, SessionRunner
+from dispatcher.sessions.tasks import SessionTasks
+from dispatcher.sessions.timers import Timers
+from dispatcher.tools import ToolExecutor, ToolRegistry
+from shared import wire
+from shared.errors import AgentRuntimeError, NoFreeCommander, SessionConflict, ShuttingDown
+from shared.model import StopInfo
+
+__all__ = ["SessionDirectory", "SessionManager", "StreamSessions"]
+
+log = structlog.get_logger("dispatcher.sessions")
+
+
+class StreamSessions(Protocol):
+    """What the ChatStream handler needs: sessions for streams, and the pool."""
+
+    @property
+    def is_draining(self) -> bool: ...
+
+    @property
+    def hop(self) -> str: ...
+
+    def open(
+        self, session_id: str, requests: AsyncIterator[wire.pb.UpstreamPacket], *, peer: str, commander: str = ""
+    ) -> SessionRunner: ...
+
+    def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None: ...
+
+    def park(self, slot: PoolSlot) -> None: ...
+
+    def unpark(self, slot: PoolSlot) -> None: ...
+
+
+class SessionDirectory(Protocol):
+    """What the control plane needs: find and list sessions, start one on the pool."""
+
+    @property
+    def is_draining(self) -> bool: ...
+
+    @property
+    def free_commanders(self) -> int: ...
+
+    def get_open(self, session_id: str) -> SessionHandle | None: ...
+
+    def get_ended(self, session_id: str) -> EndedSession | None: ...
+
+    def ended_journal(self, session_id: str) -> Journal | None: ...
+
+    def open_sessions(self) -> Iterator[SessionHandle]: ...
+
+    def ended_sessions(self) -> Iterator[EndedSession]: ...
+
+    async def start_on_pool(self, assignment: wire.pb.Assignment, wait_s: float) -> SessionHandle: ...
+
+
+class SessionManager:
+    """Implements `StreamSessions` and `SessionDirectory` for one dispatcher process."""
+
+    def __init__(self, config: DispatcherConfig, tools: ToolRegistry) -> None:
+        self._config = config
+        self.hop = f"dispatcher:{config.server.instance}"
+        self.registry = SessionRegistry(
+            max_open=config.server.max_sessions,
+            ended_kept=config.session.ended_sessions_kept,
+            journals_kept=config.session.ended_journals_kept,
+        )
+        self.pool = CommanderPool(max_waiting=config.pool.max_waiting_callers)
+        self.timers = Timers()
+        self._tasks = SessionTasks()
+        # Tool calls that ignored cancellation past their grace: no session waits for them any
+        # more, but shutdown still accounts for them.
+        self.abandoned: set[asyncio.Task[None]] = set()
+        self._policy = Policy(config.policy)
+        self._limits = _limits(config)
+        self._settings = RunnerSettings(
+            executor=ToolExecutor(tools, max_result_bytes=_max_result_bytes(config)),
+            timers=self.timers,
+            outbox_size=config.session.outbox_size,
+            max_tool_calls=config.session.max_concurrent_tool_calls,
+            tool_cancel_grace_s=config.session.tool_cancel_grace_ms / 1000,
+            on_ended=self.registry.release,
+            abandoned=self.abandoned,
+        )
+        self._draining = False
+
+    # -- building and starting sessions ------------------------------------------------
+
+    @property
+    def is_draining(self) -> bool:
+        return self._draining
+
+    def open(
+        self,
+        session_id: str,
+        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        *,
+        peer: str,
+        commander: str = "",
+        started_by: str = "",
+        assignment: wire.pb.Assignment | None = None,
+    ) -> SessionRunner:
+        """Build a session and register it (not started: `start` runs it)."""
+        if self._draining:
+            raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
+        machine = Session(
+            session_id=session_id,
+            dispatcher_hop=self.hop,
+            config=self._config.session,
+            policy=self._policy,
+            limits=self._limits,
+            now=time.monotonic(),
+        )
+        runner = SessionRunner(
+            machine=machine,
+            requests=requests,
+            settings=self._settings,
+            peer=peer,
+            commander=commander,
+            started_by=started_by,
+            assignment=assignment,
+        )
+        self.registry.claim(session_id, runner)
+        return runner
+
+    def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None:
+        self._tasks.start(runner.run(first), name=f"session:{runner.session_id}")
+
+    # -- the commander pool ---------------------------------------------------------------
+
+    @property
+    def free_commanders(self) -> int:
+        return self.pool.free_count
+
+    def park(self, slot: PoolSlot) -> None:
+        if self._draining:
+            slot.refuse("dispatcher is shutting down; reconnect to another instance")
+            return
+        self.pool.add(slot)
+        log.info("pool.commander_free", commander=slot.commander, peer=slot.peer, free=self.pool.free_count)
+
+    def unpark(self, slot: PoolSlot) -> None:
+        self.pool.remove(slot)
+
+    async def start_on_pool(self, assignment: wire.pb.Assignment, wait_s: float) -> SessionHandle:
+        """Hand a session to a free pool stream and start it; NoFreeCommander within `wait_s`."""
+        if self.registry.get_open(assignment.session_id) is not None:
+            raise SessionConflict(f"session id {assignment.session_id!r} is already in use by another open stream")
+        if self._draining:
+            raise ShuttingDown("dispatcher is shutting down and starts no new sessions; retry on another instance")
+        slot = await self.pool.take(wait_s)
+        if slot is None:
+            wait_ms = round(wait_s * 1000)
+            raise NoFreeCommander(f"no free commander within {wait_ms} ms; start more `commander serve` or retry")
+        try:
+            runner = self.open(
+                assignment.session_id,
+                slot.requests,
+                peer=slot.peer,
+                commander=slot.commander,
+                started_by=assignment.started_by,
+                assignment=assignment,
+            )
+        except AgentRuntimeError:
+            self.pool.add(slot)  # the commander did nothing yet: it stays free
+            raise
+        slot.hand(runner)
+        self.start(runner, slot.hello)
+        return runner
+
+    # -- lookups (SessionDirectory) -------------------------------------------------------
+
+    def get_open(self, session_id: str) -> SessionHandle | None:
+        return self.registry.get_open(session_id)
+
+    def get_ended(self, session_id: str) -> EndedSession | None:
+        return self.registry.get_ended(session_id)
+
+    def ended_journal(self, session_id: str) -> Journal | None:
+        return self.registry.ended_journal(session_id)
+
+    def open_sessions(self) -> Iterator[SessionHandle]:
+        return self.registry.open_sessions()
+
+    def ended_sessions(self) -> Iterator[EndedSession]:
+        return self.registry.ended_sessions()
+
+    # -- shutdown -------------------------------------------------------------------------
+
+    def begin_drain(self, stop: StopInfo) -> int:
+        """Refuse new sessions, release idle pool streams, stop every open session. Returns how
+        many were open."""
+        self._draining = True
+        self.pool.close("dispatcher is shutting down; reconnect to another instance")
+        handles = list(self.registry.open_sessions())
+        for handle in handles:
+            handle.request_stop(stop)
+        return len(handles)
+
+    async def wait_all_ended(self, timeout_s: float) -> int:
+        """Wait until every open session has ended, at most `timeout_s`; how many are left."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.registry.open_count and (remaining := deadline - loop.time()) > 0:
+            waits = [asyncio.ensure_future(handle.done.wait()) for handle in self.registry.open_sessions()]
+            try:
+                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+        return self.registry.open_count
+
+    async def aclose(self, grace_s: float) -> list[str]:
+        """Cancel every session task and abandoned tool call still running and wait at most
+        `grace_s` for them; the names of the tasks that ignored it (the process exits anyway)."""
+        left = await self._tasks.aclose(grace_s)
+        stubborn = [task for task in self.abandoned if not task.done()]
+        for task in stubborn:
+            task.cancel()
+        if stubborn:
+            await asyncio.wait(stubborn, timeout=grace_s)
+        left += [task.get_name() for task in stubborn if not task.done()]
+        if left:
+            log.warning("dispatcher.tasks_abandoned", tasks=left[:20], count=len(left))
+        return left
+
+
+def _limits(config: DispatcherConfig) -> wire.pb.SessionLimits:
+    p, s = config.policy, config.session
+    return wire.pb.SessionLimits(
+        max_receive_message_bytes=config.server.max_receive_message_bytes,
+        max_send_message_bytes=config.server.max_send_message_bytes,
+        max_content_chars=p.max_content_chars,
+        max_thought_chars=p.max_thought_chars,
+        max_tool_calls=p.max_tool_calls,
+        max_session_s=int(p.max_session_s),
+        idle_timeout_s=int(p.idle_timeout_s),
+        max_concurrent_tool_calls=s.max_concurrent_tool_calls,
+        stop_grace_ms=s.stop_grace_ms,
+        ack_every_packets=s.ack_every_packets,
+        ack_interval_ms=s.ack_interval_ms,
+    )
+
+
+def _max_result_bytes(config: DispatcherConfig) -> int:
+    # Leave room for the envelope (tool name, call id, error) inside one downstream message.
+    return max(1024, config.server.max_send_message_bytes - 4096)
+
