@@ -37,7 +37,7 @@ log = structlog.get_logger("dispatcher")
 
 # Each wait of the last phase of shutdown is bounded by this: the server's stop, the session
 # tasks' end, the timers. With the second signal's forced exit they add up to well under 1 s.
-_CLOSE_BOUND_S = 0.25
+_CLOSE_BOUND_S = 0.2
 
 
 class _Started(Protocol):

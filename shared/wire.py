@@ -6,6 +6,7 @@ regeneration or a package move touches one file.
 
 from __future__ import annotations
 
+from typing import cast
 from urllib.parse import quote, unquote
 
 from shared._gen.southwest.ai.agent.v1 import agent_pb2 as pb
@@ -163,9 +164,10 @@ _TOOL_ERROR_PREFIX = "TOOL_ERROR_CODE_"
 _FATE_PREFIX = "TOOL_CALL_FATE_"
 
 
-def tool_error_code_to_wire(name: str) -> int:
+def tool_error_code_to_wire(name: str) -> pb.ToolErrorCode:
     """`"TIMEOUT"` as the proto's ToolErrorCode number; ValueError for a name it lacks."""
-    return int(pb.ToolErrorCode.Value(_TOOL_ERROR_PREFIX + name))
+    # An int at run time; the stubs type enum fields by the enum's wrapper class.
+    return cast("pb.ToolErrorCode", pb.ToolErrorCode.Value(_TOOL_ERROR_PREFIX + name))
 
 
 def tool_error_code_name(number: int) -> str:
@@ -179,6 +181,6 @@ def tool_error_code_name(number: int) -> str:
         return str(number)
 
 
-def tool_call_fate_to_wire(name: str) -> int:
+def tool_call_fate_to_wire(name: str) -> pb.ToolCallFate:
     """`"ABANDONED"` / `"RESULT_IGNORED"` as the proto's ToolCallFate number."""
-    return int(pb.ToolCallFate.Value(_FATE_PREFIX + name))
+    return cast("pb.ToolCallFate", pb.ToolCallFate.Value(_FATE_PREFIX + name))

@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import grpc
 import pytest
+from hypothesis import settings
 
 from commander import CommanderConfig, ConnectionConfig, Observer, SessionResult, run_session
 from commander.models import ScriptedAgent
@@ -20,6 +21,11 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.tools import ToolRegistry, default_registry
 from shared import wire
 from shared.log import configure_logging
+
+# The same generated examples on every run (a suite people run must not flake on a new seed),
+# and no example database left behind in the tree.
+settings.register_profile("deterministic", derandomize=True, database=None)
+settings.load_profile("deterministic")
 
 # Every wait in a test is bounded by this, so a hang fails with a message instead of blocking.
 WAIT_S = 10.0

@@ -30,7 +30,6 @@ class Members:
     def __init__(self, peers: PeerGroup | None) -> None:
         self._peers = peers
 
-
     def stubs(self, context: Context) -> list[wire.SessionControlServiceStub]:
         """The other members to ask; none for a call that was itself forwarded (no loops)."""
         if self._peers is None or is_forwarded(context):

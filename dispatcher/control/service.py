@@ -29,7 +29,7 @@ from dispatcher.control.watch import check_resume_point, follow_journal
 from dispatcher.core.journal import Journal
 from dispatcher.core.snapshots import outcome_to_wire
 from dispatcher.sessions.manager import SessionDirectory
-from dispatcher.sessions.registry import EndedSession, SessionHandle
+from dispatcher.sessions.registry import SessionHandle
 from shared import wire
 from shared.errors import AccessDenied, BadRequest, FellBehind, NotFound, OutOfRange
 from shared.jsontext import parse_json_object
@@ -92,8 +92,10 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         try:
             handle = self._open_session(request.session_id, principal)
             if handle is not None:
-                return wire.ctl.GetSessionResponse(session=handle.info(), running_tool_calls=handle.running_tool_calls())
-            return wire.ctl.GetSessionResponse(session=self._ended_session(request.session_id, principal).info)
+                return wire.ctl.GetSessionResponse(
+                    session=handle.info(), running_tool_calls=handle.running_tool_calls()
+                )
+            return wire.ctl.GetSessionResponse(session=self._ended_session(request.session_id, principal))
         except NotFound:
             found = await self._members.first_answer(
                 context, lambda stub, md, timeout: stub.GetSession(request, metadata=md, timeout=timeout)
@@ -119,7 +121,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         try:
             handle = self._open_session(session_id, principal)
             if handle is None:
-                return already_ended(session_id, self._ended_session(session_id, principal).info)
+                return already_ended(session_id, self._ended_session(session_id, principal))
         except NotFound:
             found = await self._members.first_answer(
                 context, lambda stub, md, timeout: stub.StopSession(request, metadata=md, timeout=timeout)
@@ -251,13 +253,14 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             raise AccessDenied(f"{principal.hop} may only manage sessions it started")
         return handle
 
-    def _ended_session(self, session_id: str, principal: Principal) -> EndedSession:
+    def _ended_session(self, session_id: str, principal: Principal) -> wire.ctl.SessionInfo:
+        """How an ended session ended, as the control plane shows it."""
         ended = self._sessions.get_ended(session_id)
         if ended is None or ended.info is None:
             raise NotFound(f"no session {session_id!r} on this dispatcher (open or recently ended)")
         if not principal.may_manage(ended.started_by):
             raise AccessDenied(f"{principal.hop} may only manage sessions it started")
-        return ended
+        return ended.info
 
     def _journal(self, session_id: str, principal: Principal) -> Journal:
         handle = self._open_session(session_id, principal)

@@ -12,7 +12,6 @@ of its text, and returns the shared empty tuple unless an Ack is due.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 
 from dispatcher.config import SessionConfig
@@ -22,7 +21,7 @@ from dispatcher.core.outcomes import closed_packet_code, commander_error_outcome
 from dispatcher.core.policies import Policy, Violation
 from dispatcher.core.snapshots import state_change
 from dispatcher.core.status import status_of
-from dispatcher.core.time_limits import TimeLimits
+from dispatcher.core.time_limits import TimeLimits, ack_interval_s, checked_seq
 from dispatcher.core.tool_calls import ToolCallBook
 from shared import wire
 from shared.errors import ProtocolViolation
@@ -32,15 +31,6 @@ __all__ = ["Action", "CancelTools", "Delivery", "EndStream", "Report", "Send", "
 
 
 _NO_ACTIONS: tuple[Action, ...] = ()
-
-
-def ack_interval_s(session_id: str, ack_interval_ms: int) -> float:
-    """The session's own Ack interval: spread over [T/2, T] by its id (deterministically).
-    Sessions opened together (a reconnect storm, a benchmark) would otherwise ack in the same
-    instant every T, a burst of downstream writes for both ends. Earlier than T is within the
-    contract: T is how long an Ack may wait at most."""
-    spread = zlib.crc32(session_id.encode()) / 0xFFFFFFFF
-    return ack_interval_ms / 1000 * (0.5 + 0.5 * spread)
 
 
 class Session:
@@ -53,7 +43,7 @@ class Session:
         "_started_at", "_stop", "_stop_detail", "_stop_sent_at", "_time_limits", "_unacked", "_upstream_closed",
         "dispatcher_hop", "dropped_packets", "hello", "journal", "last_seq", "outcome", "packets_in", "session_id",
         "started_at_ms", "state", "tools", "wake_at",
-    )
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -374,19 +364,8 @@ class Session:
     # -- helpers ------------------------------------------------------------------
 
     def _take_seq(self, seq: int) -> int:
-        if seq:
-            if seq <= self.last_seq:
-                raise ProtocolViolation(
-                    f"seq {seq} after seq {self.last_seq}: seq must strictly increase within a session",
-                    "SEQ_REGRESSION",
-                )
-            self._sequenced = True
-            return seq
-        if self._sequenced:
-            raise ProtocolViolation(
-                f"packet without seq after seq {self.last_seq}: this session numbers its packets", "SEQ_MISSING"
-            )
-        return self.last_seq + 1
+        seq, self._sequenced = checked_seq(seq, self.last_seq, self._sequenced)
+        return seq
 
     def _count_for_ack(self, now: float) -> Sequence[Action]:
         self._unacked += 1
@@ -483,7 +462,9 @@ class Session:
 
     def _fail(self, code: str, message: str, status: str) -> list[Action]:
         if self.outcome is None:
-            self._set_outcome(SessionOutcome(SessionState.FAILED, message, "dispatcher", status=status, error_code=code))
+            self._set_outcome(
+                SessionOutcome(SessionState.FAILED, message, "dispatcher", status=status, error_code=code)
+            )
         actions: list[Action] = [Report(code, message, self.last_seq)]
         if self.tools.has_running:
             actions.append(CancelTools(f"session failed: {code}"))

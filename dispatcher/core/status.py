@@ -67,7 +67,7 @@ def status_of(error: BaseException) -> str | None:
     """The status a deliberate error ends its call with; None for anything else (a bug:
     the boundary makes it INTERNAL with a reference). Subclasses inherit their base's row."""
     for kind in type(error).__mro__:
-        status = ERROR_STATUS.get(kind)  # type: ignore[call-overload]
+        status = ERROR_STATUS.get(kind)
         if status is not None:
             return status
         if kind is AgentRuntimeError:

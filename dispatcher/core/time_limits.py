@@ -1,4 +1,5 @@
-"""The limits that stop a session when time runs out: wall clock, the caller's deadline, idle.
+"""The limits that stop a session when time runs out (wall clock, the caller's deadline, idle),
+and the other per-packet arithmetic of the session machine: its Ack interval, its seq rule.
 
 Sans-IO, a part of the session machine: deadlines are monotonic seconds handed in by the
 caller, so tests drive time by passing numbers.
@@ -6,10 +7,13 @@ caller, so tests drive time by passing numbers.
 
 from __future__ import annotations
 
+import zlib
+
 from dispatcher.config import PolicyConfig
+from shared.errors import ProtocolViolation
 from shared.model import StopCode, StopInfo
 
-__all__ = ["TimeLimits"]
+__all__ = ["TimeLimits", "ack_interval_s", "checked_seq"]
 
 
 class TimeLimits:
@@ -57,3 +61,29 @@ class TimeLimits:
         if not self._idle_s or tools_running:
             return None
         return last_activity + self._idle_s
+
+
+def ack_interval_s(session_id: str, ack_interval_ms: int) -> float:
+    """The session's own Ack interval: spread over [T/2, T] by its id (deterministically).
+    Sessions opened together (a reconnect storm, a benchmark) would otherwise ack in the same
+    instant every T, a burst of downstream writes for both ends. Earlier than T is within the
+    contract: T is how long an Ack may wait at most."""
+    spread = zlib.crc32(session_id.encode()) / 0xFFFFFFFF
+    return ack_interval_ms / 1000 * (0.5 + 0.5 * spread)
+
+
+def checked_seq(seq: int, last_seq: int, sequenced: bool) -> tuple[int, bool]:
+    """A packet's seq when it is not simply above the last one (the machine checks that fast
+    path inline): 0 gets the next number unless the session numbers its packets; a repeat or
+    a regression is a violation. Returns (seq in force, whether the session is sequenced)."""
+    if seq:
+        if seq <= last_seq:
+            raise ProtocolViolation(
+                f"seq {seq} after seq {last_seq}: seq must strictly increase within a session", "SEQ_REGRESSION"
+            )
+        return seq, True
+    if sequenced:
+        raise ProtocolViolation(
+            f"packet without seq after seq {last_seq}: this session numbers its packets", "SEQ_MISSING"
+        )
+    return last_seq + 1, False

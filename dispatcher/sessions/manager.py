@@ -268,4 +268,3 @@ def _limits(config: DispatcherConfig) -> wire.pb.SessionLimits:
 def _max_result_bytes(config: DispatcherConfig) -> int:
     # Leave room for the envelope (tool name, call id, error) inside one downstream message.
     return max(1024, config.server.max_send_message_bytes - 4096)
-

@@ -55,7 +55,7 @@ def tool_result_to_wire(outcome: ToolOutcome) -> wire.pb.ToolCallResult:
         execution_time_us=outcome.execution_time_us,
     )
     if outcome.error_code is not None:
-        result.error.code = wire.tool_error_code_to_wire(outcome.error_code.name)  # type: ignore[assignment]
+        result.error.code = wire.tool_error_code_to_wire(outcome.error_code.name)
         result.error.message = outcome.error_message
     return result
 
@@ -176,7 +176,7 @@ class SessionRunner:
         """The handler stopped writing (the stream ends): what it never wrote is dropped."""
         self._writer_gone(in_flight)
         if not self.settled.is_set():
-            self.peer_gone("the stream's writer ended")
+            self.peer_gone("the stream ended: the commander cancelled or disconnected")
 
     # -- the session task ------------------------------------------------------------
 

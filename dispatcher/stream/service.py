@@ -138,4 +138,3 @@ def _choose_session_id(first: wire.pb.UpstreamPacket, context: Context) -> str:
     if not valid_session_id(wanted):
         raise ProtocolViolation("session_id must be 1-128 printable ASCII characters without spaces")
     return wanted
-

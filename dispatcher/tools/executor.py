@@ -93,7 +93,7 @@ def _parse_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any] | st
         error = best_match(validator.iter_errors(args))
         assert error is not None
         return f"arguments failed the schema at {error.json_path}: {error.message}"
-    return args  # type: ignore[no-any-return]
+    return args
 
 
 class ToolExecutor:

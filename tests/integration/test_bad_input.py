@@ -217,7 +217,9 @@ async def test_oversized_upstream_message_ends_only_that_stream() -> None:
         await raw.content(2, "x" * (128 * 1024))
         code, details, _ = await fatal(raw)
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, details
-        await wait_until(lambda: d.sessions.registry.get_ended("too-big") is not None, "the oversized session was recorded")
+        await wait_until(
+            lambda: d.sessions.registry.get_ended("too-big") is not None, "the oversized session was recorded"
+        )
         ended = d.sessions.registry.get_ended("too-big")
         assert ended is not None and ended.outcome.state in (SessionState.FAILED, SessionState.CANCELLED)
 
@@ -246,7 +248,9 @@ async def test_client_disconnecting_mid_tool_call_cancels_the_tool() -> None:
             raw.call.cancel()
             with anyio.fail_after(WAIT_S):
                 await gate.cancelled.wait()
-            await wait_until(lambda: d.sessions.registry.get_ended("walks-away") is not None, "the session was recorded")
+            await wait_until(
+                lambda: d.sessions.registry.get_ended("walks-away") is not None, "the session was recorded"
+            )
             ended = d.sessions.registry.get_ended("walks-away")
             assert ended is not None and ended.outcome.state is SessionState.CANCELLED
 

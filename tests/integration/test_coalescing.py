@@ -34,7 +34,9 @@ async def run(dispatcher: Dispatcher, agent: Any, **connection: Any) -> tuple[Se
     address = dispatcher.address or ""
     async with grpc.aio.insecure_channel(address) as channel:
         result = await run_session(agent, "go", channel=channel, config=commander_config(address, **connection))
-    await wait_until(lambda: dispatcher.sessions.registry.get_ended(result.session_id) is not None, "the session is recorded")
+    await wait_until(
+        lambda: dispatcher.sessions.registry.get_ended(result.session_id) is not None, "the session is recorded"
+    )
     ended = dispatcher.sessions.registry.get_ended(result.session_id)
     assert ended is not None
     return result, ended

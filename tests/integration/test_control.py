@@ -237,7 +237,9 @@ async def test_watch_late_and_resumed_sees_every_event_exactly_once() -> None:
         await raw.hello("watched")
         for seq in range(2, 12):
             await raw.content(seq, f"t{seq} ")
-        await wait_until(lambda: d.sessions.registry.get_open("watched").journal.last_seq >= 11, "10 contents journaled")  # type: ignore[union-attr]
+        await wait_until(
+            lambda: d.sessions.registry.get_open("watched").journal.last_seq >= 11, "10 contents journaled"
+        )  # type: ignore[union-attr]
         stub = control(ch)
         # A watcher joining late reads 5 events, then drops its connection.
         first_call = stub.WatchSession(wire.ctl.WatchSessionRequest(session_id="watched"))
@@ -454,4 +456,31 @@ async def test_a_member_that_went_away_is_skipped(tmp_path: Any) -> None:
             await control(ch).GetSession(wire.ctl.GetSessionRequest(session_id="nowhere"))
         assert missing.value.code() is grpc.StatusCode.NOT_FOUND
         listed = await control(ch).ListSessions(wire.ctl.ListSessionsRequest())
+        assert list(listed.sessions) == []
+
+
+async def test_ask_with_json_nested_past_any_limit_is_invalid_argument_not_unknown() -> None:
+    async with running_dispatcher() as d, grpc.aio.insecure_channel(d.address) as ch:
+        for nested in ("[" * 200_000, '{"a":' * 100_000 + "1" + "}" * 100_000):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await control(ch).Ask(wire.ctl.AskRequest(input_json=nested))
+            assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT, refused.value
+            assert refused.value.details() == "input_json is nested too deeply"
+
+
+async def test_a_bug_in_a_control_handler_is_internal_with_a_reference_never_unknown(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(self: Any, session_id: str) -> Any:
+        raise ZeroDivisionError("a bug of ours")
+
+    async with running_dispatcher() as d, grpc.aio.insecure_channel(d.address) as ch:
+        monkeypatch.setattr(type(d.sessions), "get_open", broken)
+        with pytest.raises(grpc.aio.AioRpcError) as failed:
+            await control(ch).GetSession(wire.ctl.GetSessionRequest(session_id="any"))
+        monkeypatch.undo()
+        assert failed.value.code() is grpc.StatusCode.INTERNAL
+        details = failed.value.details() or ""
+        assert details.startswith("internal error (ref ") and "ZeroDivisionError" not in details, details
+        listed = await control(ch).ListSessions(wire.ctl.ListSessionsRequest())  # the service goes on
         assert list(listed.sessions) == []

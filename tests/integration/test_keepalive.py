@@ -94,7 +94,9 @@ async def test_a_client_pinging_too_often_is_refused_and_a_polite_one_is_not() -
         assert elapsed < 5.0, f"GOAWAY took {elapsed:.1f} s"
 
         # The dispatcher noticed the abusive commander is gone and ended its session.
-        await wait_until(lambda: dispatcher.sessions.registry.get_ended("abusive") is not None, "abusive session not ended")
+        await wait_until(
+            lambda: dispatcher.sessions.registry.get_ended("abusive") is not None, "abusive session not ended"
+        )
         ended = dispatcher.sessions.registry.get_ended("abusive")
         assert ended is not None and ended.outcome.state is SessionState.CANCELLED, ended
 

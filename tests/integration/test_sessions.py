@@ -285,7 +285,9 @@ async def test_cancel_from_the_commander_side_is_recorded_with_its_reason() -> N
             result = await run_session(
                 agent, "", channel=channel, config=commander_config(dispatcher.address), cancel=cancel
             )
-        await wait_until(lambda: dispatcher.sessions.registry.get_ended(result.session_id) is not None, "the session ended")
+        await wait_until(
+            lambda: dispatcher.sessions.registry.get_ended(result.session_id) is not None, "the session ended"
+        )
         ended = dispatcher.sessions.registry.get_ended(result.session_id)
     assert llm_cancelled.is_set()
     assert (result.state, result.reason) == (SessionState.CANCELLED, "cancelled by the commander")
