@@ -25,6 +25,7 @@ _STYLE = {
     "thought": "2",
     "tool_call": "36",
     "tool_result": "36",
+    "tool_result_dropped": "2;36",
     "stop": "1;33",
     "stop_confirm": "33",
     "error": "31",
@@ -52,8 +53,8 @@ def event_line(event: Any) -> str | None:
     if kind == "tool_call":
         call = event.tool_call
         return f"{head} {call.tool_name} {_short_json(call.arguments_json) or '{}'} [{call.call_id}]"
-    if kind == "tool_result":
-        result = event.tool_result
+    if kind in ("tool_result", "tool_result_dropped"):
+        result = getattr(event, kind)  # dropped: decided, never sent to the commander
         took = f"{result.execution_time_us / 1000:.2f} ms"
         if result.HasField("error") and result.error.code:
             error = f"{wire.tool_error_code_name(result.error.code)}: {oneline(safe_text(result.error.message))}"

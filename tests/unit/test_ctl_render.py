@@ -383,6 +383,11 @@ def test_event_lines() -> None:
         6, tool_result=pb.ToolCallResult(tool_name="gate", call_id="c2", error=error, execution_time_us=1500)
     )
     assert event_line(failed) == "#6 tool_result gate error TIMEOUT: too slow [c2] 1.50 ms"
+    cancelled = pb.ToolError(code=pb.TOOL_ERROR_CODE_CANCELLED, message="session stopping: OPERATOR")
+    dropped = event(6, tool_result_dropped=pb.ToolCallResult(tool_name="gate", call_id="c3", error=cancelled))
+    assert event_line(dropped) == (
+        "#6 tool_result_dropped gate error CANCELLED: session stopping: OPERATOR [c3] 0.00 ms"
+    )
     assert event_line(event(7, stop=stop_signal())) == (
         "#7 stop OPERATOR: maintenance (ticket=INC-42) path operator:alice -> dispatcher:host"
     )
