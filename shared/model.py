@@ -48,7 +48,7 @@ class StopCode(enum.Enum):
 
 
 class SessionState(enum.Enum):
-    """The session lifecycle (DESIGN.md §3) plus STOPPING: a stop was sent, not yet confirmed."""
+    """The session lifecycle (docs/architecture.md, "Sessions") plus STOPPING: a stop was sent, not yet confirmed."""
 
     OPEN = "OPEN"
     ACTIVE = "ACTIVE"

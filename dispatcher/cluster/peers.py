@@ -7,7 +7,7 @@ the control API on, and removes it when it stops. A control call for a session t
 process does not hold is forwarded to the members, marked `x-dispatcher-forwarded` so it
 is never forwarded twice, with the caller's own credentials (each member checks them
 again). Across machines the same interface would read a shared store instead of a
-directory (DESIGN.md §10); nothing else changes.
+directory (docs/architecture.md, "Beyond one process"); nothing else changes.
 """
 
 from __future__ import annotations
