@@ -120,6 +120,25 @@ def gated_tools(gate: Gate) -> ToolRegistry:
     return registry
 
 
+def stubborn_tools(entered: asyncio.Event, release: asyncio.Event) -> ToolRegistry:
+    """The built-in tools plus `stubborn`: it swallows every cancellation until `release` is set
+    (the bug the runtime must survive). Tests set `release` at the end so nothing outlives them."""
+    registry = default_registry().copy()
+
+    @registry.tool(timeout_s=60)
+    async def stubborn(args: dict[str, Any]) -> dict[str, Any]:
+        """Ignores cancellation until the test releases it."""
+        entered.set()
+        while not release.is_set():
+            try:
+                await release.wait()
+            except asyncio.CancelledError:
+                continue
+        return {}
+
+    return registry
+
+
 class RawSession:
     """A packet-level client: the test decides every field, reads every packet."""
 

@@ -36,6 +36,17 @@ class Members:
             return []
         return self._peers.stubs()
 
+    async def forward(self, method: str, request: Any, context: Context, missing: Exception) -> Any:
+        """The answer of the member that holds the session; raises `missing` when none does."""
+
+        def call(stub: Any, metadata: Any, timeout: float) -> Any:
+            return getattr(stub, method)(request, metadata=metadata, timeout=timeout)
+
+        found = await self.first_answer(context, call)
+        if found is None:
+            raise missing
+        return found
+
     async def first_answer(self, context: Context, call: Callable[[Any, Any, float], Any]) -> Any:
         """The first member's answer; None when every member says NOT_FOUND. Another error
         from a member (PERMISSION_DENIED...) ends this call with that status."""

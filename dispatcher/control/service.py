@@ -96,13 +96,8 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
                     session=handle.info(), running_tool_calls=handle.running_tool_calls()
                 )
             return wire.ctl.GetSessionResponse(session=self._ended_session(request.session_id, principal))
-        except NotFound:
-            found = await self._members.first_answer(
-                context, lambda stub, md, timeout: stub.GetSession(request, metadata=md, timeout=timeout)
-            )
-            if found is None:
-                raise
-            return found  # type: ignore[no-any-return]
+        except NotFound as missing:
+            return await self._members.forward("GetSession", request, context, missing)  # type: ignore[no-any-return]
 
     # -- stop ------------------------------------------------------------------------
 
@@ -122,13 +117,8 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             handle = self._open_session(session_id, principal)
             if handle is None:
                 return already_ended(session_id, self._ended_session(session_id, principal))
-        except NotFound:
-            found = await self._members.first_answer(
-                context, lambda stub, md, timeout: stub.StopSession(request, metadata=md, timeout=timeout)
-            )
-            if found is None:
-                raise
-            return found  # type: ignore[no-any-return]
+        except NotFound as missing:
+            return await self._members.forward("StopSession", request, context, missing)  # type: ignore[no-any-return]
         if handle.settled.is_set():
             return already_ended(session_id, handle.info())
         stop = StopInfo(code=code, reason=request.reason, cause=request.cause, path=(principal.hop,))

@@ -18,7 +18,6 @@ import pytest
 from commander.models import ScriptedAgent
 from commander.session import run_session
 from dispatcher.app import Dispatcher
-from dispatcher.tools import ToolRegistry
 from shared import wire
 from shared.model import SessionState
 from tests.conftest import (
@@ -28,6 +27,7 @@ from tests.conftest import (
     commander_config,
     gated_tools,
     running_dispatcher,
+    stubborn_tools,
     test_config,
     wait_until,
 )
@@ -119,25 +119,8 @@ async def test_shutdown_mid_tool_stops_the_session_and_cancels_the_call() -> Non
         assert outcome.state is SessionState.STOPPED and outcome.stop_confirmed
 
 
-def stubborn_tools(entered: anyio.Event, release: asyncio.Event) -> ToolRegistry:
-    registry = gated_tools(Gate())
-
-    @registry.tool(timeout_s=60)
-    async def stubborn(args: dict[str, Any]) -> dict[str, Any]:
-        """Swallows every cancellation until the test releases it."""
-        entered.set()
-        while not release.is_set():
-            try:
-                await release.wait()
-            except asyncio.CancelledError:
-                continue
-        return {}
-
-    return registry
-
-
 async def test_a_stubborn_tool_neither_holds_its_session_slot_nor_outlives_shutdown_bounds() -> None:
-    entered, release = anyio.Event(), asyncio.Event()
+    entered, release = asyncio.Event(), asyncio.Event()
     config = test_config(server={"max_sessions": 1})
     try:
         async with running_dispatcher(config, stubborn_tools(entered, release)) as d:

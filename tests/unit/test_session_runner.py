@@ -19,9 +19,10 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.core.session import Session
 from dispatcher.sessions.manager import SessionManager
 from dispatcher.sessions.runner import SessionRunner
-from dispatcher.tools import ToolRegistry, default_registry
+from dispatcher.tools import default_registry
 from shared import wire
 from shared.model import SessionState, StopCode, StopInfo
+from tests.conftest import stubborn_tools
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(20)]
 
@@ -182,23 +183,6 @@ async def test_a_stop_goes_ahead_of_queued_results_and_the_journal_matches_the_w
     assert not dropped & set(delivered)
     assert dropped | set(delivered) >= {f"c{n}" for n in range(expected_queued)}
     assert session.runner.outcome is not None and session.runner.outcome.stop_confirmed
-
-
-def stubborn_tools(entered: asyncio.Event, release: asyncio.Event) -> ToolRegistry:
-    registry = default_registry().copy()
-
-    @registry.tool(timeout_s=60)
-    async def stubborn(args: dict[str, Any]) -> dict[str, Any]:
-        """Swallows every cancellation until the test releases it: the bug the runtime must survive."""
-        entered.set()
-        while not release.is_set():
-            try:
-                await release.wait()
-            except asyncio.CancelledError:
-                continue
-        return {}
-
-    return registry
 
 
 async def test_a_tool_that_swallows_cancellation_cannot_keep_its_session_open() -> None:
