@@ -17,26 +17,11 @@ import anyio
 import grpc
 import structlog
 
+from commander import core
 from commander.coalesce import Coalescer
 from commander.config import CommanderConfig, ConnectionConfig
 from commander.context import AgentContext
-from commander.core import (
-    Action,
-    Assigned,
-    CancelAgent,
-    CancelCall,
-    CloseUpstream,
-    CommanderSession,
-    Deliver,
-    DiscardQueued,
-    Effect,
-    Notify,
-    PendingAtStop,
-    Phase,
-    Report,
-    Send,
-    SessionResult,
-)
+from commander.core import PendingAtStop, SessionResult  # re-exported: the public API names them here
 from commander.events import Observer
 from commander.transport import Link
 from shared import wire
@@ -76,7 +61,7 @@ async def run_session(
     conn = config.connection
     if conn.token:
         metadata = (*metadata, ("authorization", f"Bearer {conn.token}"))
-    core = CommanderSession(
+    machine = core.CommanderSession(
         session_id="" if await_assignment else (session_id or str(uuid.uuid4())),
         prompt=prompt,
         agent_name=config.agent.name,
@@ -84,10 +69,10 @@ async def run_session(
         await_assignment=await_assignment,
         now=time.perf_counter(),
     )
-    shell = _Shell(core, channel, conn, observer or Observer(), metadata)
-    with structlog.contextvars.bound_contextvars(session_id=core.session_id):
+    shell = _Shell(machine, channel, conn, observer or Observer(), metadata)
+    with structlog.contextvars.bound_contextvars(session_id=machine.session_id):
         await shell.run(agent, cancel)
-    return core.result(now=time.perf_counter(), packets_sent=shell.link.last_seq)
+    return machine.result(now=time.perf_counter(), packets_sent=shell.link.last_seq)
 
 
 class _Shell:
@@ -95,13 +80,13 @@ class _Shell:
 
     def __init__(
         self,
-        core: CommanderSession,
+        machine: core.CommanderSession,
         channel: grpc.aio.Channel,
         connection: ConnectionConfig,
         observer: Observer,
         metadata: Sequence[tuple[str, str]],
     ) -> None:
-        self._core = core
+        self._machine = machine
         self._connection = connection
         self._observer = observer
         # Created up front: a CancelAgent may come before the agent starts (then it never does).
@@ -109,30 +94,30 @@ class _Shell:
         self._changed = anyio.Event()
         self.link = Link(
             channel,
-            session_id=core.session_id,
+            session_id=machine.session_id,
             outbox_size=connection.outbox_size,
             on_packet=self._on_packet,
             on_end=self._on_end,
             metadata=metadata,
         )
-        self._ctx = AgentContext(core, send=self.link.send, observer=observer)
+        self._ctx = AgentContext(machine, send=self.link.send, observer=observer)
 
     async def run(self, agent: Agent, cancel: anyio.Event | None) -> None:
-        core, link, conn = self._core, self.link, self._connection
+        machine, link, conn = self._machine, self.link, self._connection
         try:
             async with anyio.create_task_group() as tg:
                 await tg.start(link.run)
                 if cancel is not None:
                     tg.start_soon(self._cancel_on, cancel)
-                await self._perform(core.start())
-                await self._until(lambda: core.phase is not Phase.AWAITING_ASSIGNMENT)  # a pool waits unbounded
+                await self._perform(machine.start())
+                await self._until(lambda: machine.phase is not core.Phase.AWAITING_ASSIGNMENT)  # a pool waits unbounded
                 with anyio.move_on_after(conn.handshake_timeout_s):
-                    await self._until(lambda: core.phase is not Phase.HANDSHAKE)
-                if core.phase is Phase.HANDSHAKE:
+                    await self._until(lambda: machine.phase is not core.Phase.HANDSHAKE)
+                if machine.phase is core.Phase.HANDSHAKE:
                     log.info("session.compat_mode", reason="no Welcome within the handshake timeout")
-                    self._apply_all(core.on_handshake_timeout())
-                if core.phase is Phase.RUNNING:
-                    if conn.coalesce and core.welcome is not None:
+                    self._apply_all(machine.on_handshake_timeout())
+                if machine.phase is core.Phase.RUNNING:
+                    if conn.coalesce and machine.welcome is not None:
                         # Only a peer that answered Hello treats deltas as a text stream; an
                         # original-contract server may count chunks, so it gets them as produced.
                         link.coalesce_with(
@@ -146,22 +131,22 @@ class _Shell:
         finally:
             link.close_upstream()  # idempotent; also when the final packet could not be queued in time
 
-    async def _run_agent(self, agent: Agent) -> Sequence[Action]:
-        core = self._core
-        if not core.start_agent():  # a stop, a cancel or the end came first
-            return core.on_agent_returned(time.perf_counter())
+    async def _run_agent(self, agent: Agent) -> Sequence[core.Action]:
+        machine = self._machine
+        if not machine.start_agent():  # a stop, a cancel or the end came first
+            return machine.on_agent_returned(time.perf_counter())
         failure: Exception | None = None
         with self._agent_scope:
             try:
-                await agent(self._ctx, core.prompt)
+                await agent(self._ctx, machine.prompt)
             except Exception as exc:  # the agent's own failure: reported upstream
                 failure = exc
         if failure is not None:
             log.error("agent.failed", error=repr(failure))
-            return core.on_agent_failed(failure, time.perf_counter())
-        return core.on_agent_returned(time.perf_counter())
+            return machine.on_agent_failed(failure, time.perf_counter())
+        return machine.on_agent_returned(time.perf_counter())
 
-    async def _finish(self, actions: Sequence[Action]) -> None:
+    async def _finish(self, actions: Sequence[core.Action]) -> None:
         """The final packet and the half-close, then the dispatcher's status: all within end_timeout_s
         (a dispatcher that stops reading leaves a full outbox, and the final packet waits for room)."""
         timeout_s = self._connection.end_timeout_s
@@ -170,62 +155,64 @@ class _Shell:
             await self.link.ended.wait()
         if not self.link.ended.is_set():
             log.warning("session.end_timeout", timeout_s=timeout_s)
-            self._apply_all(self._core.on_end_timeout())
+            self._apply_all(self._machine.on_end_timeout())
 
     async def _cancel_on(self, event: anyio.Event) -> None:
         await event.wait()
-        core = self._core
-        waiting_in_pool = core.phase is Phase.AWAITING_ASSIGNMENT
-        self._apply_all(core.on_cancel_requested(CANCEL_REASON))
-        if core.cancel_reason is not None and not waiting_in_pool:  # an idle pool stream just leaves
-            log.info("session.cancelling", reason=core.cancel_reason)
+        machine = self._machine
+        waiting_in_pool = machine.phase is core.Phase.AWAITING_ASSIGNMENT
+        self._apply_all(machine.on_cancel_requested(CANCEL_REASON))
+        if machine.cancel_reason is not None and not waiting_in_pool:  # an idle pool stream just leaves
+            log.info("session.cancelling", reason=machine.cancel_reason)
 
     # -- the core's side: events in, actions carried out ------------------------------------
 
     def _on_packet(self, packet: wire.pb.DownstreamPacket) -> None:
-        self._apply_all(self._core.on_downstream(packet, time.perf_counter()))
+        self._apply_all(self._machine.on_downstream(packet, time.perf_counter()))
 
     def _on_end(self) -> None:
         end = self.link.end
         assert end is not None  # set by the reader before it calls on_end
-        self._apply_all(self._core.on_stream_end(end.code.name, end.details, end.trailers, self.link.initial_metadata))
+        self._apply_all(
+            self._machine.on_stream_end(end.code.name, end.details, end.trailers, self.link.initial_metadata)
+        )
 
-    async def _perform(self, actions: Sequence[Action]) -> None:
+    async def _perform(self, actions: Sequence[core.Action]) -> None:
         for action in actions:
-            if isinstance(action, Send):
+            if isinstance(action, core.Send):
                 await self.link.send(action.packet)
-            elif isinstance(action, DiscardQueued):
-                await self._perform(self._core.on_queue_discarded(self.link.discard_queued()))
-            elif isinstance(action, CloseUpstream):
+            elif isinstance(action, core.DiscardQueued):
+                await self._perform(self._machine.on_queue_discarded(self.link.discard_queued()))
+            elif isinstance(action, core.CloseUpstream):
                 self.link.close_upstream()
             else:
                 self._apply(action)
 
-    def _apply_all(self, effects: Sequence[Effect]) -> None:
+    def _apply_all(self, effects: Sequence[core.Effect]) -> None:
         for effect in effects:
             self._apply(effect)
         # Whatever the core was fed may have moved its phase: wake whoever waits for one.
         self._changed.set()
         self._changed = anyio.Event()
 
-    def _apply(self, effect: Effect) -> None:
-        if isinstance(effect, Notify):
+    def _apply(self, effect: core.Effect) -> None:
+        if isinstance(effect, core.Notify):
             self._observer(effect.event)
-        elif isinstance(effect, Deliver):
+        elif isinstance(effect, core.Deliver):
             self._ctx.deliver(effect.call_id, effect.result)
-        elif isinstance(effect, CancelAgent):
+        elif isinstance(effect, core.CancelAgent):
             if effect.stop is not None:
                 self._ctx.stopped.set()
             self._agent_scope.cancel()
-        elif isinstance(effect, Assigned):
+        elif isinstance(effect, core.Assigned):
             assignment = effect.assignment
             self.link.session_id = assignment.session_id
             structlog.contextvars.bind_contextvars(session_id=assignment.session_id)
             log.info("session.assigned", started_by=assignment.started_by)
-        elif isinstance(effect, CancelCall):
+        elif isinstance(effect, core.CancelCall):
             log.debug("session.call_cancelled", reason=effect.reason)
             self.link.cancel()
-        elif isinstance(effect, Report):
+        elif isinstance(effect, core.Report):
             log.warning(effect.event, code=effect.code, seq=effect.seq, detail=effect.message)
 
     async def _until(self, reached: Callable[[], bool]) -> None:
