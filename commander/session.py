@@ -91,7 +91,8 @@ class _Shell:
         self._observer = observer
         # Created up front: a CancelAgent may come before the agent starts (then it never does).
         self._agent_scope = anyio.CancelScope()
-        self._changed = anyio.Event()
+        self._phase = machine.phase
+        self._changed = anyio.Event()  # set when the core's phase moves on
         self.link = Link(
             channel,
             session_id=machine.session_id,
@@ -111,6 +112,9 @@ class _Shell:
                     tg.start_soon(self._cancel_on, cancel)
                 await self._perform(machine.start())
                 await self._until(lambda: machine.phase is not core.Phase.AWAITING_ASSIGNMENT)  # a pool waits unbounded
+                if machine.assignment is not None:  # bound here: this task's logs are the session's
+                    structlog.contextvars.bind_contextvars(session_id=machine.session_id)
+                    log.info("session.assigned", started_by=machine.assignment.started_by)
                 with anyio.move_on_after(conn.handshake_timeout_s):
                     await self._until(lambda: machine.phase is not core.Phase.HANDSHAKE)
                 if machine.phase is core.Phase.HANDSHAKE:
@@ -163,7 +167,9 @@ class _Shell:
         waiting_in_pool = machine.phase is core.Phase.AWAITING_ASSIGNMENT
         self._apply_all(machine.on_cancel_requested(CANCEL_REASON))
         if machine.cancel_reason is not None and not waiting_in_pool:  # an idle pool stream just leaves
-            log.info("session.cancelling", reason=machine.cancel_reason)
+            # This task started before any assignment: bind the id the session has now.
+            with structlog.contextvars.bound_contextvars(session_id=machine.session_id):
+                log.info("session.cancelling", reason=machine.cancel_reason)
 
     # -- the core's side: events in, actions carried out ------------------------------------
 
@@ -191,9 +197,10 @@ class _Shell:
     def _apply_all(self, effects: Sequence[core.Effect]) -> None:
         for effect in effects:
             self._apply(effect)
-        # Whatever the core was fed may have moved its phase: wake whoever waits for one.
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._machine.phase is not self._phase:  # wake whoever waits for one (`_until`)
+            self._phase = self._machine.phase
+            self._changed.set()
+            self._changed = anyio.Event()
 
     def _apply(self, effect: core.Effect) -> None:
         if isinstance(effect, core.Notify):
@@ -205,10 +212,7 @@ class _Shell:
                 self._ctx.stopped.set()
             self._agent_scope.cancel()
         elif isinstance(effect, core.Assigned):
-            assignment = effect.assignment
-            self.link.session_id = assignment.session_id
-            structlog.contextvars.bind_contextvars(session_id=assignment.session_id)
-            log.info("session.assigned", started_by=assignment.started_by)
+            self.link.session_id = effect.assignment.session_id
         elif isinstance(effect, core.CancelCall):
             log.debug("session.call_cancelled", reason=effect.reason)
             self.link.cancel()
