@@ -12,151 +12,27 @@ Times are arguments (`now`: seconds on one monotonic clock), never read here; st
 are `grpc.StatusCode` names, so nothing here imports grpc.
 
 Events fed by the reader task and the timers return only `Effect`s, which the shell carries
-out at once (no waiting); only the agent's end leads to packets to send (`Action`).
+out at once (no waiting); only the agent's end leads to packets to send (`Action`). The
+actions and the SessionResult are in commander/actions.py.
 """
 
 from __future__ import annotations
 
 import enum
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import cast
 
-from commander.events import HandshakeDone, SessionEvent, StopReceived, ToolResultReceived
+from commander import actions
+from commander.events import HandshakeDone, StopReceived, ToolResultReceived
 from shared import wire
 from shared.errors import describe_exception
 from shared.model import SessionState, StopCode, StopInfo
 
-__all__ = [
-    "Action",
-    "Assigned",
-    "CancelAgent",
-    "CancelCall",
-    "CloseUpstream",
-    "CommanderSession",
-    "Deliver",
-    "DiscardQueued",
-    "Effect",
-    "Notify",
-    "PendingAtStop",
-    "Phase",
-    "Report",
-    "Send",
-    "SessionResult",
-]
+__all__ = ["CommanderSession", "Phase"]
 
 
-# -- actions ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Queue `packet` upstream (the writer stamps seq, session id and, on a StopConfirm, last_seq)."""
-
-    packet: wire.pb.UpstreamPacket
-
-
-@dataclass(frozen=True, slots=True)
-class Notify:
-    """Hand `event` to the session's observer."""
-
-    event: SessionEvent
-
-
-@dataclass(frozen=True, slots=True)
-class Deliver:
-    """Wake the agent's call `call_id`: `result` is its answer."""
-
-    call_id: str
-    result: wire.pb.ToolCallResult
-
-
-@dataclass(frozen=True, slots=True)
-class CancelAgent:
-    """Cancel the agent's task: whatever it awaits raises cancellation at once. With `stop`,
-    the agent is also told (AgentContext.stopped)."""
-
-    reason: str
-    stop: StopInfo | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Assigned:
-    """A pool stream was handed a session: stamp its id on every packet from now on."""
-
-    assignment: wire.pb.Assignment
-
-
-@dataclass(frozen=True, slots=True)
-class CancelCall:
-    """Reset the RPC (RST_STREAM): the stream cannot end in-band."""
-
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """Something the dispatcher did that is worth one warning line (the session goes on)."""
-
-    event: str
-    code: str
-    message: str
-    seq: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class DiscardQueued:
-    """Drop every packet queued but not written, then report how many: `on_queue_discarded`."""
-
-
-@dataclass(frozen=True, slots=True)
-class CloseUpstream:
-    """Nothing more to send: half-close once the queue has drained."""
-
-
-Effect = Notify | Deliver | CancelAgent | Assigned | CancelCall | Report
-Action = Effect | Send | DiscardQueued | CloseUpstream
-
-_NONE: tuple[Effect, ...] = ()
-
-
-# -- the outcome ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PendingAtStop:
-    call_id: str
-    tool_name: str
-    fate: str  # ABANDONED or RESULT_IGNORED
-
-
-@dataclass(frozen=True, slots=True)
-class SessionResult:
-    """How a session ended, from the commander's side."""
-
-    session_id: str
-    state: SessionState
-    reason: str
-    status_code: str = "OK"
-    status_details: str = ""
-    compat_mode: bool = False
-    dispatcher_id: str = ""
-    stop: StopInfo | None = None
-    stop_to_halt_ms: float | None = None  # stop received -> agent unwound
-    stop_to_confirm_ms: float | None = None  # dispatcher-measured: stop sent -> confirm received
-    pending_at_stop: tuple[PendingAtStop, ...] = ()
-    discarded_packets: int = 0
-    packets_sent: int = 0
-    last_acked_seq: int = 0
-    tool_calls: int = 0
-    duration_s: float = 0.0  # call opened -> stream ended
-    errors: tuple[str, ...] = ()  # non-fatal ErrorSignals the dispatcher sent
-    trailers: dict[str, str] = field(default_factory=dict)
-    assigned: wire.pb.Assignment | None = None  # pool streams: the session handed to us
-
-    @property
-    def ok(self) -> bool:
-        return self.state is SessionState.FINISHED
+_NONE: tuple[actions.Effect, ...] = ()
 
 
 # -- the state machine ------------------------------------------------------------------------
@@ -227,7 +103,7 @@ class CommanderSession:
         self._calls: dict[str, _Call] = {}  # in the order they were sent: compatibility mode matches by it
         self._stop_received_at: float | None = None
         self._halted_at: float | None = None
-        self._pending_at_stop: tuple[PendingAtStop, ...] = ()
+        self._pending_at_stop: tuple[actions.PendingAtStop, ...] = ()
         self._discarded = 0
         self._agent_error: str | None = None
         self._acked_seq = 0
@@ -247,24 +123,24 @@ class CommanderSession:
 
     # -- events ---------------------------------------------------------------------------
 
-    def start(self) -> Sequence[Action]:
+    def start(self) -> Sequence[actions.Action]:
         """The call is open: the Hello goes first."""
-        return (Send(wire.pb.UpstreamPacket(hello=self._hello)),)
+        return (actions.Send(wire.pb.UpstreamPacket(hello=self._hello)),)
 
-    def on_downstream(self, packet: wire.pb.DownstreamPacket, now: float) -> Sequence[Effect]:
+    def on_downstream(self, packet: wire.pb.DownstreamPacket, now: float) -> Sequence[actions.Effect]:
         kind = packet.WhichOneof("signal")
         if self.phase is Phase.AWAITING_ASSIGNMENT:
             if kind != "assignment":  # the contract: always a pool stream's first packet
                 return (
-                    Report("pool.not_assigned", kind or "none", "a pool stream's first packet must be an Assignment"),
-                    CancelCall("the dispatcher does not run this stream as a pool stream"),
+                    actions.Report("pool.not_assigned", kind or "none", "a pool stream must start with an Assignment"),
+                    actions.CancelCall("the dispatcher does not run this stream as a pool stream"),
                 )
             self.assignment = packet.assignment
             self.session_id = packet.assignment.session_id
             self.prompt = packet.assignment.input_text or packet.assignment.input_json
             self.phase = Phase.HANDSHAKE
-            return (Assigned(packet.assignment),)
-        effects: list[Effect] = []
+            return (actions.Assigned(packet.assignment),)
+        effects: list[actions.Effect] = []
         if self.phase is Phase.HANDSHAKE:
             if kind == "welcome":
                 self.welcome = packet.welcome
@@ -281,10 +157,10 @@ class CommanderSession:
         elif kind == "error":
             error = packet.error
             self._errors.append(f"{error.code}: {error.message}")
-            effects.append(Report("dispatcher.error_packet", error.code, error.message, error.seq))
+            effects.append(actions.Report("dispatcher.error_packet", error.code, error.message, error.seq))
         return effects
 
-    def on_handshake_timeout(self) -> Sequence[Effect]:
+    def on_handshake_timeout(self) -> Sequence[actions.Effect]:
         """No answer to the Hello in time: an original-contract dispatcher says nothing until spoken to."""
         if self.phase is not Phase.HANDSHAKE:
             return _NONE
@@ -293,7 +169,7 @@ class CommanderSession:
 
     def on_stream_end(
         self, code: str, details: str, trailers: Mapping[str, str], initial_metadata: Mapping[str, str]
-    ) -> Sequence[Effect]:
+    ) -> Sequence[actions.Effect]:
         """The call ended with status `code` (a grpc.StatusCode name)."""
         self._end = _End(code, details, dict(trailers), dict(initial_metadata))
         if self.phase in (Phase.AWAITING_ASSIGNMENT, Phase.HANDSHAKE):
@@ -302,10 +178,10 @@ class CommanderSession:
             self.compat_mode = False
             return _NONE
         if self._agent_running:  # nobody left to talk to
-            return (CancelAgent("the stream ended"),)
+            return (actions.CancelAgent("the stream ended"),)
         return _NONE
 
-    def on_cancel_requested(self, reason: str) -> Sequence[Effect]:
+    def on_cancel_requested(self, reason: str) -> Sequence[actions.Effect]:
         """This side ends the session (the user's Ctrl-C, the caller): the dispatcher is told `reason`.
 
         A stop already received wins (it is confirmed instead); once the final packet is decided
@@ -317,9 +193,9 @@ class CommanderSession:
             return _NONE
         self.cancel_reason = reason
         if self.phase is Phase.AWAITING_ASSIGNMENT:
-            return (CancelCall("leaving the pool"),)  # no session yet: nobody to tell in-band
+            return (actions.CancelCall("leaving the pool"),)  # no session yet: nobody to tell in-band
         if self._agent_running:
-            return (CancelAgent(reason),)
+            return (actions.CancelAgent(reason),)
         return _NONE  # the agent will not start; its end sends the ErrorSignal
 
     def start_agent(self) -> bool:
@@ -352,22 +228,22 @@ class CommanderSession:
             del self._calls[call_id]
         # else: after a stop the call stays: its fate goes into the StopConfirm.
 
-    def on_agent_returned(self, now: float) -> Sequence[Action]:
+    def on_agent_returned(self, now: float) -> Sequence[actions.Action]:
         """The agent's task is over: it returned, or was cancelled by a CancelAgent (or never started)."""
         return self._agent_done(now, None)
 
-    def on_agent_failed(self, exc: BaseException, now: float) -> Sequence[Action]:
+    def on_agent_failed(self, exc: BaseException, now: float) -> Sequence[actions.Action]:
         """The agent raised `exc`: its own failure, reported upstream."""
         return self._agent_done(now, exc)
 
-    def on_queue_discarded(self, count: int) -> Sequence[Action]:
+    def on_queue_discarded(self, count: int) -> Sequence[actions.Action]:
         """The answer to DiscardQueued: `count` agent packets were dropped unsent."""
         stop, halt_s = self.stop, self._halt_s()
         if stop is None or halt_s is None:
             raise RuntimeError("on_queue_discarded without a stop: DiscardQueued comes only after one")
         self._discarded = count
         if self.compat_mode:
-            return (CloseUpstream(),)  # the original contract has no StopConfirm
+            return (actions.CloseUpstream(),)  # the original contract has no StopConfirm
         confirm = wire.pb.StopConfirm(
             stop_id=stop.stop_id,
             halt_us=round(halt_s * 1_000_000),  # not int(): 12.5 ms is 12499.99... us in floats
@@ -382,15 +258,15 @@ class CommanderSession:
                 for p in self._pending_at_stop
             ],
         )
-        return (Send(wire.pb.UpstreamPacket(stop_confirm=confirm)), CloseUpstream())
+        return (actions.Send(wire.pb.UpstreamPacket(stop_confirm=confirm)), actions.CloseUpstream())
 
-    def on_end_timeout(self) -> Sequence[Effect]:
+    def on_end_timeout(self) -> Sequence[actions.Effect]:
         """The stream did not end in time after the final packet."""
         if self.is_ended:
             return _NONE
-        return (CancelCall("the dispatcher did not end the stream"),)
+        return (actions.CancelCall("the dispatcher did not end the stream"),)
 
-    def result(self, *, now: float, packets_sent: int) -> SessionResult:
+    def result(self, *, now: float, packets_sent: int) -> actions.SessionResult:
         """How the session ended: from everything fed in, the stream's status and its trailers."""
         end = self._end or _NOT_ENDED
         stop = self.stop
@@ -403,7 +279,7 @@ class CommanderSession:
             dispatcher_id = self.welcome.dispatcher_id
         else:
             dispatcher_id = end.initial_metadata.get(wire.MetadataKey.DISPATCHER_ID, "")
-        return SessionResult(
+        return actions.SessionResult(
             session_id=self.session_id,
             state=state,
             reason=reason,
@@ -433,24 +309,24 @@ class CommanderSession:
             return None
         return self._halted_at - self._stop_received_at
 
-    def _handshake_done(self) -> Sequence[Effect]:
+    def _handshake_done(self) -> Sequence[actions.Effect]:
         self.phase = Phase.RUNNING
         dispatcher_id = self.welcome.dispatcher_id if self.welcome is not None else ""
-        return (Notify(HandshakeDone(self.session_id, dispatcher_id, self.compat_mode)),)
+        return (actions.Notify(HandshakeDone(self.session_id, dispatcher_id, self.compat_mode)),)
 
-    def _on_tool_result(self, result: wire.pb.ToolCallResult) -> Sequence[Effect]:
+    def _on_tool_result(self, result: wire.pb.ToolCallResult) -> Sequence[actions.Effect]:
         if result.call_id:
             call = self._calls.get(result.call_id)
         else:  # no call id (the original contract): the oldest call still waiting for one
             call = next((c for c in self._calls.values() if not c.result_after_stop), None)
-        effects: list[Effect] = []
+        effects: list[actions.Effect] = []
         if call is not None:
             if self.stop is not None:
                 call.result_after_stop = True  # the agent is gone: the result is not used
             else:
                 del self._calls[call.call_id]
                 if not call.abandoned:
-                    effects.append(Deliver(call.call_id, result))
+                    effects.append(actions.Deliver(call.call_id, result))
         error_code = wire.tool_error_code_name(result.error.code) if result.HasField("error") else ""
         event = ToolResultReceived(
             call_id=call.call_id if call is not None else result.call_id,
@@ -460,17 +336,17 @@ class CommanderSession:
             error_message=result.error.message,
             execution_time_us=result.execution_time_us,
         )
-        effects.append(Notify(event))
+        effects.append(actions.Notify(event))
         return effects
 
-    def _on_stop(self, stop: StopInfo, now: float) -> Sequence[Effect]:
+    def _on_stop(self, stop: StopInfo, now: float) -> Sequence[actions.Effect]:
         if self.stop is not None:
             return _NONE  # the first stop wins
         self.stop = stop
         self._stop_received_at = now
-        return (Notify(StopReceived(stop)), CancelAgent(f"stopped: {stop.describe()}", stop))
+        return (actions.Notify(StopReceived(stop)), actions.CancelAgent(f"stopped: {stop.describe()}", stop))
 
-    def _agent_done(self, now: float, exc: BaseException | None) -> Sequence[Action]:
+    def _agent_done(self, now: float, exc: BaseException | None) -> Sequence[actions.Action]:
         if self.phase is not Phase.RUNNING:
             return ()
         self._agent_running = False
@@ -480,20 +356,20 @@ class CommanderSession:
         if exc is not None:
             self._agent_error = describe_exception(exc)
         if self.is_ended:
-            return (CloseUpstream(),)  # the stream is over: nothing more to say
+            return (actions.CloseUpstream(),)  # the stream is over: nothing more to say
         if self.stop is not None:
             self._pending_at_stop = tuple(
-                PendingAtStop(c.call_id, c.tool_name, "RESULT_IGNORED" if c.result_after_stop else "ABANDONED")
+                actions.PendingAtStop(c.call_id, c.tool_name, "RESULT_IGNORED" if c.result_after_stop else "ABANDONED")
                 for c in self._calls.values()
             )
-            return (DiscardQueued(),)  # never sent, never paid for; then the StopConfirm
+            return (actions.DiscardQueued(),)  # never sent, never paid for; then the StopConfirm
         if self.cancel_reason is not None:
             final = wire.pb.UpstreamPacket(error=wire.pb.ErrorSignal(code="CANCELLED", message=self.cancel_reason))
         elif self._agent_error is not None:
             final = wire.pb.UpstreamPacket(error=wire.pb.ErrorSignal(code="AGENT_ERROR", message=self._agent_error))
         else:
             final = wire.pb.UpstreamPacket(content=wire.pb.ContentChunk(is_finish=True))
-        return (Send(final), CloseUpstream())
+        return (actions.Send(final), actions.CloseUpstream())
 
     def _outcome(self, end: _End, stop: StopInfo | None) -> tuple[SessionState, str]:
         if stop is not None:

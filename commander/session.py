@@ -17,11 +17,11 @@ import anyio
 import grpc
 import structlog
 
-from commander import core
+from commander import actions, core
+from commander.actions import PendingAtStop, SessionResult  # re-exported: the public API names them here
 from commander.coalesce import Coalescer
 from commander.config import CommanderConfig, ConnectionConfig
 from commander.context import AgentContext
-from commander.core import PendingAtStop, SessionResult  # re-exported: the public API names them here
 from commander.events import Observer
 from commander.transport import Link
 from shared import wire
@@ -135,7 +135,7 @@ class _Shell:
         finally:
             link.close_upstream()  # idempotent; also when the final packet could not be queued in time
 
-    async def _run_agent(self, agent: Agent) -> Sequence[core.Action]:
+    async def _run_agent(self, agent: Agent) -> Sequence[actions.Action]:
         machine = self._machine
         if not machine.start_agent():  # a stop, a cancel or the end came first
             return machine.on_agent_returned(time.perf_counter())
@@ -150,12 +150,12 @@ class _Shell:
             return machine.on_agent_failed(failure, time.perf_counter())
         return machine.on_agent_returned(time.perf_counter())
 
-    async def _finish(self, actions: Sequence[core.Action]) -> None:
+    async def _finish(self, final: Sequence[actions.Action]) -> None:
         """The final packet and the half-close, then the dispatcher's status: all within end_timeout_s
         (a dispatcher that stops reading leaves a full outbox, and the final packet waits for room)."""
         timeout_s = self._connection.end_timeout_s
         with anyio.move_on_after(timeout_s):
-            await self._perform(actions)
+            await self._perform(final)
             await self.link.ended.wait()
         if not self.link.ended.is_set():
             log.warning("session.end_timeout", timeout_s=timeout_s)
@@ -183,18 +183,18 @@ class _Shell:
             self._machine.on_stream_end(end.code.name, end.details, end.trailers, self.link.initial_metadata)
         )
 
-    async def _perform(self, actions: Sequence[core.Action]) -> None:
-        for action in actions:
-            if isinstance(action, core.Send):
+    async def _perform(self, todo: Sequence[actions.Action]) -> None:
+        for action in todo:
+            if isinstance(action, actions.Send):
                 await self.link.send(action.packet)
-            elif isinstance(action, core.DiscardQueued):
+            elif isinstance(action, actions.DiscardQueued):
                 await self._perform(self._machine.on_queue_discarded(self.link.discard_queued()))
-            elif isinstance(action, core.CloseUpstream):
+            elif isinstance(action, actions.CloseUpstream):
                 self.link.close_upstream()
             else:
                 self._apply(action)
 
-    def _apply_all(self, effects: Sequence[core.Effect]) -> None:
+    def _apply_all(self, effects: Sequence[actions.Effect]) -> None:
         for effect in effects:
             self._apply(effect)
         if self._machine.phase is not self._phase:  # wake whoever waits for one (`_until`)
@@ -202,21 +202,21 @@ class _Shell:
             self._changed.set()
             self._changed = anyio.Event()
 
-    def _apply(self, effect: core.Effect) -> None:
-        if isinstance(effect, core.Notify):
+    def _apply(self, effect: actions.Effect) -> None:
+        if isinstance(effect, actions.Notify):
             self._observer(effect.event)
-        elif isinstance(effect, core.Deliver):
+        elif isinstance(effect, actions.Deliver):
             self._ctx.deliver(effect.call_id, effect.result)
-        elif isinstance(effect, core.CancelAgent):
+        elif isinstance(effect, actions.CancelAgent):
             if effect.stop is not None:
                 self._ctx.stopped.set()
             self._agent_scope.cancel()
-        elif isinstance(effect, core.Assigned):
+        elif isinstance(effect, actions.Assigned):
             self.link.session_id = effect.assignment.session_id
-        elif isinstance(effect, core.CancelCall):
+        elif isinstance(effect, actions.CancelCall):
             log.debug("session.call_cancelled", reason=effect.reason)
             self.link.cancel()
-        elif isinstance(effect, core.Report):
+        elif isinstance(effect, actions.Report):
             log.warning(effect.event, code=effect.code, seq=effect.seq, detail=effect.message)
 
     async def _until(self, reached: Callable[[], bool]) -> None:

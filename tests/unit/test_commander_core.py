@@ -5,26 +5,27 @@ from __future__ import annotations
 import ast
 from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
 
+import commander.actions
 import commander.core
-from commander.core import (
+from commander.actions import (
     Action,
     Assigned,
     CancelAgent,
     CancelCall,
     CloseUpstream,
-    CommanderSession,
     Deliver,
     DiscardQueued,
     Notify,
     PendingAtStop,
-    Phase,
     Report,
     Send,
 )
+from commander.core import CommanderSession, Phase
 from commander.events import HandshakeDone, StopReceived, ToolResultReceived
 from shared import wire
 from shared.model import SessionState, StopCode, StopInfo
@@ -120,8 +121,9 @@ def finish_after_stop(core: CommanderSession, now: float, discarded: int = 0) ->
 # -- the module ---------------------------------------------------------------------------
 
 
-def test_the_core_imports_no_grpc_anyio_or_asyncio() -> None:
-    tree = ast.parse(Path(commander.core.__file__).read_text(encoding="utf-8"))
+@pytest.mark.parametrize("module", [commander.core, commander.actions], ids=["core", "actions"])
+def test_the_core_imports_no_grpc_anyio_asyncio_or_clock(module: ModuleType) -> None:
+    tree = ast.parse(Path(str(module.__file__)).read_text(encoding="utf-8"))
     imported = {
         alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
     }
