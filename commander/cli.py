@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import random
 import signal
 import sys
+import threading
 from typing import Any
 
 import anyio
 import click
 import grpc
 import structlog
+from anyio.abc import TaskStatus
 
 from commander.config import CommanderConfig
 from commander.models import ScriptedAgent
@@ -30,6 +33,8 @@ EXIT_FINISHED = 0
 EXIT_FAILED = 1
 EXIT_STOPPED = 2
 EXIT_CANCELLED = 130  # as for a shell command ended by Ctrl-C
+# After a second signal the process is gone within this, whatever it was waiting for.
+FORCED_EXIT_S = 0.5
 
 
 @click.group(context_settings=CLI_CONTEXT)
@@ -63,16 +68,19 @@ def run(
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
     renderer = JsonRenderer(quiet=quiet) if as_json else ConsoleRenderer(quiet=quiet)
     result = anyio.run(_run, config, prompt, session_id, renderer)
+    if result is None:  # a second signal cut the session short: there is no result to print
+        sys.exit(EXIT_CANCELLED)
     renderer.result(result)
     sys.exit(exit_code(result))
 
 
-async def _run(config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any) -> SessionResult:
-    """The session, with Ctrl-C / SIGTERM cancelling it cleanly (a second signal exits at once)."""
-    cancel = anyio.Event()
+async def _run(config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any) -> SessionResult | None:
+    """The session, with Ctrl-C / SIGTERM cancelling it cleanly (a second signal exits at once: None)."""
+    signals = SignalPolicy()
+    result: SessionResult | None = None
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_cancel_on_signal, cancel)
-        result = await _session(config, prompt, session_id, renderer, cancel)
+        await tg.start(signals.watch, tg.cancel_scope)
+        result = await _session(config, prompt, session_id, renderer, signals.cancel)
         tg.cancel_scope.cancel()
     return result
 
@@ -112,12 +120,14 @@ def serve(concurrency: int, config_file: str | None, log_level: str, **flags: An
     """  # fmt: skip
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
-    anyio.run(_serve, config, concurrency)
+    sys.exit(anyio.run(_serve, config, concurrency))
 
 
-async def _serve(config: CommanderConfig, concurrency: int) -> None:
+async def _serve(config: CommanderConfig, concurrency: int) -> int:
+    """The pool streams until a signal: 0 once the first one has ended them cleanly, 130 after a second."""
     renderer = JsonRenderer()
-    cancel = anyio.Event()
+    signals = SignalPolicy()
+    cancel = signals.cancel
 
     def agent() -> ScriptedAgent:
         return ScriptedAgent(
@@ -149,22 +159,55 @@ async def _serve(config: CommanderConfig, concurrency: int) -> None:
                     await cancel.wait()
 
     async with anyio.create_task_group() as tg:
-        tg.start_soon(_cancel_on_signal, cancel)
+        await tg.start(signals.watch, tg.cancel_scope)
         async with open_channel(config.connection, config.keepalive) as channel:
             log.info("pool.joining", target=config.connection.target, concurrency=concurrency)
             async with anyio.create_task_group() as streams:
                 for number in range(concurrency):
                     streams.start_soon(pool_stream, number, channel)
         tg.cancel_scope.cancel()
+    return EXIT_CANCELLED if signals.forced else EXIT_FINISHED
 
 
-async def _cancel_on_signal(cancel: anyio.Event) -> None:
-    """The first SIGINT/SIGTERM sets `cancel` (a clean, recorded end); a second one exits at once."""
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async for _ in signals:
-            if cancel.is_set():
-                sys.exit(EXIT_CANCELLED)
-            cancel.set()
+class SignalPolicy:
+    """SIGINT/SIGTERM for the CLI. The first sets `cancel`: sessions end cleanly, in-band, and the
+    dispatcher records why. A second one exits at once: it cancels the scope `watch` was given
+    (each RPC is reset, so the dispatcher sees the peer go) and arms a timer thread that ends
+    the process with EXIT_CANCELLED after FORCED_EXIT_S, should unwinding take longer.
+
+    Why the timer: neither a cancelled scope nor an exception raised in a task (sys.exit) ends
+    anyio.run before every cleanup await below it has finished, and the dispatcher may never
+    answer the one a session is in. A thread needs no event loop to end the process.
+    """
+
+    def __init__(self) -> None:
+        self.cancel = anyio.Event()
+        self.forced = False
+
+    async def watch(
+        self, scope: anyio.CancelScope, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Until cancelled; started (`await tg.start(...)`) once the signals are caught."""
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                name = signal.Signals(signum).name
+                if not self.cancel.is_set():
+                    log.info("commander.cancelling", signal=name)
+                    self.cancel.set()
+                    continue
+                log.warning("commander.forced_exit", signal=name)
+                self.forced = True
+                _exit_after(FORCED_EXIT_S, EXIT_CANCELLED)
+                scope.cancel()
+                return
+
+
+def _exit_after(delay_s: float, code: int) -> None:
+    # os._exit: no cleanup left to wait for (nor any flush, whose lock the main thread may hold).
+    timer = threading.Timer(delay_s, os._exit, args=(code,))
+    timer.daemon = True  # a process that ends sooner by itself does not wait for it
+    timer.start()
 
 
 class PoolBackoff:

@@ -1,7 +1,8 @@
 """AgentContext: what an agent may do during a session. No grpc import here.
 
 `think` and `say` queue an upstream packet (waiting when the outbox is full: that is the
-backpressure); `call_tool` sends a call and waits for the result with the same call id.
+backpressure); `call_tool` sends a call and waits for the result the session core matches
+to it (by call id, or by order in compatibility mode).
 When a stop arrives the agent's task is cancelled: whatever it awaits (the LLM stream, a
 tool result, a full outbox) raises cancellation at once.
 """
@@ -16,12 +17,13 @@ from typing import Any
 
 import anyio
 
+from commander.core import CommanderSession
 from commander.events import ContentEmitted, Observer, ThoughtEmitted, ToolCallSent
 from shared import wire
 from shared.errors import ToolCallError
 from shared.model import StopInfo
 
-__all__ = ["AgentContext", "PendingCall"]
+__all__ = ["AgentContext"]
 
 Send = Callable[[wire.pb.UpstreamPacket], Awaitable[None]]
 
@@ -30,29 +32,49 @@ _TIMEOUT_SLACK_S = 0.25
 
 
 @dataclass(slots=True, eq=False)
-class PendingCall:
-    call_id: str
-    tool_name: str
+class _Waiter:
+    """One call_tool waiting for the result the session core matches to it."""
+
     done: anyio.Event = field(default_factory=anyio.Event)
     result: wire.pb.ToolCallResult | None = None
-    abandoned: bool = False
-    result_after_stop: bool = False
 
 
 class AgentContext:
-    """Handed to the agent; one per session."""
+    """Handed to the agent; one per session.
 
-    def __init__(self, *, session_id: str, send: Send, observer: Observer) -> None:
-        self.session_id = session_id
-        self.limits: wire.pb.SessionLimits | None = None
-        self.compat_mode = False
+    The session's state (its id, limits, compatibility mode, the stop, the tool calls) is the
+    session core's (`commander.core`): this is the agent's view of it, plus the waiting.
+    """
+
+    def __init__(self, session: CommanderSession, *, send: Send, observer: Observer) -> None:
+        self._session = session
         self._send = send
         self._observe = observer
-        self._pending: dict[str, PendingCall] = {}
+        self._waiting: dict[str, _Waiter] = {}
         self._next_call = 0
-        self.stop: StopInfo | None = None
-        self.stopped = anyio.Event()
-        self.tool_calls = 0
+        self.stopped = anyio.Event()  # set when a stop arrives, as the agent's task is cancelled
+
+    @property
+    def session_id(self) -> str:
+        return self._session.session_id
+
+    @property
+    def limits(self) -> wire.pb.SessionLimits | None:
+        """What the dispatcher's Welcome allows; None in compatibility mode."""
+        return self._session.limits
+
+    @property
+    def compat_mode(self) -> bool:
+        """True when the dispatcher speaks the original contract (no Welcome, results by order)."""
+        return self._session.compat_mode
+
+    @property
+    def stop(self) -> StopInfo | None:
+        return self._session.stop
+
+    @property
+    def tool_calls(self) -> int:
+        return self._session.tool_calls
 
     # -- the agent's API ---------------------------------------------------------
 
@@ -75,31 +97,29 @@ class AgentContext:
         self._next_call += 1
         call_id = f"call-{self._next_call}"
         arguments_json = json.dumps(args or {}, separators=(",", ":"), ensure_ascii=False)
-        pending = PendingCall(call_id, name)
-        self._pending[call_id] = pending
         request = wire.pb.ToolCallRequest(
             tool_name=name,
             arguments_json=arguments_json,
             call_id=call_id,
             timeout_ms=int(timeout * 1000) if timeout else 0,
         )
-        self.tool_calls += 1
+        waiter = self._waiting[call_id] = _Waiter()
+        # Registered before it is queued: no result can find it missing, and calls are matched
+        # by order (compatibility mode) in the order they are queued.
+        self._session.on_tool_call_sent(call_id, name)
         try:
             await self._send(wire.pb.UpstreamPacket(tool_call=request))
             self._observe(ToolCallSent(call_id, name, arguments_json))
             if timeout:
                 with anyio.move_on_after(timeout + _TIMEOUT_SLACK_S):
-                    await pending.done.wait()
+                    await waiter.done.wait()
             else:
-                await pending.done.wait()
+                await waiter.done.wait()
         finally:
-            if pending.result is None and self.compat_mode:
-                # Results without call ids are matched by order: keep the slot so a late
-                # result is consumed here instead of being handed to the next call.
-                pending.abandoned = True
-            elif not self.stop:
-                self._pending.pop(call_id, None)
-        result = pending.result
+            del self._waiting[call_id]
+            if waiter.result is None:
+                self._session.on_tool_call_given_up(call_id)
+        result = waiter.result
         if result is None:
             raise ToolCallError(name, call_id, "TIMEOUT", f"no result within {timeout:g} s")
         if result.HasField("error") and result.error.code:
@@ -109,29 +129,12 @@ class AgentContext:
 
     # -- used by the session -----------------------------------------------------
 
-    def resolve(self, result: wire.pb.ToolCallResult) -> PendingCall | None:
-        """Hand a result to its waiting call: by call id, or the oldest call when it has none."""
-        if result.call_id:
-            pending = self._pending.get(result.call_id)
-        else:
-            pending = next(iter(self._pending.values()), None)
-        if pending is None:
-            return None
-        if self.stop is not None:
-            pending.result_after_stop = True
-            return pending
-        del self._pending[pending.call_id]
-        if not pending.abandoned:
-            pending.result = result
-            pending.done.set()
-        return pending
-
-    def pending_calls(self) -> list[PendingCall]:
-        return [p for p in self._pending.values() if p.result is None]
-
-    def mark_stopped(self, stop: StopInfo) -> None:
-        self.stop = stop
-        self.stopped.set()
+    def deliver(self, call_id: str, result: wire.pb.ToolCallResult) -> None:
+        """The session core matched `result` to `call_id`: wake that call."""
+        waiter = self._waiting.get(call_id)
+        if waiter is not None:
+            waiter.result = result
+            waiter.done.set()
 
 
 def stamp(packet: wire.pb.UpstreamPacket, *, seq: int, session_id: str) -> None:
