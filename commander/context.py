@@ -21,6 +21,7 @@ from commander.core import CommanderSession
 from commander.events import ContentEmitted, Observer, ThoughtEmitted, ToolCallSent
 from shared import wire
 from shared.errors import ToolCallError
+from shared.jsontext import JsonTextError, parse_json
 from shared.model import StopInfo
 
 __all__ = ["AgentContext"]
@@ -125,7 +126,12 @@ class AgentContext:
         if result.HasField("error") and result.error.code:
             code = wire.tool_error_code_name(result.error.code)
             raise ToolCallError(name, call_id, code, result.error.message)
-        return json.loads(result.result_json) if result.result_json else None
+        if not result.result_json:
+            return None
+        try:
+            return parse_json(result.result_json, "result_json")
+        except JsonTextError as exc:  # the dispatcher's bug, told to the agent as a failed call
+            raise ToolCallError(name, call_id, "MALFORMED_RESULT", str(exc)) from None
 
     # -- used by the session -----------------------------------------------------
 

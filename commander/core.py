@@ -21,7 +21,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from commander import actions
 from commander.events import HandshakeDone, StopReceived, ToolResultReceived
@@ -252,8 +251,7 @@ class CommanderSession:
                 wire.pb.PendingToolCall(
                     call_id=p.call_id,
                     tool_name=p.tool_name,
-                    # wire gives the enum's number as a plain int; the stubs type the field as the enum
-                    fate=cast("wire.pb.ToolCallFate", wire.tool_call_fate_to_wire(p.fate)),
+                    fate=wire.tool_call_fate_to_wire(p.fate),
                 )
                 for p in self._pending_at_stop
             ],

@@ -37,7 +37,7 @@ async def test_a_cancel_mid_tool_call_cancels_the_agent_and_the_dispatcher_recor
         cancel.set()
 
     async with running_dispatcher(tools=gated_tools(gate)) as dispatcher:
-        registry = dispatcher.registry  # registry attribute
+        registry = dispatcher.sessions.registry
         async with grpc.aio.insecure_channel(dispatcher.address) as channel, anyio.create_task_group() as tg:
             tg.start_soon(cancel_once_the_tool_runs)
             with anyio.fail_after(WAIT_S):
@@ -68,7 +68,7 @@ async def test_a_cancel_while_waiting_in_the_pool_leaves_the_pool() -> None:
         started.append(prompt)
 
     async with running_dispatcher() as dispatcher:
-        pool = dispatcher.pool  # pool attribute
+        pool = dispatcher.sessions.pool
         async with grpc.aio.insecure_channel(dispatcher.address) as channel, anyio.create_task_group() as tg:
             results = []
 
@@ -96,7 +96,7 @@ async def test_cancelling_the_caller_mid_tool_call_resets_the_call() -> None:
         await ctx.call_tool("gate_tool", {})
 
     async with running_dispatcher(tools=gated_tools(gate)) as dispatcher:
-        registry = dispatcher.registry  # registry attribute
+        registry = dispatcher.sessions.registry
         async with grpc.aio.insecure_channel(dispatcher.address) as channel, anyio.create_task_group() as tg:
 
             async def cancel_once_the_tool_runs() -> None:
