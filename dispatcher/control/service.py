@@ -28,7 +28,7 @@ from dispatcher.control.members import Members, relay
 from dispatcher.control.watch import check_resume_point, follow_journal
 from dispatcher.core.journal import Journal
 from dispatcher.core.snapshots import outcome_to_wire
-from dispatcher.sessions.manager import SessionDirectory
+from dispatcher.sessions.directory import SessionDirectory
 from dispatcher.sessions.registry import SessionHandle
 from shared import wire
 from shared.errors import AccessDenied, BadRequest, FellBehind, NotFound, OutOfRange

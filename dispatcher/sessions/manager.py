@@ -20,6 +20,7 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.core.journal import Journal
 from dispatcher.core.policies import Policy
 from dispatcher.core.session import Session
+from dispatcher.sessions.directory import SessionDirectory
 from dispatcher.sessions.pool import CommanderPool, PoolSlot
 from dispatcher.sessions.registry import EndedSession, SessionHandle, SessionRegistry
 from dispatcher.sessions.runner import RunnerSettings, SessionRunner
@@ -30,7 +31,7 @@ from shared import wire
 from shared.errors import AgentRuntimeError, NoFreeCommander, SessionConflict, ShuttingDown
 from shared.model import StopInfo
 
-__all__ = ["SessionDirectory", "SessionManager", "StreamSessions"]
+__all__ = ["SessionManager", "StreamSessions"]
 
 log = structlog.get_logger("dispatcher.sessions")
 
@@ -55,29 +56,7 @@ class StreamSessions(Protocol):
     def unpark(self, slot: PoolSlot) -> None: ...
 
 
-class SessionDirectory(Protocol):
-    """What the control plane needs: find and list sessions, start one on the pool."""
-
-    @property
-    def is_draining(self) -> bool: ...
-
-    @property
-    def free_commanders(self) -> int: ...
-
-    def get_open(self, session_id: str) -> SessionHandle | None: ...
-
-    def get_ended(self, session_id: str) -> EndedSession | None: ...
-
-    def ended_journal(self, session_id: str) -> Journal | None: ...
-
-    def open_sessions(self) -> Iterator[SessionHandle]: ...
-
-    def ended_sessions(self) -> Iterator[EndedSession]: ...
-
-    async def start_on_pool(self, assignment: wire.pb.Assignment, wait_s: float) -> SessionHandle: ...
-
-
-class SessionManager:
+class SessionManager(SessionDirectory):
     """Implements `StreamSessions` and `SessionDirectory` for one dispatcher process."""
 
     def __init__(self, config: DispatcherConfig, tools: ToolRegistry) -> None:
