@@ -147,9 +147,8 @@ async def test_packets_after_a_stop_are_counted_and_never_forwarded() -> None:
         assert ended is not None and ended.dropped_packets == 2
 
 
-async def test_a_stop_written_by_the_session_task_is_followed_by_its_ack_and_counted_once() -> None:
-    """With nothing queued, the session task writes a policy stop itself (no hop through the
-    handler); the stream then looks exactly as when the handler sends it."""
+async def test_a_policy_stop_is_followed_by_its_ack_and_counted_once() -> None:
+    """A stop decided while nothing is queued: first on the wire, then only acks."""
     config = test_config(policy={"block_patterns": ("forbidden",)})
     async with running_dispatcher(config) as d, grpc.aio.insecure_channel(d.address) as ch, with_bystander(ch):
         raw = RawSession(ch)
