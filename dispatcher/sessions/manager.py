@@ -81,10 +81,11 @@ class SessionManager(SessionDirectory):
             outbox_size=config.session.outbox_size,
             max_tool_calls=config.session.max_concurrent_tool_calls,
             tool_cancel_grace_s=config.session.tool_cancel_grace_ms / 1000,
-            on_ended=self.registry.release,
+            on_ended=self._ended,
             abandoned=self.abandoned,
         )
         self._draining = False
+        self._none_open = asyncio.Event()  # set whenever the last open session ends
 
     # -- building and starting sessions ------------------------------------------------
 
@@ -187,6 +188,11 @@ class SessionManager(SessionDirectory):
     def ended_sessions(self) -> Iterator[EndedSession]:
         return self.registry.ended_sessions()
 
+    def _ended(self, ended: EndedSession) -> None:
+        self.registry.release(ended)
+        if not self.registry.open_count:
+            self._none_open.set()
+
     # -- shutdown -------------------------------------------------------------------------
 
     def begin_drain(self, stop: StopInfo) -> int:
@@ -201,15 +207,12 @@ class SessionManager(SessionDirectory):
 
     async def wait_all_ended(self, timeout_s: float) -> int:
         """Wait until every open session has ended, at most `timeout_s`; how many are left."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.registry.open_count and (remaining := deadline - loop.time()) > 0:
-            waits = [asyncio.ensure_future(handle.done.wait()) for handle in self.registry.open_sessions()]
+        if self.registry.open_count:
+            self._none_open.clear()
             try:
-                await asyncio.wait(waits, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
+                await asyncio.wait_for(self._none_open.wait(), timeout_s)
+            except TimeoutError:
+                pass
         return self.registry.open_count
 
     async def aclose(self, grace_s: float) -> list[str]:
