@@ -27,7 +27,7 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.control.service import SessionControlService
 from dispatcher.sessions.manager import SessionManager
 from dispatcher.stream.service import AgentInteractionService
-from dispatcher.tools import ToolRegistry, default_registry
+from dispatcher.tools import ToolRegistry, served_tools
 from shared import settings, wire
 from shared.model import StopCode, StopInfo
 
@@ -56,7 +56,9 @@ class Dispatcher:
 
     def __init__(self, config: DispatcherConfig, tools: ToolRegistry | None = None) -> None:
         self.config = config
-        self.tools = tools if tools is not None else default_registry(test_tools=config.server.test_tools)
+        if tools is None:  # ToolLoadError (a ValueError) for a --tools value that names no tools
+            tools = served_tools(config.tools.modules, test_tools=config.tools.test_tools)
+        self.tools = tools
         self.sessions = SessionManager(config, self.tools)
         self.address: str | None = None
         self.health = health.aio.HealthServicer()

@@ -15,7 +15,7 @@ from dispatcher.auth import Role, hash_token
 from dispatcher.cluster.workers import run_workers
 from dispatcher.config import DispatcherConfig
 from dispatcher.process import run_process
-from dispatcher.tools import default_registry
+from dispatcher.tools import served_tools
 from shared.log import configure_logging
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, describe, load_cli_config
 
@@ -45,6 +45,11 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     fmt = config.log.format
     configure_logging(config.log.level, json=None if fmt == "auto" else fmt == "json")
     if config.server.workers > 1:
+        try:  # checked here once, so that a bad --tools is one line, not one per worker
+            served_tools(config.tools.modules, test_tools=config.tools.test_tools)
+        except ValueError as exc:
+            click.echo(f"dispatcher: {exc}", err=True)
+            sys.exit(2)
         try:
             sys.exit(run_workers(config, sys.argv[1:]))
         except OSError as exc:
@@ -69,10 +74,15 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
 
 
 @main.command()
+@click.option("--tools", "modules", multiple=True, metavar="PACKAGE.MODULE:NAME", help="also list these tools")
 @click.option("--test-tools", is_flag=True, help="also list `sleep`, served only with `serve --test-tools`")
-def tools(test_tools: bool) -> None:
-    """List the built-in tools with their argument schemas."""
-    registry = default_registry(test_tools=test_tools)
+def tools(modules: tuple[str, ...], test_tools: bool) -> None:
+    """List the tools `dispatcher serve` would serve with these options, with their schemas."""
+    try:
+        registry = served_tools(modules, test_tools=test_tools)
+    except ValueError as exc:
+        click.echo(f"dispatcher: {exc}", err=True)
+        sys.exit(2)
     for name in registry.names():
         spec = registry.get(name)
         assert spec is not None

@@ -18,6 +18,7 @@ __all__ = [
     "PoolConfig",
     "ServerConfig",
     "SessionConfig",
+    "ToolsConfig",
 ]
 
 MiB = 1024 * 1024
@@ -104,11 +105,6 @@ class ServerConfig:
         flag="uvloop",
     )
     reflection: bool = setting(True, "serve gRPC server reflection")
-    test_tools: bool = setting(
-        False,
-        "also serve `sleep`, the built-in tool for timeout and cancellation tests (the conformance kit uses it)",
-        flag="test-tools",
-    )
     otel: bool = setting(
         False,
         "trace RPCs with OpenTelemetry (spans to stderr unless OTEL_* exporters are set)",
@@ -290,6 +286,21 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolsConfig:
+    modules: tuple[str, ...] = setting(
+        (),
+        "serve the tools of PACKAGE.MODULE:NAME, where NAME is a ToolRegistry, a ToolSpec or a tool "
+        "function (repeatable; DISPATCHER_TOOLS: comma-separated); the built-ins are served too",
+        flag="tools",
+    )
+    test_tools: bool = setting(
+        False,
+        "also serve `sleep`, the built-in tool for timeout and cancellation tests (the conformance kit uses it)",
+        flag="test-tools",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = setting("info", "log level: debug, info, warning, error", flag="log-level")
     format: str = setting(
@@ -313,6 +324,7 @@ class DispatcherConfig:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
     log: LogConfig = field(default_factory=LogConfig)
 
     @classmethod
@@ -324,8 +336,8 @@ class DispatcherConfig:
                 instance_id="test",
                 shutdown_grace_s=2.0,
                 reflection=True,
-                test_tools=True,
             ),
+            tools=ToolsConfig(test_tools=True),
             session=SessionConfig(
                 stop_grace_ms=1_000, finish_linger_ms=500, ack_interval_ms=50, tool_cancel_grace_ms=200
             ),

@@ -8,6 +8,7 @@ from __future__ import annotations
 from dispatcher.tools.builtin import default_registry
 from dispatcher.tools.calculator import CalculatorError, evaluate
 from dispatcher.tools.executor import PreparedCall, ToolErrorCode, ToolExecutor, ToolOutcome
+from dispatcher.tools.loading import ToolLoadError, load_tools, served_tools
 from dispatcher.tools.registry import ToolFunc, ToolRegistry, ToolSpec
 
 __all__ = [
@@ -16,9 +17,12 @@ __all__ = [
     "ToolErrorCode",
     "ToolExecutor",
     "ToolFunc",
+    "ToolLoadError",
     "ToolOutcome",
     "ToolRegistry",
     "ToolSpec",
     "default_registry",
     "evaluate",
+    "load_tools",
+    "served_tools",
 ]

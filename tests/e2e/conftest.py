@@ -124,7 +124,7 @@ class DispatcherFactory:
     tmp_path: Path
     started: list[DispatcherProcess] = field(default_factory=list)
 
-    def __call__(self, *extra: str, instance_id: str = "e2e") -> DispatcherProcess:
+    def __call__(self, *extra: str, instance_id: str = "e2e", cwd: Path | None = None) -> DispatcherProcess:
         """Start `dispatcher serve` on a free loopback port and wait until it reports ready."""
         n = len(self.started)
         ready = self.tmp_path / f"dispatcher-{n}.ready"
@@ -139,7 +139,9 @@ class DispatcherFactory:
             *extra,
         ]  # fmt: skip
         with log_path.open("wb") as log_file:  # the child keeps its own descriptor
-            proc = subprocess.Popen(args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV)
+            proc = subprocess.Popen(
+                args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV, cwd=cwd
+            )
         dispatcher = DispatcherProcess(proc=proc, log_path=log_path, ready_path=ready, args=args)
         self.started.append(dispatcher)
 

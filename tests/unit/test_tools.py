@@ -587,3 +587,22 @@ def test_outcome_helpers() -> None:
         "cancelled",
         "result_too_large",
     }
+
+
+def test_tools_modules_may_name_a_registry_a_spec_or_a_function(tmp_path: Any, monkeypatch: Any) -> None:
+    from dispatcher.tools import ToolLoadError, served_tools
+
+    (tmp_path / "mixed_tools.py").write_text(
+        "from dispatcher.tools import ToolRegistry, ToolSpec\n"
+        "registry = ToolRegistry()\n"
+        "@registry.tool()\ndef one(args): return 1\n"
+        "two = ToolSpec(name='two', func=lambda args: 2, schema={'type': 'object'})\n"
+        "async def three(args):\n    '''Three, from a plain function.'''\n    return 3\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    registry = served_tools(["mixed_tools:registry", "mixed_tools:two", "mixed_tools:three"], test_tools=False)
+    assert {"one", "two", "three", "echo"} <= set(registry.names()) and "sleep" not in registry
+    three = registry.get("three")
+    assert three is not None and three.description == "Three, from a plain function." and not three.inline
+    with pytest.raises(ToolLoadError, match="'one' is already registered"):
+        served_tools(["mixed_tools:registry", "mixed_tools:registry"], test_tools=False)
