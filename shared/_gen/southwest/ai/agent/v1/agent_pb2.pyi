@@ -33,6 +33,7 @@ class ToolErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TOOL_ERROR_CODE_FAILED: _ClassVar[ToolErrorCode]
     TOOL_ERROR_CODE_CANCELLED: _ClassVar[ToolErrorCode]
     TOOL_ERROR_CODE_RESULT_TOO_LARGE: _ClassVar[ToolErrorCode]
+    TOOL_ERROR_CODE_DENIED: _ClassVar[ToolErrorCode]
 TOOL_CALL_FATE_UNSPECIFIED: ToolCallFate
 TOOL_CALL_FATE_ABANDONED: ToolCallFate
 TOOL_CALL_FATE_RESULT_IGNORED: ToolCallFate
@@ -51,6 +52,7 @@ TOOL_ERROR_CODE_TIMEOUT: ToolErrorCode
 TOOL_ERROR_CODE_FAILED: ToolErrorCode
 TOOL_ERROR_CODE_CANCELLED: ToolErrorCode
 TOOL_ERROR_CODE_RESULT_TOO_LARGE: ToolErrorCode
+TOOL_ERROR_CODE_DENIED: ToolErrorCode
 
 class UpstreamPacket(_message.Message):
     __slots__ = ("session_id", "timestamp", "thought", "content", "tool_call", "error", "hello", "stop_confirm", "seq")

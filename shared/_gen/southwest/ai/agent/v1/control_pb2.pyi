@@ -40,6 +40,15 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_ERROR: _ClassVar[EventKind]
     EVENT_KIND_STATE_CHANGE: _ClassVar[EventKind]
     EVENT_KIND_TOOL_RESULT_DROPPED: _ClassVar[EventKind]
+    EVENT_KIND_APPROVAL_REQUEST: _ClassVar[EventKind]
+    EVENT_KIND_APPROVAL_DECISION: _ClassVar[EventKind]
+
+class DecideResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DECIDE_RESULT_UNSPECIFIED: _ClassVar[DecideResult]
+    DECIDE_RESULT_DECIDED: _ClassVar[DecideResult]
+    DECIDE_RESULT_ALREADY_DECIDED: _ClassVar[DecideResult]
+    DECIDE_RESULT_NOT_AWAITING: _ClassVar[DecideResult]
 SESSION_STATE_UNSPECIFIED: SessionState
 SESSION_STATE_OPEN: SessionState
 SESSION_STATE_ACTIVE: SessionState
@@ -64,6 +73,12 @@ EVENT_KIND_STOP_CONFIRM: EventKind
 EVENT_KIND_ERROR: EventKind
 EVENT_KIND_STATE_CHANGE: EventKind
 EVENT_KIND_TOOL_RESULT_DROPPED: EventKind
+EVENT_KIND_APPROVAL_REQUEST: EventKind
+EVENT_KIND_APPROVAL_DECISION: EventKind
+DECIDE_RESULT_UNSPECIFIED: DecideResult
+DECIDE_RESULT_DECIDED: DecideResult
+DECIDE_RESULT_ALREADY_DECIDED: DecideResult
+DECIDE_RESULT_NOT_AWAITING: DecideResult
 
 class SessionInfo(_message.Message):
     __slots__ = ("session_id", "state", "commander", "commander_peer", "started_by", "dispatcher_id", "started_at_ms", "last_activity_ms", "packets_in", "packets_out", "tool_calls_running", "tool_calls_done", "packets_dropped", "first_event_seq", "last_event_seq", "outcome", "agent_name", "agent_version")
@@ -232,7 +247,7 @@ class WatchSessionResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[SessionEvent, _Mapping]] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
-    __slots__ = ("session_id", "seq", "at_ms", "packet_seq", "thought", "content", "tool_call", "tool_result", "stop", "stop_confirm", "error", "state_change", "tool_result_dropped")
+    __slots__ = ("session_id", "seq", "at_ms", "packet_seq", "thought", "content", "tool_call", "tool_result", "stop", "stop_confirm", "error", "state_change", "tool_result_dropped", "approval_request", "approval_decision")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +261,8 @@ class SessionEvent(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STATE_CHANGE_FIELD_NUMBER: _ClassVar[int]
     TOOL_RESULT_DROPPED_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    APPROVAL_DECISION_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     at_ms: int
@@ -259,7 +276,35 @@ class SessionEvent(_message.Message):
     error: _agent_pb2.ErrorSignal
     state_change: StateChange
     tool_result_dropped: _agent_pb2.ToolCallResult
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., at_ms: _Optional[int] = ..., packet_seq: _Optional[int] = ..., thought: _Optional[_Union[_agent_pb2.ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[_agent_pb2.ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[_agent_pb2.ToolCallRequest, _Mapping]] = ..., tool_result: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ..., stop: _Optional[_Union[_agent_pb2.StopSignal, _Mapping]] = ..., stop_confirm: _Optional[_Union[_agent_pb2.StopConfirm, _Mapping]] = ..., error: _Optional[_Union[_agent_pb2.ErrorSignal, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., tool_result_dropped: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ...) -> None: ...
+    approval_request: ApprovalRequest
+    approval_decision: ApprovalDecision
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., at_ms: _Optional[int] = ..., packet_seq: _Optional[int] = ..., thought: _Optional[_Union[_agent_pb2.ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[_agent_pb2.ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[_agent_pb2.ToolCallRequest, _Mapping]] = ..., tool_result: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ..., stop: _Optional[_Union[_agent_pb2.StopSignal, _Mapping]] = ..., stop_confirm: _Optional[_Union[_agent_pb2.StopConfirm, _Mapping]] = ..., error: _Optional[_Union[_agent_pb2.ErrorSignal, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., tool_result_dropped: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ..., approval_request: _Optional[_Union[ApprovalRequest, _Mapping]] = ..., approval_decision: _Optional[_Union[ApprovalDecision, _Mapping]] = ...) -> None: ...
+
+class ApprovalRequest(_message.Message):
+    __slots__ = ("call_id", "tool_name", "arguments_json", "timeout_ms")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    TOOL_NAME_FIELD_NUMBER: _ClassVar[int]
+    ARGUMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    tool_name: str
+    arguments_json: str
+    timeout_ms: int
+    def __init__(self, call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., arguments_json: _Optional[str] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class ApprovalDecision(_message.Message):
+    __slots__ = ("call_id", "approved", "reason", "decided_by", "timed_out")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    TIMED_OUT_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    approved: bool
+    reason: str
+    decided_by: str
+    timed_out: bool
+    def __init__(self, call_id: _Optional[str] = ..., approved: _Optional[bool] = ..., reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., timed_out: _Optional[bool] = ...) -> None: ...
 
 class StateChange(_message.Message):
     __slots__ = ("state", "reason", "outcome")
@@ -324,6 +369,28 @@ class AskRequest(_message.Message):
     wait_for_commander_ms: int
     timeout_ms: int
     def __init__(self, input_text: _Optional[str] = ..., input_json: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., session_id: _Optional[str] = ..., wait_for_commander_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+
+class DecideToolCallRequest(_message.Message):
+    __slots__ = ("session_id", "call_id", "approve", "reason")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    APPROVE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    call_id: str
+    approve: bool
+    reason: str
+    def __init__(self, session_id: _Optional[str] = ..., call_id: _Optional[str] = ..., approve: _Optional[bool] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class DecideToolCallResponse(_message.Message):
+    __slots__ = ("session_id", "result", "decision")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    result: DecideResult
+    decision: ApprovalDecision
+    def __init__(self, session_id: _Optional[str] = ..., result: _Optional[_Union[DecideResult, str]] = ..., decision: _Optional[_Union[ApprovalDecision, _Mapping]] = ...) -> None: ...
 
 class AskResponse(_message.Message):
     __slots__ = ("session_id", "answer", "outcome", "tool_calls")

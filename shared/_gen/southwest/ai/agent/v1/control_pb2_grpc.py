@@ -64,6 +64,11 @@ class SessionControlServiceStub:
                 request_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.AskRequest.SerializeToString,
                 response_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.AskResponse.FromString,
                 _registered_method=True)
+        self.DecideToolCall = channel.unary_unary(
+                '/southwest.ai.agent.v1.SessionControlService/DecideToolCall',
+                request_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallRequest.SerializeToString,
+                response_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallResponse.FromString,
+                _registered_method=True)
 
 
 class SessionControlServiceServicer:
@@ -116,6 +121,19 @@ class SessionControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideToolCall(self, request, context):
+        """Approves or denies a tool call that waits for human approval (its
+        session's journal has an `approval_request` event for it). Approved, the
+        tool runs; denied, the commander gets a TOOL_ERROR_CODE_DENIED tool error
+        with the reason. The caller is recorded as the decider. Unknown session,
+        or a call id the session never had: NOT_FOUND. A denial without a reason:
+        INVALID_ARGUMENT. A call decided already (or timed out) is not an error:
+        the answer says so and carries the decision in force.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +166,11 @@ def add_SessionControlServiceServicer_to_server(servicer, server):
                     servicer.Ask,
                     request_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.AskRequest.FromString,
                     response_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.AskResponse.SerializeToString,
+            ),
+            'DecideToolCall': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideToolCall,
+                    request_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallRequest.FromString,
+                    response_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +335,33 @@ class SessionControlService:
             '/southwest.ai.agent.v1.SessionControlService/Ask',
             southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.AskRequest.SerializeToString,
             southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.AskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideToolCall(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/southwest.ai.agent.v1.SessionControlService/DecideToolCall',
+            southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallRequest.SerializeToString,
+            southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallResponse.FromString,
             options,
             channel_credentials,
             insecure,
