@@ -71,7 +71,9 @@ _ALLOWED: dict[str, frozenset[Role]] = {
     f"/{wire.SERVICE_NAME}/ChatStream": frozenset({Role.COMMANDER, Role.OPERATOR}),
     **{
         _CONTROL + method: frozenset({Role.OPERATOR, Role.BACKEND})
-        for method in ("ListSessions", "GetSession", "StopSession", "WatchSession", "StartSession", "Ask")
+        for method in (
+            "ListSessions", "GetSession", "StopSession", "WatchSession", "StartSession", "Ask", "DecideToolCall"
+        )
     },
 }
 

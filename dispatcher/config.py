@@ -298,6 +298,21 @@ class ToolsConfig:
         "also serve `sleep`, the built-in tool for timeout and cancellation tests (the conformance kit uses it)",
         flag="test-tools",
     )
+    approve: tuple[str, ...] = setting(
+        (),
+        "calls of the tools whose name matches PATTERN (fnmatch, e.g. 'shell_*') wait for a human decision "
+        "(dispatcherctl approve / deny) before they run (repeatable; DISPATCHER_APPROVE: comma-separated)",
+        flag="approve",
+    )
+    approval_timeout_s: float = setting(
+        300.0,
+        "how long a call waits for approval; then it fails with a TIMEOUT tool error",
+        flag="approval-timeout-s",
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.approval_timeout_s, bool) or not self.approval_timeout_s > 0:  # also NaN
+            raise ValueError(f"approval timeout must be > 0 s, got {self.approval_timeout_s!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -337,7 +352,7 @@ class DispatcherConfig:
                 shutdown_grace_s=2.0,
                 reflection=True,
             ),
-            tools=ToolsConfig(test_tools=True),
+            tools=ToolsConfig(test_tools=True, approval_timeout_s=10.0),
             session=SessionConfig(
                 stop_grace_ms=1_000, finish_linger_ms=500, ack_interval_ms=50, tool_cancel_grace_ms=200
             ),

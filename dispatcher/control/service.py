@@ -1,4 +1,4 @@
-"""The SessionControlService servicer: list, get, stop, watch, start and ask.
+"""The SessionControlService servicer: list, get, stop, watch, start, ask and decide tool calls.
 
 Every handler is thin: it checks who may touch the session (`Principal.may_manage`), reads
 the session directory or a session's journal, and raises a domain error when it refuses.
@@ -136,6 +136,30 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             stop=wire.stop_to_wire(outcome.stop),
             stop_to_confirm_us=round(outcome.stop_to_confirm_ms * 1000) if outcome.stop_to_confirm_ms else 0,
             outcome=outcome_to_wire(outcome),
+        )
+
+    # -- approvals -------------------------------------------------------------------
+
+    @guarded
+    async def DecideToolCall(  # noqa: N802
+        self, request: wire.ctl.DecideToolCallRequest, context: Context
+    ) -> wire.ctl.DecideToolCallResponse:
+        principal = self._access.principal(context)
+        session_id = request.session_id
+        if not request.call_id:
+            raise BadRequest("call_id is required: the call_id of the tool call awaiting approval")
+        if not request.approve and not request.reason.strip():
+            raise BadRequest("reason is required to deny a call: the model reads it in the tool error")
+        try:
+            handle = self._open_session(session_id, principal)
+            if handle is None:
+                self._ended_session(session_id, principal)  # NotFound or AccessDenied when it must
+        except NotFound as missing:
+            return await self._members.forward("DecideToolCall", request, context, missing)  # type: ignore[no-any-return]
+        if handle is None or handle.settled.is_set():  # ended, or ending: its calls are cancelled
+            return wire.ctl.DecideToolCallResponse(session_id=session_id, result=wire.ctl.DECIDE_RESULT_NOT_AWAITING)
+        return handle.decide_tool_call(
+            request.call_id, approve=request.approve, reason=request.reason, decided_by=principal.hop
         )
 
     # -- watch -----------------------------------------------------------------------

@@ -32,6 +32,8 @@ EVENT_KINDS: dict[str, int] = {
     "error": wire.ctl.EVENT_KIND_ERROR,
     "state_change": wire.ctl.EVENT_KIND_STATE_CHANGE,
     "tool_result_dropped": wire.ctl.EVENT_KIND_TOOL_RESULT_DROPPED,
+    "approval_request": wire.ctl.EVENT_KIND_APPROVAL_REQUEST,
+    "approval_decision": wire.ctl.EVENT_KIND_APPROVAL_DECISION,
 }
 
 

@@ -76,7 +76,12 @@ class SessionManager(SessionDirectory):
         self._policy = Policy(config.policy)
         self._limits = _limits(config)
         self._settings = RunnerSettings(
-            executor=ToolExecutor(tools, max_result_bytes=_max_result_bytes(config)),
+            executor=ToolExecutor(
+                tools,
+                max_result_bytes=_max_result_bytes(config),
+                needs_approval=tools.needs_approval(config.tools.approve),
+            ),
+            approval_timeout_s=config.tools.approval_timeout_s,
             timers=self.timers,
             outbox_size=config.session.outbox_size,
             max_tool_calls=config.session.max_concurrent_tool_calls,

@@ -32,6 +32,10 @@ class SessionHandle(Protocol):
 
     def info(self) -> wire.ctl.SessionInfo: ...
 
+    def decide_tool_call(
+        self, call_id: str, *, approve: bool, reason: str, decided_by: str
+    ) -> wire.ctl.DecideToolCallResponse: ...
+
     def running_tool_calls(self) -> list[wire.ctl.RunningToolCall]: ...
 
     @property

@@ -32,13 +32,15 @@ from dispatcher.core.actions import Action, CancelTools, Delivery, EndStream, Re
 from dispatcher.core.journal import Journal
 from dispatcher.core.session import Session
 from dispatcher.core.snapshots import outcome_to_wire
+from dispatcher.sessions.approvals import Approvals, Decided, Decision
 from dispatcher.sessions.latch import Latch
 from dispatcher.sessions.outbox import Outbox, OutboxClosed
 from dispatcher.sessions.registry import EndedSession
 from dispatcher.sessions.timers import Timers
 from dispatcher.sessions.tool_tasks import ToolTasks
-from dispatcher.tools import PreparedCall, ToolExecutor, ToolOutcome
+from dispatcher.tools import PreparedCall, ToolErrorCode, ToolExecutor, ToolOutcome
 from shared import wire
+from shared.errors import NotFound
 from shared.model import StopInfo
 
 __all__ = ["RunnerSettings", "SessionRunner", "tool_result_to_wire"]
@@ -63,12 +65,16 @@ def tool_result_to_wire(outcome: ToolOutcome) -> wire.pb.ToolCallResult:
 class RunnerSettings:
     """What every runner of one dispatcher shares (built once by the manager)."""
 
-    __slots__ = ("abandoned", "executor", "max_tool_calls", "on_ended", "outbox_size", "timers", "tool_cancel_grace_s")
+    __slots__ = (
+        "abandoned", "approval_timeout_s", "executor", "max_tool_calls", "on_ended", "outbox_size", "timers",
+        "tool_cancel_grace_s",
+    )  # fmt: skip
 
     def __init__(
         self,
         *,
         executor: ToolExecutor,
+        approval_timeout_s: float = 300.0,
         timers: Timers,
         outbox_size: int,
         max_tool_calls: int,
@@ -77,6 +83,7 @@ class RunnerSettings:
         abandoned: set[asyncio.Task[None]],
     ) -> None:
         self.executor = executor
+        self.approval_timeout_s = approval_timeout_s
         self.timers = timers
         self.outbox_size = outbox_size
         self.max_tool_calls = max_tool_calls
@@ -90,8 +97,8 @@ class SessionRunner:
 
     # `__weakref__`: the process's Timers hold runners weakly.
     __slots__ = (
-        "__weakref__", "_armed", "_cleaning_up", "_ending_self", "_gone_reason", "_requests", "_settings", "_task",
-        "_tools", "assignment", "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer",
+        "__weakref__", "_approvals", "_armed", "_cleaning_up", "_ending_self", "_gone_reason", "_requests", "_settings",
+        "_task", "_tools", "assignment", "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer",
         "session_id", "settled", "started_by",
     )  # fmt: skip
 
@@ -120,6 +127,7 @@ class SessionRunner:
         self._requests = requests
         self._settings = settings
         self._tools: ToolTasks | None = None  # built on first use: most sessions never call a tool
+        self._approvals: Approvals | None = None  # likewise: built by the first call that needs approval
         self._task: asyncio.Task[None] | None = None
         self._ending_self = False  # this runner cancelled its own task to end the session
         self._cleaning_up = False
@@ -139,6 +147,29 @@ class SessionRunner:
         """Stop the session with TIMEOUT at `deadline` (monotonic seconds), on behalf of its caller."""
         self.machine.set_caller_deadline(deadline, caller_hop, _clock())
         self._rearm_timer()
+
+    def decide_tool_call(
+        self, call_id: str, *, approve: bool, reason: str, decided_by: str
+    ) -> wire.ctl.DecideToolCallResponse:
+        """Approve or deny a call waiting for approval (never waits); NotFound for a call id
+        this session never had."""
+        approvals = self._approvals
+        decided, decision = Decided.UNKNOWN, None
+        if approvals is not None:
+            if approvals.is_waiting(call_id) and call_id not in self.machine.tools.started:
+                decided = Decided.NOT_AWAITING  # a stop forgot it: its cancellation is on its way
+            else:
+                decided, decision = approvals.decide(call_id, Decision(approve, reason, decided_by))
+        if decided is Decided.UNKNOWN:
+            if not self.machine.tools.is_duplicate(call_id):
+                raise NotFound(f"session {self.session_id!r} has no tool call {call_id!r}")
+            decided = Decided.NOT_AWAITING  # it needs no approval, or it has ended
+        if decided is Decided.DECIDED:
+            log.info("tool.decided", call_id=call_id, approved=approve, by=decided_by)
+        response = wire.ctl.DecideToolCallResponse(session_id=self.session_id, result=_DECIDE_RESULTS[decided])
+        if decision is not None:
+            response.decision.CopyFrom(_decision_to_wire(call_id, decision))
+        return response
 
     def peer_gone(self, reason: str) -> None:
         """The RPC ended under us (client cancel, connection lost): end the session now."""
@@ -404,7 +435,10 @@ class SessionRunner:
         # Its own task, so its own context copy: bound for the call's lines, nothing to unbind.
         structlog.contextvars.bind_contextvars(call_id=action.call_id, tool=action.tool_name)
         try:
-            outcome = await self._settings.executor.run(prepared)
+            if prepared.needs_approval:
+                outcome = await self._run_once_approved(action, prepared)
+            else:
+                outcome = await self._settings.executor.run(prepared)
             _log_outcome(outcome)
             await self._apply(self.machine.on_tool_done(action.call_id, tool_result_to_wire(outcome), _clock()))
             self._rearm_timer()
@@ -412,6 +446,34 @@ class SessionRunner:
             reference = new_reference()
             log.exception("session.crashed", ref=reference)
             self._apply_nowait(self.machine.on_crash(reference))
+
+    async def _run_once_approved(self, action: StartTool, prepared: PreparedCall) -> ToolOutcome:
+        """Wait for the call's decision, then run it, or answer DENIED / TIMEOUT. A stop
+        cancels the wait like the call itself (journaled as dropped by `ToolTasks`)."""
+        approvals = self._approvals
+        if approvals is None:
+            approvals = self._approvals = Approvals()
+        timeout_s = self._settings.approval_timeout_s
+        journal = self.machine.journal
+        journal.append(
+            "approval_request",
+            wire.ctl.ApprovalRequest(
+                call_id=action.call_id,
+                tool_name=action.tool_name,
+                arguments_json=action.arguments_json,
+                timeout_ms=round(timeout_s * 1000),
+            ),
+        )
+        log.info("tool.awaiting_approval", timeout_s=timeout_s)
+        decision = await approvals.wait(action.call_id, timeout_s, self.machine.dispatcher_hop)
+        journal.append("approval_decision", _decision_to_wire(action.call_id, decision))
+        if decision.approved:
+            return await self._settings.executor.run(prepared)
+        if decision.timed_out:
+            message = f"tool {action.tool_name!r} needs approval and got no decision within {timeout_s:g} s"
+            return ToolOutcome.failure(action.call_id, action.tool_name, ToolErrorCode.TIMEOUT, message)
+        message = f"tool {action.tool_name!r} was denied by {decision.decided_by}: {decision.reason}"
+        return ToolOutcome.failure(action.call_id, action.tool_name, ToolErrorCode.DENIED, message)
 
     def _tool_unfinished(self, call_id: str, tool_name: str, reason: str) -> None:
         """A call ended without a result (cancelled, or abandoned): the journal says so."""
@@ -463,6 +525,23 @@ class SessionRunner:
             wire.ctl.RunningToolCall(call_id=call_id, tool_name=tool, started_at_ms=started)
             for call_id, (tool, started) in self.machine.tools.started.items()
         ]
+
+
+_DECIDE_RESULTS = {
+    Decided.DECIDED: wire.ctl.DECIDE_RESULT_DECIDED,
+    Decided.ALREADY_DECIDED: wire.ctl.DECIDE_RESULT_ALREADY_DECIDED,
+    Decided.NOT_AWAITING: wire.ctl.DECIDE_RESULT_NOT_AWAITING,
+}
+
+
+def _decision_to_wire(call_id: str, decision: Decision) -> wire.ctl.ApprovalDecision:
+    return wire.ctl.ApprovalDecision(
+        call_id=call_id,
+        approved=decision.approved,
+        reason=decision.reason,
+        decided_by=decision.decided_by,
+        timed_out=decision.timed_out,
+    )
 
 
 def _log_outcome(outcome: ToolOutcome) -> None:

@@ -32,16 +32,20 @@ class ToolErrorCode(enum.Enum):
     # Recorded by callers whose own scope was cancelled; execute() never returns it.
     CANCELLED = "cancelled"
     RESULT_TOO_LARGE = "result_too_large"
+    # A call that needed human approval and was denied; execute() never returns it.
+    DENIED = "denied"
 
 
 @dataclass(frozen=True, slots=True)
 class PreparedCall:
-    """An async tool's call whose arguments passed: what `ToolExecutor.run()` needs."""
+    """A call whose arguments passed and that needs a task of its own: an async tool's, or
+    any call that must wait for approval first. What `ToolExecutor.run()` needs."""
 
     call_id: str
     spec: ToolSpec
     args: dict[str, Any]
     timeout_s: float
+    needs_approval: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,15 +101,23 @@ def _parse_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any] | st
 
 
 class ToolExecutor:
-    """Executes calls against one registry; holds no per-call state."""
+    """Executes calls against one registry; holds no per-call state. `needs_approval`: the
+    names of the tools whose calls wait for a human decision (`ToolRegistry.needs_approval`)."""
 
-    __slots__ = ("_max_result_bytes", "_registry")
+    __slots__ = ("_approval", "_max_result_bytes", "_registry")
 
-    def __init__(self, registry: ToolRegistry, *, max_result_bytes: int = 4 * 1024 * 1024) -> None:
+    def __init__(
+        self,
+        registry: ToolRegistry,
+        *,
+        max_result_bytes: int = 4 * 1024 * 1024,
+        needs_approval: frozenset[str] = frozenset(),
+    ) -> None:
         if max_result_bytes < 1:
             raise ValueError(f"max_result_bytes must be >= 1, got {max_result_bytes}")
         self._registry = registry
         self._max_result_bytes = max_result_bytes
+        self._approval = needs_approval
 
     @property
     def registry(self) -> ToolRegistry:
@@ -133,7 +145,8 @@ class ToolExecutor:
     ) -> ToolOutcome | PreparedCall:
         """Look the tool up and check its arguments, without waiting. The outcome is final for
         an unknown tool, invalid arguments and an inline tool (a plain function, run right
-        here); an async tool's call comes back as a PreparedCall for `run()`."""
+        here); an async tool's call, and any call that needs approval, comes back as a
+        PreparedCall for `run()`."""
         spec = self._registry.get(tool_name)
         if spec is None:
             known = ", ".join(self._registry.names()) or "(none)"
@@ -142,27 +155,36 @@ class ToolExecutor:
         args = _parse_arguments(spec, arguments_json)
         if isinstance(args, str):
             return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.INVALID_ARGUMENTS, args)
-        if spec.inline:
-            started_ns = time.perf_counter_ns()
-            try:
-                result = spec.func(args)
-            except Exception as exc:  # a tool bug is a FAILED outcome, not ours
-                return self._failed(call_id, tool_name, exc, (time.perf_counter_ns() - started_ns) // 1000)
-            elapsed_us = (time.perf_counter_ns() - started_ns) // 1000
-            if inspect.isawaitable(result):  # e.g. a partial of an async function
-                if inspect.iscoroutine(result):
-                    result.close()
-                message = f"tool {tool_name!r} is a plain function that returned an awaitable; declare it async"
-                return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us)
-            return self._serialise(call_id, tool_name, result, elapsed_us)
+        # Only a served set of approval tools costs a call a lookup (a set probe of its name).
+        needs_approval = bool(self._approval) and tool_name in self._approval
+        if spec.inline and not needs_approval:
+            return self._run_inline(call_id, spec, args)
         timeout = spec.timeout_s
         if timeout_s is not None and 0 < timeout_s < timeout:
             timeout = timeout_s
-        return PreparedCall(call_id, spec, args, timeout)
+        return PreparedCall(call_id, spec, args, timeout, needs_approval)
+
+    def _run_inline(self, call_id: str, spec: ToolSpec, args: dict[str, Any]) -> ToolOutcome:
+        tool_name = spec.name
+        started_ns = time.perf_counter_ns()
+        try:
+            result = spec.func(args)
+        except Exception as exc:  # a tool bug is a FAILED outcome, not ours
+            return self._failed(call_id, tool_name, exc, (time.perf_counter_ns() - started_ns) // 1000)
+        elapsed_us = (time.perf_counter_ns() - started_ns) // 1000
+        if inspect.isawaitable(result):  # e.g. a partial of an async function
+            if inspect.iscoroutine(result):
+                result.close()
+            message = f"tool {tool_name!r} is a plain function that returned an awaitable; declare it async"
+            return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us)
+        return self._serialise(call_id, tool_name, result, elapsed_us)
 
     async def run(self, call: PreparedCall) -> ToolOutcome:
-        """Run a prepared async call under its timeout and its tool's concurrency limit."""
+        """Run a prepared call: an async one under its timeout and its tool's concurrency
+        limit, an inline one (prepared because it needed approval) as `prepare` would have."""
         spec = call.spec
+        if spec.inline:
+            return self._run_inline(call.call_id, spec, call.args)
         elapsed_ns = 0
         failure: Exception | None = None
         result: Any = None

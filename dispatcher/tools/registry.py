@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any, TypeVar
 
 from jsonschema import Draft202012Validator
@@ -70,6 +71,10 @@ class ToolSpec:
     interrupts Python code that never awaits. `timeout_s` and `max_concurrency` apply to
     async tools only.
 
+    `requires_approval`: every call waits for a human decision (`DecideToolCall`) before it
+    runs, in a task of its own even when the tool is inline (`dispatcher serve --approve`
+    adds tools by name pattern; see `needs_approval`).
+
     `eq=False`: a spec owns a limiter, so equality is identity.
     """
 
@@ -79,6 +84,7 @@ class ToolSpec:
     description: str = ""
     timeout_s: float = 10.0
     max_concurrency: int = 64
+    requires_approval: bool = False
     # None when the schema accepts every JSON object (the executor checks for an object
     # anyway): validating `{"type": "object"}` would cost a call ~1.5 µs for nothing.
     validator: Draft202012Validator | None = field(init=False, repr=False)
@@ -139,6 +145,7 @@ class ToolRegistry:
         description: str = "",
         timeout_s: float = 10.0,
         max_concurrency: int = 64,
+        requires_approval: bool = False,
     ) -> Callable[[_F], _F]:
         """Decorator registering a function as a tool; returns it unchanged. An `async def`
         tool gets its own task, timeout and limit; a plain `def` is run inline (ToolSpec).
@@ -159,6 +166,7 @@ class ToolRegistry:
                     description=description or _first_doc_line(func),
                     timeout_s=timeout_s,
                     max_concurrency=max_concurrency,
+                    requires_approval=requires_approval,
                 )
             )
             return func
@@ -181,6 +189,17 @@ class ToolRegistry:
         other = ToolRegistry()
         other._specs = dict(self._specs)
         return other
+
+    def needs_approval(self, patterns: Iterable[str] = ()) -> frozenset[str]:
+        """The names of the tools whose calls wait for a human decision: those registered with
+        `requires_approval=True`, and those whose name matches one of `patterns` (fnmatch, as
+        `--approve` gives them). Computed once, when the executor is built, not per call."""
+        patterns = tuple(patterns)
+        return frozenset(
+            name
+            for name, spec in self._specs.items()
+            if spec.requires_approval or any(fnmatchcase(name, pattern) for pattern in patterns)
+        )
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
