@@ -1,4 +1,5 @@
-"""`dispatcherctl`: list, show, watch, stop and start a dispatcher's sessions over its control API.
+"""`dispatcherctl`: list, show, watch, stop and start a dispatcher's sessions, and approve or deny
+their tool calls, over its control API.
 
 Each command opens one channel (`client.ControlClient`), makes its calls and prints
 (`render`; `watch` and `ask` live in `live`). Failures are `CtlError`s: the group prints their one line on stderr
@@ -31,6 +32,7 @@ from dispatcherctl.options import json_option, names_callback, open_client, stdo
 from dispatcherctl.render import (
     SESSION_HEADERS,
     StopTally,
+    decision_line,
     health_line,
     json_line,
     print_pairs,
@@ -55,10 +57,11 @@ EXIT_HELP = """\b
 Exit status:
   0    ok
   1    the operation did not succeed: a stop not confirmed or its session already
-       ended, ask's session failed, a service not SERVING, any other gRPC error
+       ended, a call already decided or not awaiting approval, ask's session failed,
+       a service not SERVING, any other gRPC error
   2    usage error; for `ask`: the session was stopped
   3    the dispatcher is unreachable
-  4    no such session
+  4    no such session (or, for approve / deny, no such tool call)
   5    authentication failed or permission denied
   130  interrupted (Ctrl-C or SIGTERM)
 """
@@ -126,12 +129,13 @@ def _catch_signals(ctx: click.Context) -> None:
     type=float,
     default=10.0,
     metavar="SECONDS",
-    help="deadline of each unary call (list, show, stop, health); watch and ask have none [default 10]",
+    help="deadline of each unary call (list, show, stop, approve, deny, health); watch and ask have none [default 10]",
 )
 @click.pass_context
 def main(ctx: click.Context, target: str, token: str, tls: bool, ca_file: str | None, timeout_s: float) -> None:
     """Operate a dispatcher through its control API (SessionControlService): list, show, watch and
-    stop sessions, ask a question through a pool commander, check health.
+    stop sessions, approve or deny tool calls waiting for approval, ask a question through a
+    pool commander, check health.
 
     Errors are one line on stderr.
     """
@@ -269,6 +273,51 @@ def _stop_all(ctx: click.Context, client: ControlClient, *, reason: str, code: s
         _print_stop(answer, as_json)
     click.echo(json_line({"summary": tally.as_dict()}) if as_json else tally.line())
     ctx.exit(EXIT_OK if tally.ok else EXIT_FAILED)
+
+
+# -- approve / deny --------------------------------------------------------------------------
+
+_DECIDE_EPILOG = """\b
+One line, starting with how it went:
+  approved|denied SESSION CALL_ID: approved|denied by <you> (<reason>)
+  already decided SESSION CALL_ID: <the decision in force, or timed out>
+  not awaiting approval SESSION CALL_ID: ...
+Exit status: 0 when this command decided the call; already decided or not awaiting: 1;
+no such session or call: 4.
+"""
+
+
+@main.command(epilog=_DECIDE_EPILOG)
+@click.argument("session_id")
+@click.argument("call_id")
+@click.option("--reason", default="", help="why, for the record (optional)")
+@json_option("the DecideToolCallResponse as one JSON object")
+@click.pass_context
+def approve(ctx: click.Context, session_id: str, call_id: str, reason: str, as_json: bool) -> None:
+    """Approve CALL_ID of SESSION_ID, a tool call waiting for approval: the tool runs."""
+    _decide(ctx, session_id, call_id, approve=True, reason=reason, as_json=as_json)
+
+
+@main.command(epilog=_DECIDE_EPILOG)
+@click.argument("session_id")
+@click.argument("call_id")
+@click.option("--reason", required=True, help="why; the model reads it in the DENIED tool error")
+@json_option("the DecideToolCallResponse as one JSON object")
+@click.pass_context
+def deny(ctx: click.Context, session_id: str, call_id: str, reason: str, as_json: bool) -> None:
+    """Deny CALL_ID of SESSION_ID, a tool call waiting for approval: the commander gets a
+    DENIED tool error with the reason, and the session goes on."""
+    if not reason.strip():
+        raise click.BadParameter("must not be empty", param_hint="--reason")
+    _decide(ctx, session_id, call_id, approve=False, reason=reason, as_json=as_json)
+
+
+def _decide(ctx: click.Context, session_id: str, call_id: str, *, approve: bool, reason: str, as_json: bool) -> None:
+    request = wire.ctl.DecideToolCallRequest(session_id=session_id, call_id=call_id, approve=approve, reason=reason)
+    with open_client(ctx) as client:
+        response = client.decide_tool_call(request)
+    click.echo(json_line(response) if as_json else decision_line(response, call_id))
+    ctx.exit(EXIT_OK if response.result == wire.ctl.DECIDE_RESULT_DECIDED else EXIT_FAILED)
 
 
 # -- health ----------------------------------------------------------------------------------

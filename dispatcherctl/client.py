@@ -171,6 +171,10 @@ class ControlClient:
         request = wire.ctl.GetSessionRequest(session_id=session_id)
         return self._unary(self._stub.GetSession, request, session_id)
 
+    def decide_tool_call(self, request: Any) -> Any:
+        """One DecideToolCall. NOT_FOUND keeps the server's words: the session or the call."""
+        return self._unary(self._stub.DecideToolCall, request)
+
     def stop_session(self, request: Any) -> StopAnswer:
         """One StopSession; raises CtlError when the call itself failed."""
         answer = next(self.stop_sessions([request], max_in_flight=1))

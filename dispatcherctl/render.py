@@ -26,6 +26,8 @@ from shared import wire
 __all__ = [
     "SESSION_HEADERS",
     "StopTally",
+    "decision_line",
+    "decision_text",
     "format_age",
     "format_time",
     "health_line",
@@ -294,6 +296,33 @@ class StopTally:
             "already_ended": self.already_ended,
             "failed": self.failed,
         }
+
+
+# -- approve / deny --------------------------------------------------------------------------
+
+
+def decision_text(decision: Any) -> str:
+    """An ApprovalDecision in a few words: `approved by operator:alice (fine)`."""
+    if decision.timed_out:
+        return f"timed out ({oneline(decision.reason)})" if decision.reason else "timed out"
+    verdict = "approved" if decision.approved else "denied"
+    reason = oneline(decision.reason)
+    return f"{verdict} by {decision.decided_by or _NONE}" + (f" ({reason})" if reason else "")
+
+
+def decision_line(response: Any, call_id: str) -> str:
+    """The line for one DecideToolCall; its first words say how it went (approved / denied /
+    already decided / not awaiting approval), then the session and call ids."""
+    where = f"{response.session_id} {call_id}"
+    result = response.result
+    if result == wire.ctl.DECIDE_RESULT_DECIDED:
+        verdict = "approved" if response.decision.approved else "denied"
+        return f"{verdict} {where}: {decision_text(response.decision)}"
+    if result == wire.ctl.DECIDE_RESULT_ALREADY_DECIDED:
+        return f"already decided {where}: {decision_text(response.decision)}"
+    if result == wire.ctl.DECIDE_RESULT_NOT_AWAITING:
+        return f"not awaiting approval {where}: it needs none, was stopped, or its session ended"
+    return f"failed {where}: unexpected decide result {result}"
 
 
 # -- health ----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import re
 from typing import Any, TextIO
 
 from dispatcherctl.names import state_name, stop_code_name
-from dispatcherctl.render import oneline, outcome_text
+from dispatcherctl.render import decision_text, oneline, outcome_text
 from shared import wire
 
 __all__ = ["EventPrinter", "event_line", "safe_text"]
@@ -30,6 +30,8 @@ _STYLE = {
     "stop_confirm": "33",
     "error": "31",
     "state_change": "1",
+    "approval_request": "1;35",
+    "approval_decision": "35",
 }
 
 
@@ -46,8 +48,9 @@ def _short_json(text: str) -> str:
 
 
 def event_line(event: Any) -> str | None:
-    """The own line of a tool call, result, stop, confirmation, error or state change
-    (`#12 tool_call calculator {...} [call_id]`); None for thought and content deltas."""
+    """The own line of a tool call, result, approval request or decision, stop, confirmation,
+    error or state change (`#12 tool_call calculator {...} [call_id]`); None for thought and
+    content deltas."""
     kind = event.WhichOneof("event")
     head = f"#{event.seq} {kind}"
     if kind == "tool_call":
@@ -60,6 +63,14 @@ def event_line(event: Any) -> str | None:
             error = f"{wire.tool_error_code_name(result.error.code)}: {oneline(safe_text(result.error.message))}"
             return f"{head} {result.tool_name} error {error} [{result.call_id}] {took}"
         return f"{head} {result.tool_name} ok {_short_json(result.result_json)} [{result.call_id}] {took}"
+    if kind == "approval_request":
+        request = event.approval_request
+        args = _short_json(request.arguments_json) or "{}"
+        waits = f"waits up to {request.timeout_ms / 1000:g} s"
+        return f"{head} {request.tool_name} {args} [{request.call_id}] {waits} (dispatcherctl approve / deny)"
+    if kind == "approval_decision":
+        decision = event.approval_decision
+        return f"{head} {decision_text(decision)} [{decision.call_id}]"
     if kind == "stop":
         stop = event.stop
         text = f"{head} {stop_code_name(stop.code)}: {oneline(stop.reason)}"
