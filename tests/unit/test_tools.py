@@ -586,6 +586,7 @@ def test_outcome_helpers() -> None:
         "failed",
         "cancelled",
         "result_too_large",
+        "denied",
     }
 
 
