@@ -11,24 +11,13 @@ from typing import Any
 import grpc
 import pytest
 
-from dispatcher.auth import hash_token
 from dispatcher.tools import ToolRegistry
 from shared import wire
 from tests.conftest import WAIT_S, Gate, RawSession, gated_tools, running_dispatcher, test_config, wait_until
+from tests.integration.test_auth import CONFIG as AUTH_CONFIG
+from tests.integration.test_auth import bearer
 
 pytestmark = pytest.mark.anyio
-
-TOKENS = {
-    "alice": ("operator", "op-secret"),
-    "web": ("backend", "web-secret"),
-    "other": ("backend", "other-secret"),
-    "bot": ("commander", "bot-secret"),
-}
-AUTH = {"tokens": ";".join(f"{role} {name} {hash_token(token)}" for name, (role, token) in TOKENS.items())}
-
-
-def bearer(name: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {TOKENS[name][1]}"),)
 
 
 def approval_tools(gate: Gate) -> ToolRegistry:
@@ -221,8 +210,7 @@ async def _pool_session(channel: grpc.aio.Channel, d: Any, session_id: str) -> t
 
 async def test_a_backend_decides_only_the_calls_of_its_own_sessions() -> None:
     gate = Gate()
-    config = test_config(auth=AUTH)
-    async with running_dispatcher(config, approval_tools(gate)) as d, grpc.aio.insecure_channel(d.address) as ch:
+    async with running_dispatcher(AUTH_CONFIG, approval_tools(gate)) as d, grpc.aio.insecure_channel(d.address) as ch:
         raw, started = await _pool_session(ch, d, "web-ap")
         await raw.tool_call(2, "guarded", call_id="c1")
         await awaiting(ch, "web-ap", "c1", metadata=bearer("web"))
