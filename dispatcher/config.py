@@ -298,6 +298,13 @@ class ToolsConfig:
         "also serve `sleep`, the built-in tool for timeout and cancellation tests (the conformance kit uses it)",
         flag="test-tools",
     )
+    # MCP tool servers (dispatcher/tools/mcp.py).
+    mcp: tuple[str, ...] = setting(
+        (),
+        "serve an MCP server's tools as PREFIX.NAME: [PREFIX=]stdio:COMMAND ARGS or [PREFIX=]http:URL "
+        "(repeatable; default PREFIX: the command's or script's name, or the URL's host)",
+        flag="mcp",
+    )
 
 
 @dataclass(frozen=True, slots=True)

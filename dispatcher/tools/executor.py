@@ -21,7 +21,7 @@ from dispatcher.tools.registry import ToolRegistry, ToolSpec
 from shared.errors import describe_exception
 from shared.jsontext import JsonTextError, parse_json_object
 
-__all__ = ["PreparedCall", "ToolErrorCode", "ToolExecutor", "ToolOutcome"]
+__all__ = ["PreparedCall", "ToolErrorCode", "ToolExecutor", "ToolFailure", "ToolOutcome"]
 
 
 class ToolErrorCode(enum.Enum):
@@ -32,6 +32,12 @@ class ToolErrorCode(enum.Enum):
     # Recorded by callers whose own scope was cancelled; execute() never returns it.
     CANCELLED = "cancelled"
     RESULT_TOO_LARGE = "result_too_large"
+
+
+class ToolFailure(Exception):
+    """Raised by a tool to fail its call with exactly this message (a FAILED outcome without
+    the exception's type or a `tool X failed:` prefix): for messages written for the model,
+    such as an MCP server's own error text or `unavailable: ...` while a server restarts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +200,10 @@ class ToolExecutor:
 
     @staticmethod
     def _failed(call_id: str, tool_name: str, exc: Exception, elapsed_us: int) -> ToolOutcome:
-        message = f"tool {tool_name!r} failed: {describe_exception(exc)}"
+        if isinstance(exc, ToolFailure):
+            message = str(exc)
+        else:
+            message = f"tool {tool_name!r} failed: {describe_exception(exc)}"
         return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us)
 
     def _serialise(self, call_id: str, tool_name: str, result: Any, elapsed_us: int) -> ToolOutcome:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -124,7 +124,8 @@ def _first_doc_line(func: Callable[..., Any]) -> str:
 
 
 class ToolRegistry:
-    """Name -> ToolSpec. Not thread-safe; fill it at start-up, then only read it."""
+    """Name -> ToolSpec. Not thread-safe; fill it at start-up, then only read it, except through
+    `replace_prefix` (an MCP server's tools, swapped whole on the event loop's thread)."""
 
     __slots__ = ("_specs",)
 
@@ -169,6 +170,19 @@ class ToolRegistry:
         if spec.name in self._specs:
             raise ValueError(f"tool {spec.name!r} is already registered")
         self._specs[spec.name] = spec
+
+    def replace_prefix(self, prefix: str, specs: Iterable[ToolSpec]) -> None:
+        """Make `specs` the only tools named `PREFIX.*`, in one step: a call looked up before
+        sees the old set, one after sees the new (the executor reads the registry per call)."""
+        head = prefix + "."
+        kept = {name: spec for name, spec in self._specs.items() if not name.startswith(head)}
+        for spec in specs:
+            if not spec.name.startswith(head):
+                raise ValueError(f"tool {spec.name!r} is not under the prefix {prefix!r}")
+            if spec.name in kept:
+                raise ValueError(f"tool {spec.name!r} is already registered")
+            kept[spec.name] = spec
+        self._specs = kept
 
     def get(self, name: str) -> ToolSpec | None:
         return self._specs.get(name)
