@@ -40,7 +40,7 @@ from dispatcher.tools.executor import ToolFailure
 from dispatcher.tools.registry import ToolRegistry, ToolSpec
 from shared.errors import describe_exception
 
-__all__ = ["McpConnection", "McpServerSpec", "McpStartError", "connect_all", "parse_mcp_value"]
+__all__ = ["McpConnection", "McpServerSpec", "McpStartError", "McpTimings", "connect_all", "parse_mcp_value"]
 
 log = structlog.get_logger("dispatcher.mcp")
 
@@ -109,6 +109,19 @@ def _clean_prefix(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text) or "mcp"
 
 
+@dataclass(frozen=True, slots=True)
+class McpTimings:
+    """How long to wait for a server: its first connection, each call, the reconnect backoff."""
+
+    connect_timeout_s: float = 15.0
+    call_timeout_s: float = 60.0
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 30.0
+
+
+_DEFAULT_TIMINGS = McpTimings()
+
+
 class McpConnection:
     """One MCP server: connected by `start()`, reconnected with backoff, ended by `aclose()`."""
 
@@ -116,18 +129,14 @@ class McpConnection:
         self,
         spec: McpServerSpec,
         registry: ToolRegistry,
-        *,
-        connect_timeout_s: float = 15.0,
-        call_timeout_s: float = 60.0,
-        backoff_initial_s: float = 0.1,
-        backoff_max_s: float = 30.0,
+        timings: McpTimings = _DEFAULT_TIMINGS,
     ) -> None:
         self.spec = spec
         self._registry = registry
-        self._connect_timeout_s = connect_timeout_s
-        self._call_timeout_s = call_timeout_s
-        self._backoff_initial_s = backoff_initial_s
-        self._backoff_max_s = backoff_max_s
+        self._connect_timeout_s = timings.connect_timeout_s
+        self._call_timeout_s = timings.call_timeout_s
+        self._backoff_initial_s = timings.backoff_initial_s
+        self._backoff_max_s = timings.backoff_max_s
         self._client: Client | None = None  # set while connected
         self._wake = asyncio.Event()  # the connection task's one wake-up: EOF, list changed, close
         self._ended = False
@@ -354,7 +363,9 @@ class _WatchedReadStream:
         return result
 
 
-async def connect_all(values: Iterable[str], registry: ToolRegistry, **options: Any) -> list[McpConnection]:
+async def connect_all(
+    values: Iterable[str], registry: ToolRegistry, timings: McpTimings = _DEFAULT_TIMINGS
+) -> list[McpConnection]:
     """Parse every `--mcp` value and connect each server into `registry`, all at once; on any
     failure the ones already up are closed and the first McpStartError is raised."""
     specs = [parse_mcp_value(value) for value in values]
@@ -364,7 +375,7 @@ async def connect_all(values: Iterable[str], registry: ToolRegistry, **options: 
             raise McpStartError(f"--mcp: the prefix {prefix!r} is used twice; name them with PREFIX=")
         if any(name.startswith(prefix + ".") for name in registry.names()):
             raise McpStartError(f"--mcp: the prefix {prefix!r} is taken by a served tool")
-    connections = [McpConnection(spec, registry, **options) for spec in specs]
+    connections = [McpConnection(spec, registry, timings) for spec in specs]
     results = await asyncio.gather(*(connection.start() for connection in connections), return_exceptions=True)
     failures = [result for result in results if isinstance(result, BaseException)]
     if failures:

@@ -13,7 +13,8 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,26 @@ async def session(d: Dispatcher, channel: grpc.aio.Channel, session_id: str) -> 
     return raw
 
 
+@asynccontextmanager
+async def serving(record: Path, session_id: str) -> AsyncIterator[tuple[Dispatcher, grpc.aio.Channel, RawSession]]:
+    """A dispatcher serving the test server over stdio, a channel to it and a session on that."""
+    async with (
+        running_dispatcher(test_config(tools={"mcp": (stdio_value(record),)})) as d,
+        grpc.aio.insecure_channel(d.address) as ch,
+    ):
+        yield d, ch, await session(d, ch, session_id)
+
+
+@asynccontextmanager
+async def slow_call(record: Path, session_id: str) -> AsyncIterator[tuple[grpc.aio.Channel, RawSession]]:
+    """A session whose `t.slow` call is under way; on leaving, the server must have seen it cancelled."""
+    async with serving(record, session_id) as (_, ch, raw):
+        await raw.tool_call(2, "t.slow", "{}", call_id="s1")
+        await wait_until(lambda: "call slow" in seen(record), "the server got the call")
+        yield ch, raw
+        await wait_until(lambda: "cancelled slow" in seen(record), "the server saw notifications/cancelled")
+
+
 async def test_the_servers_tools_are_served_namespaced_with_their_schemas(tmp_path: Path) -> None:
     record = tmp_path / "record"
     async with running_dispatcher(test_config(tools={"mcp": (stdio_value(record),)})) as d:
@@ -66,11 +87,7 @@ async def test_the_servers_tools_are_served_namespaced_with_their_schemas(tmp_pa
 
 async def test_results_errors_and_invalid_arguments_map_to_tool_results(tmp_path: Path) -> None:
     record = tmp_path / "record"
-    async with (
-        running_dispatcher(test_config(tools={"mcp": (stdio_value(record),)})) as d,
-        grpc.aio.insecure_channel(d.address) as ch,
-    ):
-        raw = await session(d, ch, "mcp-results")
+    async with serving(record, "mcp-results") as (_d, _, raw):
         added = await call(raw, 2, "t.add", {"a": 2, "b": 40}, "c1")
         assert not added.HasField("error") and json.loads(added.result_json) == {"sum": 42}  # structuredContent
         echoed = await call(raw, 3, "t.echo", {"text": "hi"}, "c2")
@@ -90,13 +107,7 @@ async def test_results_errors_and_invalid_arguments_map_to_tool_results(tmp_path
 
 async def test_a_stop_during_a_slow_call_sends_notifications_cancelled(tmp_path: Path) -> None:
     record = tmp_path / "record"
-    async with (
-        running_dispatcher(test_config(tools={"mcp": (stdio_value(record),)})) as d,
-        grpc.aio.insecure_channel(d.address) as ch,
-    ):
-        raw = await session(d, ch, "mcp-stop")
-        await raw.tool_call(2, "t.slow", "{}", call_id="s1")
-        await wait_until(lambda: "call slow" in seen(record), "the server got the call")
+    async with slow_call(record, "mcp-stop") as (ch, raw):
         control = wire.SessionControlServiceStub(ch)
         stopping = asyncio.ensure_future(
             control.StopSession(wire.ctl.StopSessionRequest(session_id="mcp-stop", reason="enough"))
@@ -109,11 +120,7 @@ async def test_a_stop_during_a_slow_call_sends_notifications_cancelled(tmp_path:
 
 async def test_the_calls_timeout_sends_notifications_cancelled(tmp_path: Path) -> None:
     record = tmp_path / "record"
-    async with (
-        running_dispatcher(test_config(tools={"mcp": (stdio_value(record),)})) as d,
-        grpc.aio.insecure_channel(d.address) as ch,
-    ):
-        raw = await session(d, ch, "mcp-timeout")
+    async with serving(record, "mcp-timeout") as (_d, _, raw):
         await raw.tool_call(2, "t.slow", "{}", call_id="s1", timeout_ms=300)
         result = (await raw.recv_kind("tool_result")).tool_result
         assert result.error.code == wire.pb.TOOL_ERROR_CODE_TIMEOUT, result
@@ -121,16 +128,8 @@ async def test_the_calls_timeout_sends_notifications_cancelled(tmp_path: Path) -
 
 
 async def test_the_caller_gone_mid_call_sends_notifications_cancelled(tmp_path: Path) -> None:
-    record = tmp_path / "record"
-    async with (
-        running_dispatcher(test_config(tools={"mcp": (stdio_value(record),)})) as d,
-        grpc.aio.insecure_channel(d.address) as ch,
-    ):
-        raw = await session(d, ch, "mcp-gone")
-        await raw.tool_call(2, "t.slow", "{}", call_id="s1")
-        await wait_until(lambda: "call slow" in seen(record), "the server got the call")
+    async with slow_call(tmp_path / "record", "mcp-gone") as (_, raw):
         raw.call.cancel()
-        await wait_until(lambda: "cancelled slow" in seen(record), "the server saw notifications/cancelled")
 
 
 async def test_a_server_that_exits_is_restarted_and_is_unavailable_meanwhile(tmp_path: Path) -> None:
@@ -158,11 +157,7 @@ async def test_a_server_that_exits_is_restarted_and_is_unavailable_meanwhile(tmp
 
 async def test_a_tool_list_change_is_picked_up(tmp_path: Path) -> None:
     record = tmp_path / "record"
-    async with (
-        running_dispatcher(test_config(tools={"mcp": (stdio_value(record),)})) as d,
-        grpc.aio.insecure_channel(d.address) as ch,
-    ):
-        raw = await session(d, ch, "mcp-grow")
+    async with serving(record, "mcp-grow") as (d, _, raw):
         assert "t.extra" not in d.tools
         grown = await call(raw, 2, "t.grow", {}, "c1")
         assert not grown.HasField("error"), grown
