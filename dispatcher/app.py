@@ -28,6 +28,7 @@ from dispatcher.control.service import SessionControlService
 from dispatcher.sessions.manager import SessionManager
 from dispatcher.stream.service import AgentInteractionService
 from dispatcher.tools import ToolRegistry, served_tools
+from dispatcher.tools.mcp import McpConnection, connect_all
 from shared import settings, wire
 from shared.model import StopCode, StopInfo
 
@@ -66,6 +67,7 @@ class Dispatcher:
         self.peers = PeerGroup(config.server.peer_dir, config.server.instance) if config.server.peer_dir else None
         self._shutdown = asyncio.Event()
         self._shutdown_reason = ""
+        self.mcp: list[McpConnection] = []
 
     @property
     def is_draining(self) -> bool:
@@ -100,6 +102,9 @@ class Dispatcher:
         member_address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}" if self.peers else ""
         timers = asyncio.get_running_loop().create_task(self.sessions.timers.run(), name="dispatcher:timers")
         try:
+            # The MCP servers' tools are in the registry before the first session can ask for
+            # them; one that cannot be reached is a start-up error (McpStartError).
+            self.mcp = await connect_all(config.tools.mcp, self.tools)
             await server.start()
             if self.peers is not None:
                 self.peers.advertise(member_address)
@@ -172,6 +177,8 @@ class Dispatcher:
         # Whatever is still open is cut now; grpc cancels the remaining calls.
         await _bounded(server.stop(grace=None))
         await self.sessions.aclose(_CLOSE_BOUND_S)
+        # After the sessions: no call is left to need them. Each close is bounded.
+        await asyncio.gather(*(connection.aclose(_CLOSE_BOUND_S) for connection in self.mcp))
         timers.cancel()
         await asyncio.wait([timers], timeout=_CLOSE_BOUND_S)
         log.info("dispatcher.stopped", sessions_cut=left)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import secrets
@@ -15,7 +16,8 @@ from dispatcher.auth import Role, hash_token
 from dispatcher.cluster.workers import run_workers
 from dispatcher.config import DispatcherConfig
 from dispatcher.process import run_process
-from dispatcher.tools import served_tools
+from dispatcher.tools import ToolRegistry, served_tools
+from dispatcher.tools.mcp import McpStartError, connect_all
 from shared.log import configure_logging
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, describe, load_cli_config
 
@@ -67,6 +69,9 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     gc.freeze()
     try:
         status = run_process(run_until_signalled(dispatcher), use_uvloop=config.server.uvloop)
+    except McpStartError as exc:  # an --mcp server that cannot be reached: the operator's to fix
+        click.echo(f"dispatcher: {exc}", err=True)
+        sys.exit(2)
     except OSError as exc:
         click.echo(f"dispatcher: {exc}", err=True)
         sys.exit(1)
@@ -76,10 +81,16 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
 @main.command()
 @click.option("--tools", "modules", multiple=True, metavar="PACKAGE.MODULE:NAME", help="also list these tools")
 @click.option("--test-tools", is_flag=True, help="also list `sleep`, served only with `serve --test-tools`")
-def tools(modules: tuple[str, ...], test_tools: bool) -> None:
+@click.option(
+    "--mcp", "mcp", multiple=True, metavar="[PREFIX=]stdio:CMD|http:URL", help="also list this MCP server's tools"
+)
+def tools(modules: tuple[str, ...], test_tools: bool, mcp: tuple[str, ...]) -> None:
     """List the tools `dispatcher serve` would serve with these options, with their schemas."""
     try:
         registry = served_tools(modules, test_tools=test_tools)
+        if mcp:
+            configure_logging("warning")  # the listing is stdout's; a server's trouble goes to stderr
+            asyncio.run(_list_mcp(mcp, registry))
     except ValueError as exc:
         click.echo(f"dispatcher: {exc}", err=True)
         sys.exit(2)
@@ -88,6 +99,12 @@ def tools(modules: tuple[str, ...], test_tools: bool) -> None:
         assert spec is not None
         click.echo(f"{name}: {spec.description} (timeout {spec.timeout_s:g} s)")
         click.echo(f"  schema: {json.dumps(dict(spec.schema))}")
+
+
+async def _list_mcp(values: tuple[str, ...], registry: ToolRegistry) -> None:
+    """Connect to each MCP server just long enough to list its tools into `registry`."""
+    connections = await connect_all(values, registry)
+    await asyncio.gather(*(connection.aclose() for connection in connections))
 
 
 @main.command("hash-token")

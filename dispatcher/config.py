@@ -310,6 +310,14 @@ class ToolsConfig:
         flag="approval-timeout-s",
     )
 
+    # MCP tool servers (dispatcher/tools/mcp.py).
+    mcp: tuple[str, ...] = setting(
+        (),
+        "serve an MCP server's tools as PREFIX.NAME: [PREFIX=]stdio:COMMAND ARGS or [PREFIX=]http:URL "
+        "(repeatable; default PREFIX: the command's or script's name, or the URL's host)",
+        flag="mcp",
+    )
+
     def __post_init__(self) -> None:
         if isinstance(self.approval_timeout_s, bool) or not self.approval_timeout_s > 0:  # also NaN
             raise ValueError(f"approval timeout must be > 0 s, got {self.approval_timeout_s!r}")

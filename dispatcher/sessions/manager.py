@@ -75,12 +75,9 @@ class SessionManager(SessionDirectory):
         self.abandoned: set[asyncio.Task[None]] = set()
         self._policy = Policy(config.policy)
         self._limits = _limits(config)
+        tools.approve_matching(config.tools.approve)  # also tools that come later (an MCP server's)
         self._settings = RunnerSettings(
-            executor=ToolExecutor(
-                tools,
-                max_result_bytes=_max_result_bytes(config),
-                needs_approval=tools.needs_approval(config.tools.approve),
-            ),
+            executor=ToolExecutor(tools, max_result_bytes=_max_result_bytes(config)),
             approval_timeout_s=config.tools.approval_timeout_s,
             timers=self.timers,
             outbox_size=config.session.outbox_size,

@@ -21,7 +21,7 @@ from dispatcher.tools.registry import ToolRegistry, ToolSpec
 from shared.errors import describe_exception
 from shared.jsontext import JsonTextError, parse_json_object
 
-__all__ = ["PreparedCall", "ToolErrorCode", "ToolExecutor", "ToolOutcome"]
+__all__ = ["PreparedCall", "ToolErrorCode", "ToolExecutor", "ToolFailure", "ToolOutcome"]
 
 
 class ToolErrorCode(enum.Enum):
@@ -34,6 +34,12 @@ class ToolErrorCode(enum.Enum):
     RESULT_TOO_LARGE = "result_too_large"
     # A call that needed human approval and was denied; execute() never returns it.
     DENIED = "denied"
+
+
+class ToolFailure(Exception):
+    """Raised by a tool to fail its call with exactly this message (a FAILED outcome without
+    the exception's type or a `tool X failed:` prefix): for messages written for the model,
+    such as an MCP server's own error text or `unavailable: ...` while a server restarts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,23 +107,21 @@ def _parse_arguments(spec: ToolSpec, arguments_json: str) -> dict[str, Any] | st
 
 
 class ToolExecutor:
-    """Executes calls against one registry; holds no per-call state. `needs_approval`: the
-    names of the tools whose calls wait for a human decision (`ToolRegistry.needs_approval`)."""
+    """Executes calls against one registry; holds no per-call state. Which calls wait for a
+    human decision is the registry's `approval` set (`ToolRegistry.approve_matching`)."""
 
-    __slots__ = ("_approval", "_max_result_bytes", "_registry")
+    __slots__ = ("_max_result_bytes", "_registry")
 
     def __init__(
         self,
         registry: ToolRegistry,
         *,
         max_result_bytes: int = 4 * 1024 * 1024,
-        needs_approval: frozenset[str] = frozenset(),
     ) -> None:
         if max_result_bytes < 1:
             raise ValueError(f"max_result_bytes must be >= 1, got {max_result_bytes}")
         self._registry = registry
         self._max_result_bytes = max_result_bytes
-        self._approval = needs_approval
 
     @property
     def registry(self) -> ToolRegistry:
@@ -156,7 +160,8 @@ class ToolExecutor:
         if isinstance(args, str):
             return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.INVALID_ARGUMENTS, args)
         # Only a served set of approval tools costs a call a lookup (a set probe of its name).
-        needs_approval = bool(self._approval) and tool_name in self._approval
+        approval = self._registry.approval
+        needs_approval = bool(approval) and tool_name in approval
         if spec.inline and not needs_approval:
             return self._run_inline(call_id, spec, args)
         timeout = spec.timeout_s
@@ -216,7 +221,10 @@ class ToolExecutor:
 
     @staticmethod
     def _failed(call_id: str, tool_name: str, exc: Exception, elapsed_us: int) -> ToolOutcome:
-        message = f"tool {tool_name!r} failed: {describe_exception(exc)}"
+        if isinstance(exc, ToolFailure):
+            message = str(exc)
+        else:
+            message = f"tool {tool_name!r} failed: {describe_exception(exc)}"
         return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.FAILED, message, elapsed_us)
 
     def _serialise(self, call_id: str, tool_name: str, result: Any, elapsed_us: int) -> ToolOutcome:

@@ -130,12 +130,17 @@ def _first_doc_line(func: Callable[..., Any]) -> str:
 
 
 class ToolRegistry:
-    """Name -> ToolSpec. Not thread-safe; fill it at start-up, then only read it."""
+    """Name -> ToolSpec. Not thread-safe; fill it at start-up, then only read it, except through
+    `replace_prefix` (an MCP server's tools, swapped whole on the event loop's thread)."""
 
-    __slots__ = ("_specs",)
+    __slots__ = ("_patterns", "_specs", "approval")
 
     def __init__(self) -> None:
         self._specs: dict[str, ToolSpec] = {}
+        self._patterns: tuple[str, ...] = ()
+        # The names of the tools whose calls wait for a human decision, kept current as tools
+        # come and go (an MCP server's list changes): the executor probes it per call.
+        self.approval: frozenset[str] = frozenset()
 
     def tool(
         self,
@@ -177,6 +182,21 @@ class ToolRegistry:
         if spec.name in self._specs:
             raise ValueError(f"tool {spec.name!r} is already registered")
         self._specs[spec.name] = spec
+        self._mark_approval()
+
+    def replace_prefix(self, prefix: str, specs: Iterable[ToolSpec]) -> None:
+        """Make `specs` the only tools named `PREFIX.*`, in one step: a call looked up before
+        sees the old set, one after sees the new (the executor reads the registry per call)."""
+        head = prefix + "."
+        kept = {name: spec for name, spec in self._specs.items() if not name.startswith(head)}
+        for spec in specs:
+            if not spec.name.startswith(head):
+                raise ValueError(f"tool {spec.name!r} is not under the prefix {prefix!r}")
+            if spec.name in kept:
+                raise ValueError(f"tool {spec.name!r} is already registered")
+            kept[spec.name] = spec
+        self._specs = kept
+        self._mark_approval()
 
     def get(self, name: str) -> ToolSpec | None:
         return self._specs.get(name)
@@ -190,12 +210,16 @@ class ToolRegistry:
         other._specs = dict(self._specs)
         return other
 
-    def needs_approval(self, patterns: Iterable[str] = ()) -> frozenset[str]:
-        """The names of the tools whose calls wait for a human decision: those registered with
-        `requires_approval=True`, and those whose name matches one of `patterns` (fnmatch, as
-        `--approve` gives them). Computed once, when the executor is built, not per call."""
-        patterns = tuple(patterns)
-        return frozenset(
+    def approve_matching(self, patterns: Iterable[str]) -> None:
+        """From now on, calls of tools whose name matches one of `patterns` (fnmatch, case-
+        sensitive, as `--approve` gives them) wait for a human decision too, whenever they
+        were registered; so do those registered with `requires_approval=True`."""
+        self._patterns = tuple(patterns)
+        self._mark_approval()
+
+    def _mark_approval(self) -> None:
+        patterns = self._patterns
+        self.approval = frozenset(
             name
             for name, spec in self._specs.items()
             if spec.requires_approval or any(fnmatchcase(name, pattern) for pattern in patterns)

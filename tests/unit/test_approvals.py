@@ -13,7 +13,7 @@ import pytest
 
 from dispatcher.config import ToolsConfig
 from dispatcher.sessions.approvals import Approvals, Decided, Decision
-from dispatcher.tools import PreparedCall, ToolExecutor, ToolOutcome, ToolRegistry, default_registry
+from dispatcher.tools import PreparedCall, ToolExecutor, ToolOutcome, ToolRegistry, ToolSpec, default_registry
 from dispatcherctl.render import decision_line
 from dispatcherctl.stream import event_line
 from shared import wire
@@ -88,13 +88,19 @@ def registry_with_marked_tools() -> ToolRegistry:
 def test_which_tools_need_approval_marks_and_patterns() -> None:
     registry = registry_with_marked_tools()
     assert registry.get("marked") is not None and registry.get("marked").requires_approval  # type: ignore[union-attr]
-    assert registry.needs_approval() == {"marked"}
-    assert registry.needs_approval(["shell_*", "calc*"]) == {"marked", "shell_run", "calculator"}
-    assert registry.needs_approval(["SHELL_*"]) == {"marked"}  # case-sensitive on every platform
+    assert registry.approval == {"marked"}
+    registry.approve_matching(["shell_*", "calc*"])
+    assert registry.approval == {"marked", "shell_run", "calculator"}
+    registry.register(ToolSpec(name="shell_late", func=lambda args: args, schema={"type": "object"}))
+    assert "shell_late" in registry.approval  # a tool that comes later (an MCP server's) is covered too
+    registry.approve_matching(["SHELL_*"])
+    assert registry.approval == {"marked"}  # case-sensitive on every platform
 
 
 async def test_the_executor_prepares_an_inline_call_that_needs_approval_and_runs_it_later() -> None:
-    executor = ToolExecutor(registry_with_marked_tools(), needs_approval=frozenset({"marked", "shell_run"}))
+    registry = registry_with_marked_tools()
+    registry.approve_matching(["shell_run"])
+    executor = ToolExecutor(registry)
     prepared = executor.prepare("c1", "marked", "{}")
     assert isinstance(prepared, PreparedCall) and prepared.needs_approval
     outcome = await executor.run(prepared)
