@@ -1,12 +1,17 @@
-"""Dispatcher-side values as control-plane messages (SessionOutcome, StateChange)."""
+"""Dispatcher-side values as control-plane messages (SessionOutcome, StateChange, SessionInfo)."""
 
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from dispatcher.core.actions import SessionOutcome
 from shared import wire
 from shared.model import SessionState
 
-__all__ = ["outcome_to_wire", "state_change"]
+if TYPE_CHECKING:  # the session module builds its journal events with this one
+    from dispatcher.core.session import Session
+
+__all__ = ["outcome_to_wire", "session_info", "state_change"]
 
 
 def outcome_to_wire(outcome: SessionOutcome) -> wire.ctl.SessionOutcome:
@@ -33,3 +38,40 @@ def state_change(state: SessionState, reason: str = "", outcome: SessionOutcome 
     if outcome is not None:
         message.outcome.CopyFrom(outcome_to_wire(outcome))
     return message
+
+
+def session_info(
+    machine: Session,
+    *,
+    commander: str,
+    peer: str,
+    started_by: str,
+    packets_out: dict[str, int],
+    outcome: SessionOutcome | None,
+) -> wire.ctl.SessionInfo:
+    """A session as the control plane shows it (SessionInfo in control.proto); `outcome` once
+    it is decided."""
+    hello = machine.hello
+    journal = machine.journal
+    info = wire.ctl.SessionInfo(
+        session_id=machine.session_id,
+        state=wire.session_state_to_wire(machine.state),  # type: ignore[arg-type]  # enums are ints
+        commander=commander,
+        commander_peer=peer,
+        started_by=started_by,
+        dispatcher_id=machine.dispatcher_hop,
+        started_at_ms=machine.started_at_ms,
+        last_activity_ms=machine.last_activity_ms,
+        packets_in=machine.packets_in,
+        packets_out=packets_out,
+        tool_calls_running=len(machine.tools.started),
+        tool_calls_done=machine.tools.done_count,
+        packets_dropped=machine.dropped_packets,
+        first_event_seq=journal.first_seq if journal.last_seq else 0,
+        last_event_seq=journal.last_seq,
+        agent_name=hello.agent_name if hello is not None else "",
+        agent_version=hello.agent_version if hello is not None else "",
+    )
+    if outcome is not None:
+        info.outcome.CopyFrom(outcome_to_wire(outcome))
+    return info

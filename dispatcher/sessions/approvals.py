@@ -14,7 +14,15 @@ import enum
 from collections import OrderedDict
 from dataclasses import dataclass
 
-__all__ = ["Approvals", "Decided", "Decision"]
+import structlog
+
+from dispatcher.core.journal import Journal
+from dispatcher.tools import PreparedCall, ToolErrorCode, ToolExecutor, ToolOutcome
+from shared import wire
+
+__all__ = ["Approvals", "Decided", "Decision", "decide_response", "run_once_approved"]
+
+log = structlog.get_logger("dispatcher.session")
 
 # Decisions remembered per session after their call moved on, so that a second decision
 # gets a defined answer (ALREADY_DECIDED) rather than NOT_FOUND; oldest forgotten first.
@@ -84,3 +92,59 @@ class Approvals:
         self._closed[call_id] = decision
         while len(self._closed) > _KEPT:
             self._closed.popitem(last=False)
+
+
+async def run_once_approved(
+    approvals: Approvals,
+    call: PreparedCall,
+    arguments_json: str,
+    *,
+    executor: ToolExecutor,
+    journal: Journal,
+    timeout_s: float,
+    timed_out_by: str,
+) -> ToolOutcome:
+    """Journal the request, wait for the call's decision, journal it; then run the call, or
+    answer DENIED / TIMEOUT. A stop cancels the wait like the call itself (journaled as
+    dropped by `ToolTasks`)."""
+    call_id, tool_name = call.call_id, call.spec.name
+    request = wire.ctl.ApprovalRequest(
+        call_id=call_id, tool_name=tool_name, arguments_json=arguments_json, timeout_ms=round(timeout_s * 1000)
+    )
+    journal.append("approval_request", request)
+    log.info("tool.awaiting_approval", timeout_s=timeout_s)
+    decision = await approvals.wait(call_id, timeout_s, timed_out_by)
+    journal.append("approval_decision", decision_to_wire(call_id, decision))
+    if decision.approved:
+        return await executor.run(call)
+    if decision.timed_out:
+        message = f"tool {tool_name!r} needs approval and got no decision within {timeout_s:g} s"
+        return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.TIMEOUT, message)
+    message = f"tool {tool_name!r} was denied by {decision.decided_by}: {decision.reason}"
+    return ToolOutcome.failure(call_id, tool_name, ToolErrorCode.DENIED, message)
+
+
+_DECIDE_RESULTS = {
+    Decided.DECIDED: wire.ctl.DECIDE_RESULT_DECIDED,
+    Decided.ALREADY_DECIDED: wire.ctl.DECIDE_RESULT_ALREADY_DECIDED,
+    Decided.NOT_AWAITING: wire.ctl.DECIDE_RESULT_NOT_AWAITING,
+}
+
+
+def decide_response(
+    session_id: str, call_id: str, decided: Decided, decision: Decision | None
+) -> wire.ctl.DecideToolCallResponse:
+    response = wire.ctl.DecideToolCallResponse(session_id=session_id, result=_DECIDE_RESULTS[decided])
+    if decision is not None:
+        response.decision.CopyFrom(decision_to_wire(call_id, decision))
+    return response
+
+
+def decision_to_wire(call_id: str, decision: Decision) -> wire.ctl.ApprovalDecision:
+    return wire.ctl.ApprovalDecision(
+        call_id=call_id,
+        approved=decision.approved,
+        reason=decision.reason,
+        decided_by=decision.decided_by,
+        timed_out=decision.timed_out,
+    )

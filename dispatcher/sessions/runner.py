@@ -31,14 +31,14 @@ from dispatcher.boundary import new_reference
 from dispatcher.core.actions import Action, CancelTools, Delivery, EndStream, Report, Send, SessionOutcome, StartTool
 from dispatcher.core.journal import Journal
 from dispatcher.core.session import Session
-from dispatcher.core.snapshots import outcome_to_wire
-from dispatcher.sessions.approvals import Approvals, Decided, Decision
+from dispatcher.core.snapshots import session_info
+from dispatcher.sessions.approvals import Approvals, Decided, Decision, decide_response, run_once_approved
 from dispatcher.sessions.latch import Latch
 from dispatcher.sessions.outbox import Outbox, OutboxClosed
 from dispatcher.sessions.registry import EndedSession
 from dispatcher.sessions.timers import Timers
 from dispatcher.sessions.tool_tasks import ToolTasks
-from dispatcher.tools import PreparedCall, ToolErrorCode, ToolExecutor, ToolOutcome
+from dispatcher.tools import PreparedCall, ToolExecutor, ToolOutcome
 from shared import wire
 from shared.errors import NotFound
 from shared.model import StopInfo
@@ -166,10 +166,7 @@ class SessionRunner:
             decided = Decided.NOT_AWAITING  # it needs no approval, or it has ended
         if decided is Decided.DECIDED:
             log.info("tool.decided", call_id=call_id, approved=approve, by=decided_by)
-        response = wire.ctl.DecideToolCallResponse(session_id=self.session_id, result=_DECIDE_RESULTS[decided])
-        if decision is not None:
-            response.decision.CopyFrom(_decision_to_wire(call_id, decision))
-        return response
+        return decide_response(self.session_id, call_id, decided, decision)
 
     def peer_gone(self, reason: str) -> None:
         """The RPC ended under us (client cancel, connection lost): end the session now."""
@@ -436,7 +433,17 @@ class SessionRunner:
         structlog.contextvars.bind_contextvars(call_id=action.call_id, tool=action.tool_name)
         try:
             if prepared.needs_approval:
-                outcome = await self._run_once_approved(action, prepared)
+                if self._approvals is None:
+                    self._approvals = Approvals()
+                outcome = await run_once_approved(
+                    self._approvals,
+                    prepared,
+                    action.arguments_json,
+                    executor=self._settings.executor,
+                    journal=self.machine.journal,
+                    timeout_s=self._settings.approval_timeout_s,
+                    timed_out_by=self.machine.dispatcher_hop,
+                )
             else:
                 outcome = await self._settings.executor.run(prepared)
             _log_outcome(outcome)
@@ -446,34 +453,6 @@ class SessionRunner:
             reference = new_reference()
             log.exception("session.crashed", ref=reference)
             self._apply_nowait(self.machine.on_crash(reference))
-
-    async def _run_once_approved(self, action: StartTool, prepared: PreparedCall) -> ToolOutcome:
-        """Wait for the call's decision, then run it, or answer DENIED / TIMEOUT. A stop
-        cancels the wait like the call itself (journaled as dropped by `ToolTasks`)."""
-        approvals = self._approvals
-        if approvals is None:
-            approvals = self._approvals = Approvals()
-        timeout_s = self._settings.approval_timeout_s
-        journal = self.machine.journal
-        journal.append(
-            "approval_request",
-            wire.ctl.ApprovalRequest(
-                call_id=action.call_id,
-                tool_name=action.tool_name,
-                arguments_json=action.arguments_json,
-                timeout_ms=round(timeout_s * 1000),
-            ),
-        )
-        log.info("tool.awaiting_approval", timeout_s=timeout_s)
-        decision = await approvals.wait(action.call_id, timeout_s, self.machine.dispatcher_hop)
-        journal.append("approval_decision", _decision_to_wire(action.call_id, decision))
-        if decision.approved:
-            return await self._settings.executor.run(prepared)
-        if decision.timed_out:
-            message = f"tool {action.tool_name!r} needs approval and got no decision within {timeout_s:g} s"
-            return ToolOutcome.failure(action.call_id, action.tool_name, ToolErrorCode.TIMEOUT, message)
-        message = f"tool {action.tool_name!r} was denied by {decision.decided_by}: {decision.reason}"
-        return ToolOutcome.failure(action.call_id, action.tool_name, ToolErrorCode.DENIED, message)
 
     def _tool_unfinished(self, call_id: str, tool_name: str, reason: str) -> None:
         """A call ended without a result (cancelled, or abandoned): the journal says so."""
@@ -494,54 +473,17 @@ class SessionRunner:
 
     def info(self) -> wire.ctl.SessionInfo:
         """The session as the control plane shows it (see SessionInfo in control.proto)."""
-        machine = self.machine
-        hello = machine.hello
-        info = wire.ctl.SessionInfo(
-            session_id=self.session_id,
-            state=wire.session_state_to_wire(machine.state),  # type: ignore[arg-type]  # enums are ints
-            commander=self.commander,
-            commander_peer=self.peer,
-            started_by=self.started_by,
-            dispatcher_id=machine.dispatcher_hop,
-            started_at_ms=machine.started_at_ms,
-            last_activity_ms=machine.last_activity_ms,
-            packets_in=machine.packets_in,
-            packets_out=self.packets_out,
-            tool_calls_running=len(machine.tools.started),
-            tool_calls_done=machine.tools.done_count,
-            packets_dropped=machine.dropped_packets,
-            first_event_seq=machine.journal.first_seq if machine.journal.last_seq else 0,
-            last_event_seq=machine.journal.last_seq,
-            agent_name=hello.agent_name if hello is not None else "",
-            agent_version=hello.agent_version if hello is not None else "",
-        )
-        outcome = self.outcome or machine.outcome
-        if outcome is not None and self.settled.is_set():
-            info.outcome.CopyFrom(outcome_to_wire(outcome))
-        return info
+        outcome = (self.outcome or self.machine.outcome) if self.settled.is_set() else None
+        return session_info(
+            self.machine, commander=self.commander, peer=self.peer, started_by=self.started_by,
+            packets_out=self.packets_out, outcome=outcome,
+        )  # fmt: skip
 
     def running_tool_calls(self) -> list[wire.ctl.RunningToolCall]:
         return [
             wire.ctl.RunningToolCall(call_id=call_id, tool_name=tool, started_at_ms=started)
             for call_id, (tool, started) in self.machine.tools.started.items()
         ]
-
-
-_DECIDE_RESULTS = {
-    Decided.DECIDED: wire.ctl.DECIDE_RESULT_DECIDED,
-    Decided.ALREADY_DECIDED: wire.ctl.DECIDE_RESULT_ALREADY_DECIDED,
-    Decided.NOT_AWAITING: wire.ctl.DECIDE_RESULT_NOT_AWAITING,
-}
-
-
-def _decision_to_wire(call_id: str, decision: Decision) -> wire.ctl.ApprovalDecision:
-    return wire.ctl.ApprovalDecision(
-        call_id=call_id,
-        approved=decision.approved,
-        reason=decision.reason,
-        decided_by=decision.decided_by,
-        timed_out=decision.timed_out,
-    )
 
 
 def _log_outcome(outcome: ToolOutcome) -> None:
