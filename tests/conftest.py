@@ -200,6 +200,17 @@ class RawSession:
         return code, details, trailers
 
 
+async def running_calls(channel: grpc.aio.Channel, session_id: str) -> list[str]:
+    """The call ids of `session_id`'s running tool calls, once there is one (a bounded poll of
+    GetSession: the control API is the only view of another process's session)."""
+    control = wire.SessionControlServiceStub(channel)
+    for _ in range(1000):
+        info = await control.GetSession(wire.ctl.GetSessionRequest(session_id=session_id))
+        if info.running_tool_calls:
+            return [call.call_id for call in info.running_tool_calls]
+    raise AssertionError(f"no tool call of {session_id} ever ran")
+
+
 async def wait_until(predicate: Any, message: str, timeout_s: float = WAIT_S) -> None:
     """Bounded poll for state we cannot await directly; fails with `message`."""
     with anyio.move_on_after(timeout_s):

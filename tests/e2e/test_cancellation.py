@@ -11,7 +11,7 @@ import grpc
 import pytest
 
 from shared import wire
-from tests.conftest import RawSession
+from tests.conftest import RawSession, running_calls
 from tests.e2e.conftest import DispatcherFactory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -54,12 +54,7 @@ async def test_shutdown_with_a_tool_call_running_ends_after_the_grace_and_record
         held = RawSession(channel)
         await held.hello("tool-running")
         await held.tool_call(2, "sleep", '{"seconds": 600}', call_id="long")
-        control = wire.SessionControlServiceStub(channel)
-        for _ in range(1000):  # a bounded poll: until the call runs
-            info = await control.GetSession(wire.ctl.GetSessionRequest(session_id="tool-running"))
-            if info.running_tool_calls:
-                break
-        assert [c.call_id for c in info.running_tool_calls] == ["long"]
+        assert await running_calls(channel, "tool-running") == ["long"]
         dispatcher.send_signal(signal.SIGTERM)
         await held.recv_kind("stop")
         code = dispatcher.wait_exit(timeout=10)

@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from shared import wire
-from tests.conftest import RawSession
+from tests.conftest import RawSession, running_calls
 from tests.e2e.conftest import DISPATCHER, DispatcherFactory
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(60)]
@@ -89,11 +89,8 @@ async def test_a_tool_that_swallows_cancellation_cannot_hold_a_session_or_the_sh
         held = RawSession(channel)
         await held.hello("stubborn")
         await held.tool_call(2, "stubborn", "{}", call_id="s1")
+        assert await running_calls(channel, "stubborn") == ["s1"]
         control = wire.SessionControlServiceStub(channel)
-        for _ in range(1000):  # a bounded poll: until the call runs
-            info = await control.GetSession(wire.ctl.GetSessionRequest(session_id="stubborn"))
-            if info.running_tool_calls:
-                break
         stopped = await control.StopSession(wire.ctl.StopSessionRequest(session_id="stubborn", reason="enough"))
         assert stopped.result == wire.ctl.STOP_RESULT_NOT_CONFIRMED  # the raw client never confirms
         dispatcher.wait_for_event("tool.abandoned", session_id="stubborn", call_id="s1")
