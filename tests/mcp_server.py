@@ -94,7 +94,7 @@ def wait_for_release() -> None:
     for _ in range(1000):
         if RELEASE.exists():
             return
-        time.sleep(0.01)
+        time.sleep(0.01)  # sleep-ok: polling a file another process writes, bounded
 
 
 def main() -> None:

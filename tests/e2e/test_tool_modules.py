@@ -50,7 +50,7 @@ async def stubborn(args: dict[str, Any]) -> dict[str, Any]:
     """Swallows every cancellation."""
     while True:
         try:
-            await asyncio.sleep(3600)
+            await asyncio.sleep(3600)  # sleep-ok: the stubborn tool under test, not a wait of the test
         except asyncio.CancelledError:
             continue
 '''

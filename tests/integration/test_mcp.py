@@ -179,7 +179,7 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 break
             if process.poll() is not None:
                 raise AssertionError(f"the HTTP MCP server exited with {process.returncode}")
-            time.sleep(0.01)
+            time.sleep(0.01)  # sleep-ok: polling a file another process writes, bounded
         else:
             raise AssertionError("the HTTP MCP server did not bind")
         yield f"http://127.0.0.1:{int(port_file.read_text())}/mcp", record
