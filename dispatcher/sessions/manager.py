@@ -21,6 +21,7 @@ from dispatcher.core.journal import Journal
 from dispatcher.core.policies import Policy
 from dispatcher.core.session import Session
 from dispatcher.sessions.directory import SessionDirectory
+from dispatcher.sessions.overload import LoopLag
 from dispatcher.sessions.pool import CommanderPool, PoolSlot
 from dispatcher.sessions.registry import EndedSession, SessionHandle, SessionRegistry
 from dispatcher.sessions.runner import RunnerSettings, SessionRunner
@@ -28,7 +29,7 @@ from dispatcher.sessions.tasks import SessionTasks
 from dispatcher.sessions.timers import Timers
 from dispatcher.tools import ToolExecutor, ToolRegistry
 from shared import wire
-from shared.errors import AgentRuntimeError, NoFreeCommander, SessionConflict, ShuttingDown
+from shared.errors import AgentRuntimeError, AtCapacity, NoFreeCommander, SessionConflict, ShuttingDown
 from shared.model import StopInfo
 
 __all__ = ["SessionManager", "StreamSessions"]
@@ -69,6 +70,7 @@ class SessionManager(SessionDirectory):
         )
         self.pool = CommanderPool(max_waiting=config.pool.max_waiting_callers)
         self.timers = Timers()
+        self.loop_lag = LoopLag(config.server.shed_loop_lag_ms / 1000)
         self._tasks = SessionTasks()
         # Tool calls that ignored cancellation past their grace: no session waits for them any
         # more, but shutdown still accounts for them.
@@ -108,6 +110,8 @@ class SessionManager(SessionDirectory):
         """Build a session and register it (not started: `start` runs it)."""
         if self._draining:
             raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
+        if self.loop_lag.overloaded:
+            raise AtCapacity(self.loop_lag.refusal())
         machine = Session(
             session_id=session_id,
             dispatcher_hop=self.hop,
@@ -153,6 +157,8 @@ class SessionManager(SessionDirectory):
             raise SessionConflict(f"session id {assignment.session_id!r} is already in use by another open stream")
         if self._draining:
             raise ShuttingDown("dispatcher is shutting down and starts no new sessions; retry on another instance")
+        if self.loop_lag.overloaded:
+            raise AtCapacity(self.loop_lag.refusal())
         slot = await self.pool.take(wait_s)
         if slot is None:
             wait_ms = round(wait_s * 1000)
