@@ -109,7 +109,7 @@ function runSession(spec, client, offsetS, probeOffsetS, sessionId) {
 
     call.on('data', (packet) => {
       if (packet.tool_result && probeOut) {
-        sample(monotonicS() - probeSentAt);
+        if (probeSentAt >= started + spec.warmup_s) sample(monotonicS() - probeSentAt);
         if (trace) trace.push(`${probeSentAt.toFixed(4)} ${((monotonicS() - probeSentAt) * 1000).toFixed(2)}`);
         tally.calls += 1;
         probeOut = false;

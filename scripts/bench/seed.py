@@ -10,7 +10,8 @@ the dispatcher runs its compatibility path. Every session
 - writes an `echo` tool call every `tool_every_s` (the probe) while the tokens go on; its round
   trip, the call's write -> the next ToolCallResult read, is the figure (with no call id, results
   are matched by order: one probe is outstanding at a time, a probe due while one is still out
-  is counted as skipped);
+  is counted as skipped; probes sent in a session's first `warmup_s`, while every session is opening
+  at once, are sent but not sampled: the figure is the steady state);
 - after `duration_s` writes `is_finish`, half-closes and reads to the end of the stream.
 
 A session is OK when its call ended with status OK and its last probe was answered.
@@ -75,7 +76,9 @@ async def _session(spec: LoadSpec, stub: Any, tally: Tally, offset: float, probe
             while True:
                 now = time.monotonic()
                 while not answered.empty():
-                    Tally.sample(tally.rtt_ms, answered.get_nowait() - probe_sent_at)
+                    answered_at = answered.get_nowait()
+                    if probe_sent_at >= started + spec.warmup_s:
+                        Tally.sample(tally.rtt_ms, answered_at - probe_sent_at)
                     tally.calls += 1
                     probe_out = False
                 if now >= end:

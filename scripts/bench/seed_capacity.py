@@ -21,6 +21,7 @@ __all__ = ["SEED_METHOD", "seed_capacity"]
 
 CONNECTIONS = 4  # over all loaders, as the independent client spreads its sessions
 PROBE_EVERY_S = 1.0
+WARMUP_S = 1.0  # probes of a session's first second, while all N open at once, are not sampled
 
 SEED_METHOD = (
     "7. seed-era capacity: the load shape of an independent client written against the original contract "
@@ -30,7 +31,8 @@ SEED_METHOD = (
     "is_finish and half-close. Ours runs with its defaults (`dispatcher serve --listen`). The load comes "
     "from interop/node/seed_load.js (grpc-js: an independent HTTP/2 stack, and a cheaper client than Python's, "
     "so the loader's own CPU weighs less on two shared cores; scripts/bench/seed.py where Node is missing). "
-    "The probe = the call's write -> its ToolCallResult read. A step passes when "
+    "The probe = the call's write -> its ToolCallResult read, sampled after each session's first second "
+    "(all N sessions open within one token period, a burst both servers pay for). A step passes when "
     "every session ended OK and probe p99 < 50 ms; each server is ramped one step past its first failure; "
     "capacity = the last passing step before it."
 )
@@ -111,6 +113,7 @@ def _specs(session_s: float, tokens_per_s: float, target: str, sessions: int) ->
         tokens_per_s=tokens_per_s,
         tool_every_s=PROBE_EVERY_S,
         stop_wait_s=10.0,
+        warmup_s=WARMUP_S,
     )
     specs = []
     for index in range(loaders):

@@ -37,6 +37,7 @@ def _spec(target: str) -> LoadSpec:
         tokens_per_s=50.0,
         tool_every_s=PROBE_EVERY_S,
         stop_wait_s=5.0,
+        warmup_s=0.0,  # every probe sampled
         seed=7,
     )
 
