@@ -14,6 +14,7 @@ import json
 import math
 import os
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
@@ -91,11 +92,19 @@ def dispatcher_binary() -> str:
     return os.environ.get("BENCH_DISPATCHER") or str(BIN / "dispatcher")
 
 
+def _extra_dispatcher_args() -> list[str]:
+    """BENCH_DISPATCHER_ARGS: more flags for ours, e.g. "--workers 2" (the bare server has no such flags)."""
+    return shlex.split(os.environ.get("BENCH_DISPATCHER_ARGS", ""))
+
+
 def _server_command(kind: str, ready: Path, defaults: bool = False) -> list[str]:
     loop_flag = ["--uvloop"] if use_uvloop() else ["--no-uvloop"]
     if kind == "ours" and defaults:
         # As an operator starts it: every limit and timer at its default (only the port is chosen).
-        return [dispatcher_binary(), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready), *loop_flag]
+        return [
+            dispatcher_binary(), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready), *loop_flag,
+            *_extra_dispatcher_args(),
+        ]  # fmt: skip
     if kind == "ours":
         return [
             dispatcher_binary(), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
@@ -105,7 +114,7 @@ def _server_command(kind: str, ready: Path, defaults: bool = False) -> list[str]
             "--server-max-concurrent-streams", str(MAX_STREAMS_PER_CONNECTION),
             "--server-max-connection-idle-ms", "0",
             "--idle-timeout-s", "0", "--max-session-s", "0",
-            "--no-server-reflection", *loop_flag,
+            "--no-server-reflection", *loop_flag, *_extra_dispatcher_args(),
         ]  # fmt: skip
     if kind == "baseline":
         return [
