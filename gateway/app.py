@@ -7,6 +7,7 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
+import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -26,6 +27,8 @@ from gateway.upstream import Upstream
 
 __all__ = ["build_app"]
 
+log = structlog.get_logger("gateway")
+
 Handler = Callable[[Request], Awaitable[Response]]
 
 
@@ -38,6 +41,8 @@ def guarded(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except GatewayError as error:
+            log.info("gateway.refused", session_id=request.path_params.get("session_id", ""), status=error.status,
+                     code=error.code, message=error.message, route=f"{request.method} {request.url.path}")  # fmt: skip
             return error_response(error)
         except Exception as exc:
             return error_response(internal_error(exc, request.path_params.get("session_id", "")))

@@ -7,7 +7,9 @@ client of the control API, imports nothing of the server, and is deployed and sc
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
+from types import FrameType
 
 import click
 
@@ -85,4 +87,12 @@ def main(target: str, listen: str, tls: bool, ca_file: str | None, gateway_id: s
         raise click.UsageError(str(exc)) from exc
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+    # uvicorn handles SIGTERM/SIGINT while it serves, then restores the handlers it found and
+    # raises the signal again; found as no-ops, that ends in a plain exit 0 after the drain.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _after_drain)
     asyncio.run(server.run())
+
+
+def _after_drain(signum: int, frame: FrameType | None) -> None:
+    """The signal uvicorn re-raises once it has drained: nothing left to do."""

@@ -18,6 +18,7 @@ __all__ = ["GatewayServer"]
 log = structlog.get_logger("gateway")
 
 _START_TIMEOUT_S = 15.0
+_BACKLOG = 2048  # uvicorn's default
 _GRACEFUL_S = 5  # open streams get this long after SIGTERM (they end at once: see the dependency notes)
 
 
@@ -30,6 +31,9 @@ class GatewayServer:
         self._sock = socket.socket(family, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((config.host, config.port))
+        # Listening from here on: a client that connects before uvicorn's start-up is done waits
+        # in the backlog instead of being refused, so `gateway.serving` is true when logged.
+        self._sock.listen(_BACKLOG)
         host, port = self._sock.getsockname()[:2]
         self.address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         self.url = f"http://{self.address}"
