@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable
 
+from scripts.bench.gateway import GATEWAY_METHOD, gateway_case
 from scripts.bench.procs import (
     KINDS,
     IdleLoaders,
@@ -85,6 +86,7 @@ METHODS = [
     "6. serialization: in-process timeit of building + serializing and of parsing our packets (seq, "
     "session_id, timestamp, call ids...) vs the same messages in the original contract's shape (no seq, "
     "call_id, timeout, execution time; Ack without seq). The ratio prices the added fields only.",
+    GATEWAY_METHOD,
 ]
 
 
@@ -341,4 +343,5 @@ CASES: dict[str, Callable[[Context], None]] = {
     "capacity": capacity,
     "memory": memory,
     "serialization": serialization,
+    "gateway": gateway_case,
 }
