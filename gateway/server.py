@@ -56,10 +56,6 @@ class GatewayServer:
             self._sock.close()
             log.info("gateway.stopped", address=self.address)
 
-    @property
-    def started(self) -> bool:
-        return bool(self._server.started)
-
     async def wait_started(self, task: asyncio.Task[None]) -> None:
         """Until the server accepts connections (bounded; fails when `task`, its run, ended)."""
         deadline = time.monotonic() + _START_TIMEOUT_S
