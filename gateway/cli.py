@@ -13,7 +13,7 @@ from types import FrameType
 
 import click
 
-from dispatcherctl.client import DEFAULT_TARGET, ClientConfig
+from dispatcherctl.client import DEFAULT_TARGET, ClientConfig, CtlError, channel_credentials
 from gateway.config import DEFAULT_MODEL, GatewayConfig
 from gateway.server import GatewayServer
 from shared.log import configure_logging
@@ -82,7 +82,10 @@ def main(target: str, listen: str, tls: bool, ca_file: str | None, gateway_id: s
             models=models or (DEFAULT_MODEL,),
             gateway_id=gateway_id or socket.gethostname(),
         )
+        channel_credentials(config.upstream)  # an unreadable --ca-file is a usage error now, not at start-up
         server = GatewayServer(config)
+    except CtlError as exc:
+        raise click.UsageError(exc.message) from exc
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     except OSError as exc:

@@ -227,3 +227,14 @@ def test_the_readme_gateway_examples_run_as_written(spawn: Spawner) -> None:
     assert "The result of 2 + 2 is 4." in printed.getvalue()
     for child in (gateway, pool, dispatcher):
         stop_gracefully(child)
+
+
+def test_bad_options_are_usage_errors() -> None:
+    for args, words in (
+        (["--listen", "nowhere"], "expected HOST:PORT"),
+        (["--id", "two words"], "--id must be"),
+        (["--keepalive-s", "0"], "--keepalive-s must be more than 0"),
+    ):
+        run = subprocess.run([str(GATEWAY), *args], capture_output=True, encoding="utf-8", timeout=30, env=CLEAN_ENV)
+        assert run.returncode == 2 and words in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
