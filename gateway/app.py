@@ -21,7 +21,14 @@ from gateway.config import GatewayConfig
 from gateway.console import console_page
 from gateway.errors import GatewayError, error_response, internal_error
 from gateway.kept import KeptSessions
-from gateway.sessions import get_session, list_sessions, resume_events, start_session, stop_session
+from gateway.sessions import (
+    decide_tool_call,
+    get_session,
+    list_sessions,
+    resume_events,
+    start_session,
+    stop_session,
+)
 from gateway.state import GatewayState
 from gateway.upstream import Upstream
 
@@ -77,6 +84,9 @@ def build_app(config: GatewayConfig) -> Starlette:
         Route("/v1/sessions/{session_id}", guarded(get_session), methods=["GET"]),
         Route("/v1/sessions/{session_id}/events", guarded(resume_events), methods=["GET"]),
         Route("/v1/sessions/{session_id}/stop", guarded(stop_session), methods=["POST"]),
+        Route(
+            "/v1/sessions/{session_id}/tool-calls/{call_id}/decision", guarded(decide_tool_call), methods=["POST"]
+        ),
         Route("/v1/chat/completions", guarded(chat_completions), methods=["POST"]),
         Route("/v1/models", guarded(list_models), methods=["GET"]),
     ]

@@ -36,7 +36,15 @@ from gateway.state import GatewayState, state_of
 from gateway.upstream import Metadata
 from shared import wire
 
-__all__ = ["event_stream", "get_session", "list_sessions", "resume_events", "start_session", "stop_session"]
+__all__ = [
+    "decide_tool_call",
+    "event_stream",
+    "get_session",
+    "list_sessions",
+    "resume_events",
+    "start_session",
+    "stop_session",
+]
 
 _ON_DISCONNECT = ("stop", "keep")
 
@@ -220,3 +228,22 @@ async def stop_session(request: Request) -> Response:
     answer = StopAnswer(session_id, response, None, (time.perf_counter() - started) * 1000)
     data = stop_json(answer)
     return JSONResponse({"confirmed": response.result == wire.ctl.STOP_RESULT_CONFIRMED, **data})
+
+
+async def decide_tool_call(request: Request) -> Response:
+    """DecideToolCall for a call waiting for approval: `{"approve": true}` or `{"approve": false,
+    "reason": ...}` → the DecideToolCallResponse (`result`: DECIDED, ALREADY_DECIDED with the
+    decision in force, NOT_AWAITING), as `dispatcherctl approve/deny` reads it."""
+    state = state_of(request)
+    body = await read_json_object(request, state.config.max_body_bytes)
+    approve = body.get("approve")
+    if not isinstance(approve, bool):
+        raise bad_request("'approve' must be true or false")
+    decide = wire.ctl.DecideToolCallRequest(
+        session_id=request.path_params["session_id"],
+        call_id=request.path_params["call_id"],
+        approve=approve,
+        reason=optional_str(body, "reason").strip(),
+    )
+    response = await state.upstream.unary("DecideToolCall", decide, state.upstream.metadata(request))
+    return JSONResponse(message_to_dict(response))

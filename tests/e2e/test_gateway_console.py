@@ -14,7 +14,8 @@ from playwright.async_api import async_playwright, expect
 
 from shared import wire
 from shared.model import SessionState, StopCode
-from tests.conftest import WAIT_S, running_dispatcher, wait_until
+from tests.conftest import WAIT_S, Gate, RawSession, running_dispatcher, wait_until
+from tests.integration.test_approval import approval_tools
 from tests.integration.test_control import pool_commanders
 from tests.integration.test_gateway import GATEWAY_ID, running_gateway
 
@@ -75,3 +76,31 @@ async def test_the_console_shows_a_live_session_and_stops_it_with_the_operators_
         assert result.stop.code is StopCode.OPERATOR and result.stop.reason == "operator says: enough"
         assert result.stop.path[0].startswith("http:127.0.0.1:") and result.stop.path[1] == f"gateway:{GATEWAY_ID}"
         call.cancel()
+
+
+@needs_chromium
+async def test_the_console_approves_a_waiting_tool_call() -> None:
+    async with (
+        running_dispatcher(tools=approval_tools(Gate())) as d,
+        running_gateway(d.address, list_refresh_s=0.1) as gw,
+        grpc.aio.insecure_channel(d.address) as ch,
+        async_playwright() as playwright,
+    ):
+        raw = RawSession(ch)
+        await raw.hello("approve-1")
+        await raw.tool_call(2, "guarded", '{"x": 1}', call_id="c1")
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            page = await browser.new_page()
+            await page.goto(gw.url + "/")
+            await page.locator('#sessions tr[data-session-id="approve-1"]').click(timeout=WAIT_S * 1000)
+            item = page.locator("#tool-c1")
+            await expect(item).to_contain_text("waits for approval", timeout=WAIT_S * 1000)
+            await item.get_by_role("button", name="Approve").click()
+            await expect(item).to_contain_text("approved by operator:anonymous", timeout=WAIT_S * 1000)
+            await expect(item).to_contain_text('"ran":true')  # the tool ran: its result is in the transcript
+        finally:
+            await browser.close()
+        result = await raw.recv_kind("tool_result")
+        assert '"ran": true' in result.tool_result.result_json or '"ran":true' in result.tool_result.result_json
+        raw.call.cancel()

@@ -24,7 +24,8 @@ from gateway.config import DEFAULT_MODEL, GatewayConfig
 from gateway.server import GatewayServer
 from shared import wire
 from shared.model import SessionState, StopCode
-from tests.conftest import WAIT_S, RawSession, running_dispatcher, test_config, wait_until
+from tests.conftest import WAIT_S, Gate, RawSession, running_dispatcher, test_config, wait_until
+from tests.integration.test_approval import approval_tools
 from tests.integration.test_control import pool_commanders
 
 pytestmark = pytest.mark.anyio
@@ -220,6 +221,43 @@ async def test_the_session_table_stream_sends_changes_and_keepalive_comments() -
             async for line in lines:
                 if line.startswith("data: ") and '"tabled"' in line and "SESSION_STATE_FINISHED" in line:
                     break
+
+
+async def wait_for_event(client: httpx.AsyncClient, session_id: str, kind: str) -> dict[str, Any]:
+    """The session's first event of `kind`, read through the gateway."""
+    async with aconnect_sse(client, "GET", f"/v1/sessions/{session_id}/events") as source:
+        async for event in source.aiter_sse():
+            if event.event == kind:
+                data: dict[str, Any] = json.loads(event.data)
+                return data
+    raise AssertionError(f"no {kind} event")
+
+
+async def test_a_call_waiting_for_approval_is_decided_over_http() -> None:
+    async with (
+        running_dispatcher(tools=approval_tools(Gate())) as d,
+        running_gateway(d.address) as gw,
+        gateway_client(gw) as client,
+        grpc.aio.insecure_channel(d.address) as ch,
+    ):
+        raw = RawSession(ch)
+        await raw.hello("ask-me")
+        await raw.tool_call(2, "guarded", '{"x": 1}', call_id="c1")
+        request = await wait_for_event(client, "ask-me", "approval_request")
+        assert request["approval_request"]["call_id"] == "c1"
+        url = "/v1/sessions/ask-me/tool-calls/c1/decision"
+        assert_error(await client.post(url, json={"approve": "yes"}), 400, "INVALID_ARGUMENT", "'approve'")
+        assert_error(await client.post(url, json={"approve": False}), 400, "INVALID_ARGUMENT", "reason")
+        missing = "/v1/sessions/ask-me/tool-calls/nope/decision"
+        assert_error(await client.post(missing, json={"approve": True}), 404, "NOT_FOUND")
+        decided = (await client.post(url, json={"approve": True, "reason": "fine"})).json()
+        assert decided["result"] == "DECIDE_RESULT_DECIDED"
+        assert decided["decision"]["decided_by"].startswith("operator:") and decided["decision"]["approved"]
+        result = await raw.recv_kind("tool_result")
+        assert json.loads(result.tool_result.result_json)["ran"] is True
+        again = (await client.post(url, json={"approve": False, "reason": "too late"})).json()
+        assert again["result"] == "DECIDE_RESULT_ALREADY_DECIDED" and again["decision"]["approved"] is True
+        raw.call.cancel()
 
 
 # -- OpenAI-compatible -----------------------------------------------------------------
