@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.e2e.conftest import BIN, COMMANDER, DispatcherFactory, DispatcherProcess, wait_for
@@ -219,6 +220,15 @@ def test_the_readme_gateway_examples_run_as_written(spawn: Spawner) -> None:
     assert out.count("event: end") == 3, out  # the two new sessions and the replay
     assert "id: 13\n" in out and '"result":"STOP_RESULT_ALREADY_ENDED"' in out.replace(" ", "")
     assert '{"sessions":' in out and f'"session_id":"{session_id}"' in out.replace(" ", "")
+
+    # The same JSON as dispatcherctl's.
+    ctl = [str(BIN / "dispatcherctl"), "--target", f"127.0.0.1:{grpc_port}", "show", session_id, "--json"]
+    shown = subprocess.run(ctl, capture_output=True, encoding="utf-8", timeout=30, env=CLEAN_ENV, check=True)
+    assert json.loads(shown.stdout) == httpx.get(f"{url}/v1/sessions/{session_id}").json()
+    listed = subprocess.run([*ctl[:3], "sessions", "--json"], capture_output=True, encoding="utf-8", timeout=30,
+                            env=CLEAN_ENV, check=True)  # fmt: skip
+    lines = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert lines == httpx.get(f"{url}/v1/sessions").json()["sessions"]
 
     python = readme_block("python", r"from openai import OpenAI")
     printed = io.StringIO()
