@@ -226,8 +226,7 @@ class PolicyConfig:
     )
     max_completion_tokens: int = setting(
         0,
-        "completion tokens per session (the commander's Usage reports, summed) before BUDGET_EXCEEDED "
-        "(0 = no limit)",
+        "completion tokens per session (the commander's Usage reports, summed) before BUDGET_EXCEEDED (0 = no limit)",
     )
     max_total_tokens: int = setting(
         0,

@@ -132,7 +132,6 @@ class PolicyTracker:
             return _budget("tool_calls", limit, self.tool_calls)
         return None
 
-
     def on_usage(self, prompt_tokens: int, completion_tokens: int) -> Violation | None:
         """One model request's usage: the token budgets apply to the session's sums."""
         self.prompt_tokens += prompt_tokens
