@@ -354,7 +354,7 @@ class Session:
                 if unknown:
                     message = f"hello names tools this dispatcher does not serve: {', '.join(unknown)}; ignored"
                     actions.extend(self._reject("UNKNOWN_TOOLS", message, seq))
-                wanted = frozenset(hello.tools)
+                wanted = frozenset(hello.tools).difference(unknown)
                 self._allowed = wanted if self._allowed is None else self._allowed & wanted
             welcome.tools.extend(catalog.specs(self._allowed))
         actions.insert(0, Send(wire.pb.DownstreamPacket(welcome=welcome)))  # the Welcome first, always
