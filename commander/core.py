@@ -408,7 +408,8 @@ class CommanderSession:
             return SessionState.CANCELLED, self.cancel_reason
         if end.code == "OK":
             if self._agent_error is not None:
-                return SessionState.FAILED, f"agent failed: {self._agent_error_code}: {self._agent_error}"
+                named = "" if self._agent_error_code == "AGENT_ERROR" else f"{self._agent_error_code}: "
+                return SessionState.FAILED, f"agent failed: {named}{self._agent_error}"
             return SessionState.FINISHED, "finished"
         state = SessionState.CANCELLED if end.code == "CANCELLED" else SessionState.FAILED
         return state, f"{end.code}: {end.details}"

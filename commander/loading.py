@@ -39,6 +39,7 @@ def load_agent(spec: str) -> Agent:
         target = getattr(target, part, None)
         if target is None:
             raise AgentLoadError(f"--agent {spec!r}: {module_name!r} has no {attribute!r}")
+    names = {key: getattr(module, key) for key in ("agent_name", "agent_version") if hasattr(module, key)}
     if inspect.isclass(target):
         try:
             target = target()
@@ -47,7 +48,23 @@ def load_agent(spec: str) -> Agent:
     is_async = inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(type(target).__call__)
     if not callable(target) or not is_async:
         raise AgentLoadError(f"--agent {spec!r}: not an async (ctx, input) callable")
-    return target  # type: ignore[no-any-return]
+    return _Labelled(target, names) if names and not _has_names(target) else target
+
+
+def _has_names(agent: Any) -> bool:
+    return hasattr(agent, "agent_name") or hasattr(agent, "agent_version")
+
+
+class _Labelled:
+    """An agent whose name and version its module declares (`agent_name = "..."` beside it)."""
+
+    def __init__(self, agent: Agent, names: dict[str, Any]) -> None:
+        self._agent = agent
+        self.agent_name = names.get("agent_name")
+        self.agent_version = names.get("agent_version")
+
+    async def __call__(self, ctx: Any, prompt: str) -> None:
+        await self._agent(ctx, prompt)
 
 
 def agent_factory(config: CommanderConfig) -> tuple[Callable[[], Agent], CommanderConfig]:

@@ -16,13 +16,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FakeOpenAI", "Reply", "content_chunks", "running_fake_openai", "tool_call_chunks", "usage_chunk"]
+__all__ = [
+    "FakeOpenAI",
+    "Reply",
+    "content_chunks",
+    "fake_openai_in_thread",
+    "running_fake_openai",
+    "tool_call_chunks",
+    "usage_chunk",
+]
 
 _REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 429: "Too Many Requests", 500: "Internal Server Error"}
 
@@ -204,6 +213,34 @@ async def running_fake_openai(*replies: Reply) -> AsyncIterator[FakeOpenAI]:
         yield server
     finally:
         await server.close()
+
+
+@contextmanager
+def fake_openai_in_thread(*replies: Reply) -> Iterator[FakeOpenAI]:
+    """The server on an event loop of its own thread, for tests that drive subprocesses
+    synchronously. Read its records from the test's thread (plain attributes); poll
+    `disconnected_at` rather than awaiting `disconnected`."""
+    loop = asyncio.new_event_loop()
+    server = FakeOpenAI(*replies)
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+        loop.run_until_complete(server.close())
+        loop.close()
+
+    thread = threading.Thread(target=serve, name="fake-openai", daemon=True)
+    thread.start()
+    if not ready.wait(10):
+        raise AssertionError("the fake OpenAI server did not start within 10 s")
+    try:
+        yield server
+    finally:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
 
 
 async def _main() -> None:  # pragma: no cover - a manual aid
