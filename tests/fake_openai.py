@@ -182,7 +182,7 @@ class FakeOpenAI:
             for event in events:
                 if reply.delay_s:
                     await asyncio.wait({gone}, timeout=reply.delay_s)  # a slow model; wakes on a disconnect
-                if gone.done():
+                if gone.done():  # EOF, or a reset (the read's exception)
                     self._gone()
                     return False
                 data = (event + "\n\n").encode()
@@ -197,6 +197,8 @@ class FakeOpenAI:
         finally:
             if not gone.done():
                 gone.cancel()
+            elif not gone.cancelled():
+                gone.exception()  # a reset connection: retrieved, so asyncio does not report it
         return True
 
     def _gone(self) -> None:

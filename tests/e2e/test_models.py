@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -234,3 +235,55 @@ def test_model_flags_are_in_the_help() -> None:
                  "--system-prompt-file", "--request-timeout-s", "--header", "--max-steps", "--retries", "--agent",
                  "--tool"):  # fmt: skip
         assert flag in proc.stdout, flag
+
+
+def test_the_readme_real_model_commands_run_against_a_local_openai_compatible_server(
+    start_dispatcher: DispatcherFactory,
+) -> None:
+    """Each command of "Run it with a real model", with the server's URL (ours, on loopback)
+    and the dispatcher's address put in: the flags parse and the sessions run."""
+    block = readme_block("# a dispatcher with token budgets: BUDGET_EXCEEDED once a session's reported tokens "
+                         "cross them", "bash")  # fmt: skip
+    commands = [shlex.split(line) for line in block.splitlines() if line.startswith(".venv/bin/")]
+    serve, *runs, pool = commands
+    assert serve[:2] == [".venv/bin/dispatcher", "serve"] and pool[:2] == [".venv/bin/commander", "serve"]
+    dispatcher = start_dispatcher(*serve[4:])  # without --listen 127.0.0.1:50051: a free port
+
+    def local(command: list[str], base_url: str) -> list[str]:
+        out = [str(COMMANDER)]
+        args = iter(command[1:])
+        for arg in args:
+            if arg in ("--target", "--base-url"):
+                next(args)
+                continue
+            out.append(arg)
+        return [*out, "--target", dispatcher.address, "--base-url", base_url]
+
+    reply = Reply(chunks=[*content_chunks("Fine."), usage_chunk(10, 2)])
+    with fake_openai_in_thread(reply) as server:
+        for command in runs:
+            proc = subprocess.run(local(command, server.base_url), capture_output=True, text=True,
+                                  timeout=COMMANDER_TIMEOUT_S, env={**ENV, "OPENAI_API_KEY": "sk-readme"},
+                                  check=False)  # fmt: skip
+            assert proc.returncode == 0 and "Fine." in proc.stdout, (command, proc.stdout, proc.stderr)
+        models = [request["model"] for request in server.requests]
+        assert models == ["qwen3:8b", "Qwen/Qwen3-8B", "local", "gpt-4o-mini"], models
+        assert server.headers[-1]["authorization"] == "Bearer sk-readme"
+        with subprocess.Popen(local(pool, server.base_url), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              stdin=subprocess.DEVNULL, env=ENV, text=True) as proc:  # fmt: skip
+            try:
+                with grpc.insecure_channel(dispatcher.address) as channel:
+                    control = wire.SessionControlServiceStub(channel)
+
+                    def ask() -> Any:
+                        try:
+                            return control.Ask(wire.ctl.AskRequest(input_text="Hi", wait_for_commander_ms=500))
+                        except grpc.RpcError as exc:
+                            if exc.code() is grpc.StatusCode.UNAVAILABLE:  # not in the pool yet
+                                return None
+                            raise
+
+                    assert wait_for(ask, "an answer from the model pool").answer == "Fine."
+            finally:
+                proc.terminate()
+                proc.communicate(timeout=15)

@@ -21,6 +21,7 @@ import pytest
 
 from commander import CommanderConfig, ConnectionConfig, SessionResult, run_session
 from commander.config import AgentConfig
+from commander.events import ContentEmitted, Observer, SessionEvent, StopReceived
 from commander.models.openai_chat import ModelSettings, OpenAIChatAgent
 from dispatcher.app import Dispatcher
 from shared import wire
@@ -125,8 +126,23 @@ async def test_parallel_tool_calls_run_on_the_dispatcher_and_their_results_go_ba
     assert answers["call_a"]["value"] == 42 and answers["call_b"] == {"note": "hi"}
 
 
+class StopClock(Observer):
+    """When the stop reached the commander (the tests' clock), and every content delta emitted."""
+
+    def __init__(self) -> None:
+        self.stop_received_at: float | None = None
+        self.emitted_after_stop = 0
+
+    def __call__(self, event: SessionEvent) -> None:
+        if isinstance(event, StopReceived) and self.stop_received_at is None:
+            self.stop_received_at = time.monotonic()
+        elif isinstance(event, ContentEmitted) and self.stop_received_at is not None:
+            self.emitted_after_stop += 1
+
+
 async def test_a_stop_closes_the_model_response_at_once_and_nothing_after_it_reaches_the_dispatcher() -> None:
     slow = Reply(chunks=content_chunks(*(f" t{n}" for n in range(2000))), delay_s=0.005)
+    clock = StopClock()
     async with running_dispatcher() as dispatcher, running_fake_openai(slow) as server:
         async with anyio.create_task_group() as tg, grpc.aio.insecure_channel(dispatcher.address) as channel:
             results: list[SessionResult] = []
@@ -134,7 +150,7 @@ async def test_a_stop_closes_the_model_response_at_once_and_nothing_after_it_rea
             async def session() -> None:
                 agent = OpenAIChatAgent(settings(server))
                 results.append(await run_session(agent, "Count", channel=channel, config=config(dispatcher.address),
-                                                 session_id="stop-me"))  # fmt: skip
+                                                 session_id="stop-me", observer=clock))  # fmt: skip
 
             tg.start_soon(session)
             await wait_until(lambda: len(server.written) > 20, "the model streamed some tokens")
@@ -150,17 +166,20 @@ async def test_a_stop_closes_the_model_response_at_once_and_nothing_after_it_rea
         assert result.stop.code is StopCode.OPERATOR
         # The request was closed (the server saw the client go) before the stop was confirmed:
         # the halt includes the abort, and the abort was measured.
-        assert server.disconnected.is_set()
-        assert server.disconnected_at is not None and server.disconnected_at <= confirmed_at
+        assert server.disconnected.is_set() and clock.stop_received_at is not None
+        assert server.disconnected_at is not None
+        assert clock.stop_received_at <= server.disconnected_at <= confirmed_at
         assert result.stop_to_abort_ms is not None and 0 <= result.stop_to_abort_ms
         assert result.stop_to_halt_ms is not None and result.stop_to_abort_ms <= result.stop_to_halt_ms
-        assert len(server.written) < 500  # nowhere near the 2000 tokens: generation was cut off
-        # Nothing the server wrote after the stop reached the dispatcher.
-        forwarded = "".join(c.text for c in of("content", events(dispatcher, "stop-me")))
-        late = [json.loads(w.data[5:])["choices"][0]["delta"].get("content", "") for w in server.written_after_stop
-                if w.data != "data: [DONE]"]  # fmt: skip
-        for token in late:
-            assert token and f"{token} " not in forwarded + " ", (token, server.written_after_stop)
+        assert len(server.written) < 1000  # nowhere near the 2000 tokens: generation was cut off
+        # Nothing the server wrote once the stop had reached the commander was emitted or reached
+        # the dispatcher (the agent never read it).
+        assert clock.emitted_after_stop == 0
+        forwarded = "".join(c.text for c in of("content", events(dispatcher, "stop-me"))) + " "
+        late = [w for w in server.written if w.at > clock.stop_received_at and w.data != "data: [DONE]"]
+        for written in late:
+            token = json.loads(written.data[5:])["choices"][0]["delta"].get("content", "")
+            assert token and f"{token} " not in forwarded, (token, late)
         confirm = of("stop_confirm", events(dispatcher, "stop-me"))
         assert confirm and confirm[0].halt_us >= round(result.stop_to_abort_ms * 1000) - 1
 
