@@ -7,15 +7,16 @@ async with open_channel(ConnectionConfig(target="127.0.0.1:50051"), KeepaliveCon
 from __future__ import annotations
 
 from commander.config import AgentConfig, CommanderConfig, ConnectionConfig
-from commander.context import AgentContext
+from commander.context import AgentContext, ToolInfo
 from commander.events import Observer, SessionEvent
 from commander.session import Agent, SessionResult, run_session
 from commander.transport import open_channel
-from shared.errors import ToolCallError
+from shared.errors import AgentFailure, ToolCallError
 
 __all__ = [
     "Agent",
     "AgentConfig",
+    "AgentFailure",
     "AgentContext",
     "CommanderConfig",
     "ConnectionConfig",
@@ -23,6 +24,7 @@ __all__ = [
     "SessionEvent",
     "SessionResult",
     "ToolCallError",
+    "ToolInfo",
     "open_channel",
     "run_session",
 ]

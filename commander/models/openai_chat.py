@@ -384,8 +384,12 @@ def _add_fragment(turn: _Turn, fragment: Any) -> None:
     if isinstance(function, dict):
         if function.get("name"):
             call.name += str(function["name"])
-        if function.get("arguments"):
-            call.arguments += str(function["arguments"])
+        arguments = function.get("arguments")
+        if isinstance(arguments, dict):  # a server that sends the object itself, whole
+            call.arguments += json.dumps(arguments)
+            turn.deltas += 1
+        elif arguments:
+            call.arguments += str(arguments)
             turn.deltas += 1
 
 
