@@ -16,8 +16,8 @@ from shared.errors import AgentFailure, ToolCallError
 __all__ = [
     "Agent",
     "AgentConfig",
-    "AgentFailure",
     "AgentContext",
+    "AgentFailure",
     "CommanderConfig",
     "ConnectionConfig",
     "Observer",
