@@ -49,6 +49,7 @@ log = structlog.get_logger("commander.model")
 # An error body is read for its message only: a server that streams megabytes of it is cut.
 _MAX_ERROR_BODY = 16 * 1024
 _MAX_RETRY_AFTER_S = 30.0
+_MAX_LINE_BYTES = 1024 * 1024  # one SSE line: a chunk is a few hundred bytes
 _CLOSE_TIMEOUT_S = 1.0  # closing a socket never waits on the peer; this is a safety bound
 # OpenAI's rule for function names; MCP tools are named PREFIX.tool, which it refuses.
 _FUNCTION_NAME = re.compile(r"[^a-zA-Z0-9_-]")
@@ -313,7 +314,7 @@ def _retry_after(response: httpx2.Response) -> float:
 async def _chunks(response: httpx2.Response) -> AsyncIterator[dict[str, Any] | None]:
     """The stream's JSON chunks (None for `[DONE]`); anything else than SSE `data:` lines of
     JSON objects is MODEL_BAD_RESPONSE."""
-    async for line in response.aiter_lines():
+    async for line in _lines(response):
         if not line or line.startswith(":"):
             continue  # the blank line between events; a comment (keep-alive)
         if not line.startswith("data:"):
@@ -331,6 +332,25 @@ async def _chunks(response: httpx2.Response) -> AsyncIterator[dict[str, Any] | N
         if not isinstance(chunk, dict):
             raise AgentFailure("MODEL_BAD_RESPONSE", f"a chunk is not a JSON object: {data[:200]!r}")
         yield chunk
+
+
+async def _lines(response: httpx2.Response) -> AsyncIterator[str]:
+    """The body's lines; one longer than _MAX_LINE_BYTES (a broken or hostile server) is
+    MODEL_BAD_RESPONSE instead of unbounded memory."""
+    buffer = bytearray()
+    async for part in response.aiter_bytes():
+        buffer += part
+        start = 0
+        while (end := buffer.find(b"\n", start)) >= 0:
+            if end - start > _MAX_LINE_BYTES:
+                break
+            yield buffer[start:end].rstrip(b"\r").decode("utf-8", "replace")
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > _MAX_LINE_BYTES and buffer.find(b"\n", 0, _MAX_LINE_BYTES + 1) < 0:
+            raise AgentFailure("MODEL_BAD_RESPONSE", f"a line of the stream is over {_MAX_LINE_BYTES} bytes")
+    if buffer:
+        yield buffer.rstrip(b"\r").decode("utf-8", "replace")
 
 
 async def _on_chunk(ctx: AgentContext, turn: _Turn, chunk: dict[str, Any] | None) -> None:

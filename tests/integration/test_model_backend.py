@@ -245,6 +245,7 @@ def _free_port() -> int:
         ([Reply(status=400, error_message="bad temperature")], "MODEL_BAD_REQUEST", 1, "bad temperature"),
         ([Reply(chunks=["data: {not json"])], "MODEL_BAD_RESPONSE", 1, "not JSON"),
         ([Reply(chunks=["<html>oops</html>"])], "MODEL_BAD_RESPONSE", 1, "not a server-sent event"),
+        ([Reply(chunks=["data: " + "x" * (1024 * 1024 + 10)])], "MODEL_BAD_RESPONSE", 1, "over 1048576 bytes"),
         ([Reply(chunks=content_chunks("cut", finish=False), done=False)], "MODEL_BAD_RESPONSE", 1, "before the model"),
         ([Reply(content_type="application/json")], "MODEL_BAD_RESPONSE", 1, "text/event-stream"),
         ([Reply(chunks=[{"error": {"message": "engine died"}}])], "MODEL_UNAVAILABLE", 1, "engine died"),
