@@ -79,7 +79,7 @@ class Session:
         self.dropped_packets = 0
         self.last_seq = 0
         self.hello: wire.pb.Hello | None = None
-        self.usage = wire.ctl.SessionUsage()  # the commander's Usage packets, summed
+        self.usage: wire.ctl.SessionUsage | None = None  # the commander's Usage packets, summed (from the first)
 
         self.dispatcher_hop = dispatcher_hop
         self._hop = dispatcher_hop
@@ -363,6 +363,8 @@ class Session:
     def _on_usage(self, usage: wire.pb.Usage, now: float) -> Sequence[Action]:
         """One model request's tokens: summed, journaled, and checked against the token budgets."""
         total = self.usage
+        if total is None:
+            total = self.usage = wire.ctl.SessionUsage()
         total.prompt_tokens += usage.prompt_tokens
         total.completion_tokens += usage.completion_tokens
         total.reasoning_tokens += usage.reasoning_tokens

@@ -162,6 +162,7 @@ def test_usage_packets_are_summed_into_the_session_info() -> None:
     session.on_packet(up(2, usage=wire.pb.Usage(prompt_tokens=20, completion_tokens=7, reasoning_tokens=2,
                                                 estimated=True)), 0.2)  # fmt: skip
     usage = session.usage
+    assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens) == (30, 12, 42)
     assert (usage.reasoning_tokens, usage.model_requests, usage.model, usage.estimated) == (2, 2, "m", True)
     assert session.journal.event(session.journal.last_seq).WhichOneof("event") == "usage"  # type: ignore[union-attr]
