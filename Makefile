@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick
+.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency model-stop-latency node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -54,6 +54,9 @@ demo: $(STAMP)  ## a dispatcher and two commander sessions (one finishes, one is
 
 stop-latency: $(STAMP)  ## operator stops via the control API: stop->confirm p50/p99 (real processes)
 	$(PY) -m scripts.stop_latency $(STOP_LATENCY_ARGS)
+
+model-stop-latency: $(STAMP)  ## a stop aborting a model request: stop->abort p50/p99 (real processes, local test server)
+	$(PY) -m scripts.model_stop_latency $(MODEL_STOP_LATENCY_ARGS)
 
 BENCH_ARGS ?=
 

@@ -7,22 +7,24 @@ async with open_channel(ConnectionConfig(target="127.0.0.1:50051"), KeepaliveCon
 from __future__ import annotations
 
 from commander.config import AgentConfig, CommanderConfig, ConnectionConfig
-from commander.context import AgentContext
+from commander.context import AgentContext, ToolInfo
 from commander.events import Observer, SessionEvent
 from commander.session import Agent, SessionResult, run_session
 from commander.transport import open_channel
-from shared.errors import ToolCallError
+from shared.errors import AgentFailure, ToolCallError
 
 __all__ = [
     "Agent",
     "AgentConfig",
     "AgentContext",
+    "AgentFailure",
     "CommanderConfig",
     "ConnectionConfig",
     "Observer",
     "SessionEvent",
     "SessionResult",
     "ToolCallError",
+    "ToolInfo",
     "open_channel",
     "run_session",
 ]

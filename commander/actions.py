@@ -26,6 +26,7 @@ __all__ = [
     "Report",
     "Send",
     "SessionResult",
+    "UsageTotals",
 ]
 
 
@@ -111,6 +112,28 @@ class PendingAtStop:
 
 
 @dataclass(frozen=True, slots=True)
+class UsageTotals:
+    """The Usage the agent reported (one per model request), summed."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    reasoning_tokens: int = 0
+    model_requests: int = 0
+    model: str = ""
+    estimated: bool = False
+
+    def plus(self, usage: wire.pb.Usage) -> UsageTotals:
+        return UsageTotals(
+            prompt_tokens=self.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=self.completion_tokens + usage.completion_tokens,
+            reasoning_tokens=self.reasoning_tokens + usage.reasoning_tokens,
+            model_requests=self.model_requests + 1,
+            model=usage.model or self.model,
+            estimated=self.estimated or usage.estimated,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class SessionResult:
     """How a session ended, from the commander's side."""
 
@@ -123,6 +146,8 @@ class SessionResult:
     dispatcher_id: str = ""
     stop: StopInfo | None = None
     stop_to_halt_ms: float | None = None  # stop received -> agent unwound
+    # stop received -> the model request it interrupted closed (None: no request was open)
+    stop_to_abort_ms: float | None = None
     stop_to_confirm_ms: float | None = None  # dispatcher-measured: stop sent -> confirm received
     pending_at_stop: tuple[PendingAtStop, ...] = ()
     discarded_packets: int = 0
@@ -133,6 +158,8 @@ class SessionResult:
     errors: tuple[str, ...] = ()  # non-fatal ErrorSignals the dispatcher sent
     trailers: dict[str, str] = field(default_factory=dict)
     assigned: wire.pb.Assignment | None = None  # pool streams: the session handed to us
+    error_code: str = ""  # the agent's failure: AGENT_ERROR, or its AgentFailure's code (MODEL_...)
+    usage: UsageTotals = field(default_factory=UsageTotals)
 
     @property
     def ok(self) -> bool:

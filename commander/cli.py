@@ -1,4 +1,5 @@
-"""`commander run`: one session of the built-in scripted agent against a dispatcher."""
+"""`commander run`: one session against a dispatcher (the scripted agent, a model, or your own agent);
+`commander serve`: a pool of them."""
 
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ import structlog
 from anyio.abc import TaskStatus
 
 from commander.config import CommanderConfig
-from commander.models import ScriptedAgent
+from commander.loading import AgentLoadError, agent_factory
 from commander.render import ConsoleRenderer, JsonRenderer
-from commander.session import SessionResult, run_session
+from commander.session import Agent, SessionResult, run_session
 from commander.transport import open_channel
 from shared.log import configure_logging
 from shared.model import SessionState
@@ -59,40 +60,47 @@ def run(
     log_level: str,
     **flags: Any,
 ) -> None:
-    """Run one session of the built-in scripted agent (no LLM, no network but the dispatcher).
+    """Run one session: of the built-in scripted agent (no LLM, no network but the dispatcher), of a
+    model (--model openai:NAME --base-url URL) or of your own agent (--agent PACKAGE.MODULE:CALLABLE).
 
     Exit status: 0 finished, 2 stopped by the dispatcher, 130 cancelled here (Ctrl-C or SIGTERM;
     the dispatcher is told why), 1 failed or refused.
     """
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
+    new_agent, config = _agent_or_exit(config)
     renderer = JsonRenderer(quiet=quiet) if as_json else ConsoleRenderer(quiet=quiet)
-    result = anyio.run(_run, config, prompt, session_id, renderer)
+    result = anyio.run(_run, config, new_agent(), prompt, session_id, renderer)
     if result is None:  # a second signal cut the session short: there is no result to print
         sys.exit(EXIT_CANCELLED)
     renderer.result(result)
     sys.exit(exit_code(result))
 
 
-async def _run(config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any) -> SessionResult | None:
+def _agent_or_exit(config: CommanderConfig) -> tuple[Any, CommanderConfig]:
+    """The agent factory for the config's --agent / --model, or a one-line usage error (exit 2)."""
+    try:
+        return agent_factory(config)
+    except AgentLoadError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+async def _run(
+    config: CommanderConfig, agent: Agent, prompt: str, session_id: str | None, renderer: Any
+) -> SessionResult | None:
     """The session, with Ctrl-C / SIGTERM cancelling it cleanly (a second signal exits at once: None)."""
     signals = SignalPolicy()
     result: SessionResult | None = None
     async with anyio.create_task_group() as tg:
         await tg.start(signals.watch, tg.cancel_scope)
-        result = await _session(config, prompt, session_id, renderer, signals.cancel)
+        result = await _session(config, agent, prompt, session_id, renderer, signals.cancel)
         tg.cancel_scope.cancel()
     return result
 
 
 async def _session(
-    config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any, cancel: anyio.Event
+    config: CommanderConfig, agent: Agent, prompt: str, session_id: str | None, renderer: Any, cancel: anyio.Event
 ) -> SessionResult:
-    agent = ScriptedAgent(
-        tokens_per_s=config.agent.tokens_per_s,
-        first_token_delay_s=config.agent.first_token_delay_s,
-        answer_words=config.agent.answer_words,
-    )
     async with open_channel(config.connection, config.keepalive) as channel:
         return await run_session(
             agent, prompt, channel=channel, config=config, session_id=session_id, observer=renderer, cancel=cancel
@@ -113,28 +121,23 @@ async def _session(
 @config_options(CommanderConfig, env_prefix=ENV_PREFIX)
 def serve(concurrency: int, config_file: str | None, log_level: str, **flags: Any) -> None:
     """Join the dispatcher's commander pool: keep CONCURRENCY streams open and run the sessions
-    that backends start (SessionControlService.StartSession / Ask) with the scripted agent.
+    that backends start (SessionControlService.StartSession / Ask) with the scripted agent,
+    a model (--model openai:NAME) or your own agent (--agent PACKAGE.MODULE:CALLABLE).
 
     One JSON line per finished session on stdout. SIGTERM/SIGINT: idle streams leave the pool,
     running sessions are cancelled (the dispatcher records why); a second signal exits at once.
     """  # fmt: skip
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
-    sys.exit(anyio.run(_serve, config, concurrency))
+    agent, config = _agent_or_exit(config)
+    sys.exit(anyio.run(_serve, config, concurrency, agent))
 
 
-async def _serve(config: CommanderConfig, concurrency: int) -> int:
+async def _serve(config: CommanderConfig, concurrency: int, agent: Any) -> int:
     """The pool streams until a signal: 0 once the first one has ended them cleanly, 130 after a second."""
     renderer = JsonRenderer()
     signals = SignalPolicy()
     cancel = signals.cancel
-
-    def agent() -> ScriptedAgent:
-        return ScriptedAgent(
-            tokens_per_s=config.agent.tokens_per_s,
-            first_token_delay_s=config.agent.first_token_delay_s,
-            answer_words=config.agent.answer_words,
-        )
 
     async def pool_stream(number: int, channel: grpc.aio.Channel) -> None:
         """One pool stream after another until cancelled; reconnects with backoff."""

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from shared.keepalive import KeepaliveConfig
 from shared.settings import setting
 
-__all__ = ["AgentConfig", "CommanderConfig", "ConnectionConfig"]
+__all__ = ["AgentConfig", "CommanderConfig", "ConnectionConfig", "ModelConfig"]
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -72,8 +72,21 @@ class AgentConfig:
     )
 
     answer_words: int = setting(60, "scripted agent: length of the answer in words", flag="answer-words")
+    agent: str = setting(
+        "",
+        "run your own agent instead of the scripted one: PACKAGE.MODULE:CALLABLE, an async (ctx, input) callable "
+        "(a class is instantiated without arguments); the current directory is importable",
+        flag="agent",
+    )
+    tools: tuple[str, ...] = setting(
+        (),
+        "limit the session to these dispatcher tools (Hello.tools; default: every tool the dispatcher serves)",
+        flag="tool",
+    )
 
     def __post_init__(self) -> None:
+        if self.agent and ":" not in self.agent:
+            raise ValueError(f"--agent {self.agent!r}: expected PACKAGE.MODULE:CALLABLE")
         if self.answer_words < 1:
             raise ValueError("answer_words must be >= 1")
         if self.tokens_per_s < 0 or self.first_token_delay_s < 0:
@@ -81,7 +94,57 @@ class AgentConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelConfig:
+    """The OpenAI-compatible model backend (`--model openai:NAME`): commander/models/openai_chat.py."""
+
+    model: str = setting(
+        "",
+        "drive a real model: openai:MODEL_NAME speaks the Chat Completions streaming API (OpenAI, vLLM, Ollama, "
+        "llama.cpp, LM Studio, gateways); empty = the built-in scripted agent",
+        flag="model",
+    )
+    base_url: str = setting("https://api.openai.com/v1", "the server's API root (…/v1)", flag="base-url")
+    api_key_env: str = setting(
+        "OPENAI_API_KEY",
+        "environment variable holding the API key (unset or empty: no Authorization header, as local servers want)",
+        flag="api-key-env",
+    )
+    temperature: float = setting(-1.0, "sampling temperature (-1 = the server's default)", flag="temperature")
+    max_tokens: int = setting(0, "most tokens one model request may generate (0 = the server's default)",
+                              flag="max-tokens")  # fmt: skip
+    system_prompt: str = setting("", "system message sent first", flag="system-prompt")
+    system_prompt_file: str = setting("", "file whose text is the system message", flag="system-prompt-file")
+    request_timeout_s: float = setting(
+        60.0, "connect timeout, and the longest silence between two streamed chunks", flag="request-timeout-s"
+    )
+    headers: tuple[str, ...] = setting((), "extra HTTP header 'Name: value' on every model request", flag="header")
+    max_steps: int = setting(8, "most model requests per session (each tool round is one more)", flag="max-steps")
+    retries: int = setting(
+        2, "retries of a request answered 429 or 5xx before its first token (then the session fails)", flag="retries"
+    )
+    retry_backoff_s: float = setting(0.5, "first retry delay; doubles each retry (Retry-After wins, up to 30 s)",
+                                     flag="retry-backoff-s")  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.model and not self.model.startswith("openai:"):
+            raise ValueError(f"--model {self.model!r}: expected openai:MODEL_NAME")
+        if self.model == "openai:":
+            raise ValueError("--model openai: needs a model name, e.g. openai:gpt-4o-mini")
+        if self.system_prompt and self.system_prompt_file:
+            raise ValueError("--system-prompt and --system-prompt-file exclude each other")
+        if self.request_timeout_s <= 0 or self.max_steps < 1 or self.retries < 0 or self.retry_backoff_s < 0:
+            raise ValueError("request_timeout_s > 0, max_steps >= 1, retries >= 0 and retry_backoff_s >= 0 required")
+        if self.max_tokens < 0:
+            raise ValueError("max_tokens must be >= 0")
+        for header in self.headers:
+            name, sep, _ = header.partition(":")
+            if not sep or not name.strip():
+                raise ValueError(f"--header {header!r}: expected 'Name: value'")
+
+
+@dataclass(frozen=True, slots=True)
 class CommanderConfig:
     connection: ConnectionConfig = field(default_factory=ConnectionConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)

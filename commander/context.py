@@ -18,18 +18,28 @@ from typing import Any
 import anyio
 
 from commander.core import CommanderSession
-from commander.events import ContentEmitted, Observer, ThoughtEmitted, ToolCallSent
+from commander.events import ContentEmitted, Observer, ThoughtEmitted, ToolCallSent, UsageReported
 from shared import wire
 from shared.errors import ToolCallError
 from shared.jsontext import JsonTextError, parse_json
 from shared.model import StopInfo
 
-__all__ = ["AgentContext"]
+__all__ = ["AgentContext", "ToolInfo"]
 
 Send = Callable[[wire.pb.UpstreamPacket], Awaitable[None]]
 
 # A dispatcher-side TIMEOUT result normally beats our own wait; this slack lets it.
 _TIMEOUT_SLACK_S = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class ToolInfo:
+    """A tool the dispatcher runs for this session (from its Welcome): what a model is offered."""
+
+    name: str
+    description: str
+    parameters: dict[str, Any]  # JSON Schema of the arguments object
+    requires_approval: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -53,6 +63,7 @@ class AgentContext:
         self._observe = observer
         self._waiting: dict[str, _Waiter] = {}
         self._next_call = 0
+        self._tools: tuple[ToolInfo, ...] | None = None
         self.stopped = anyio.Event()  # set when a stop arrives, as the agent's task is cancelled
 
     @property
@@ -76,6 +87,15 @@ class AgentContext:
     @property
     def tool_calls(self) -> int:
         return self._session.tool_calls
+
+    @property
+    def tools(self) -> tuple[ToolInfo, ...]:
+        """The tools this session may call, as the dispatcher's Welcome listed them (sorted by
+        name); empty in compatibility mode or from a dispatcher that sends no catalog."""
+        if self._tools is None:
+            welcome = self._session.welcome
+            self._tools = tuple(_tool_info(spec) for spec in welcome.tools) if welcome is not None else ()
+        return self._tools
 
     # -- the agent's API ---------------------------------------------------------
 
@@ -133,6 +153,34 @@ class AgentContext:
         except JsonTextError as exc:  # the dispatcher's bug, told to the agent as a failed call
             raise ToolCallError(name, call_id, "MALFORMED_RESULT", str(exc)) from None
 
+    async def report_usage(
+        self,
+        *,
+        prompt_tokens: int,
+        completion_tokens: int,
+        reasoning_tokens: int = 0,
+        model: str = "",
+        estimated: bool = False,
+    ) -> None:
+        """Report one model request's token usage (a Usage packet): the dispatcher sums them
+        per session and enforces its token budgets on the sums."""
+        usage = wire.pb.Usage(
+            prompt_tokens=max(0, prompt_tokens),
+            completion_tokens=max(0, completion_tokens),
+            reasoning_tokens=max(0, reasoning_tokens),
+            model=model,
+            estimated=estimated,
+        )
+        if self._session.on_usage(usage):
+            await self._send(wire.pb.UpstreamPacket(usage=usage))
+        self._observe(UsageReported(usage.prompt_tokens, usage.completion_tokens, usage.reasoning_tokens,
+                                    model, estimated))  # fmt: skip
+
+    def model_request_closed(self) -> None:
+        """A model backend closed its HTTP request (response and connection): after a stop,
+        the time from the stop's arrival to this call is the session's stop -> abort figure."""
+        self._session.on_model_request_closed(time.perf_counter())
+
     # -- used by the session -----------------------------------------------------
 
     def deliver(self, call_id: str, result: wire.pb.ToolCallResult) -> None:
@@ -147,3 +195,13 @@ def stamp(packet: wire.pb.UpstreamPacket, *, seq: int, session_id: str) -> None:
     packet.seq = seq
     packet.session_id = session_id
     packet.timestamp = time.time_ns() // 1_000_000
+
+
+def _tool_info(spec: wire.pb.ToolSpec) -> ToolInfo:
+    try:
+        schema = json.loads(spec.parameters_json_schema) if spec.parameters_json_schema else {}
+    except ValueError:
+        schema = {}
+    if not isinstance(schema, dict):  # a dispatcher's bug: offer the tool with any object
+        schema = {}
+    return ToolInfo(spec.name, spec.description, schema or {"type": "object"}, spec.requires_approval)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from commander import actions
 from commander.events import HandshakeDone, StopReceived, ToolResultReceived
 from shared import wire
-from shared.errors import describe_exception
+from shared.errors import AgentFailure, describe_exception
 from shared.model import SessionState, StopCode, StopInfo
 
 __all__ = ["CommanderSession", "Phase"]
@@ -80,6 +80,7 @@ class CommanderSession:
         agent_version: str,
         now: float,
         await_assignment: bool = False,
+        tools: Sequence[str] = (),
     ) -> None:
         self.session_id = session_id
         self.prompt = prompt
@@ -96,6 +97,7 @@ class CommanderSession:
             agent_version=agent_version,
             features=list(wire.FEATURES),
             awaits_assignment=await_assignment,
+            tools=list(tools),
         )
         self._started_at = now
         self._agent_running = False
@@ -105,6 +107,9 @@ class CommanderSession:
         self._pending_at_stop: tuple[actions.PendingAtStop, ...] = ()
         self._discarded = 0
         self._agent_error: str | None = None
+        self._agent_error_code = ""
+        self._model_closed_at: float | None = None  # a model request closed because of the stop
+        self.usage = actions.UsageTotals()
         self._acked_seq = 0
         self._errors: list[str] = []
         self._end: _End | None = None
@@ -227,6 +232,18 @@ class CommanderSession:
             del self._calls[call_id]
         # else: after a stop the call stays: its fate goes into the StopConfirm.
 
+    def on_model_request_closed(self, now: float) -> None:
+        """The agent closed a model request (its HTTP response and connection). After a stop
+        the first such close is the stop's effect on the model: stop -> abort is measured."""
+        if self._stop_received_at is not None and self._model_closed_at is None:
+            self._model_closed_at = now
+
+    def on_usage(self, usage: wire.pb.Usage) -> bool:
+        """The agent reports one model request's usage: True when it goes upstream (the
+        original contract has no Usage packet; it is only counted here then)."""
+        self.usage = self.usage.plus(usage)
+        return not self.compat_mode
+
     def on_agent_returned(self, now: float) -> Sequence[actions.Action]:
         """The agent's task is over: it returned, or was cancelled by a CancelAgent (or never started)."""
         return self._agent_done(now, None)
@@ -287,6 +304,7 @@ class CommanderSession:
             dispatcher_id=dispatcher_id,
             stop=stop,
             stop_to_halt_ms=halt_s * 1000 if halt_s is not None else None,
+            stop_to_abort_ms=self._abort_ms(),
             stop_to_confirm_ms=float(stop_to_confirm) if stop_to_confirm else None,
             pending_at_stop=self._pending_at_stop,
             discarded_packets=self._discarded,
@@ -297,9 +315,17 @@ class CommanderSession:
             errors=tuple(self._errors),
             trailers=dict(end.trailers),
             assigned=self.assignment,
+            error_code=self._agent_error_code,
+            usage=self.usage,
         )
 
     # -- helpers --------------------------------------------------------------------------
+
+    def _abort_ms(self) -> float | None:
+        """Stop received -> the model request it interrupted closed (None when none was open)."""
+        if self._stop_received_at is None or self._model_closed_at is None:
+            return None
+        return (self._model_closed_at - self._stop_received_at) * 1000
 
     def _halt_s(self) -> float | None:
         """Stop received -> agent unwound (None unless a stop came while the agent still had its turn)."""
@@ -351,7 +377,11 @@ class CommanderSession:
         self.phase = Phase.CLOSED
         if self._stop_received_at is not None:
             self._halted_at = now
-        if exc is not None:
+        if isinstance(exc, AgentFailure):  # a failure with a name (MODEL_UNAUTHORIZED...)
+            self._agent_error_code = exc.code
+            self._agent_error = exc.message
+        elif exc is not None:
+            self._agent_error_code = "AGENT_ERROR"
             self._agent_error = describe_exception(exc)
         if self.is_ended:
             return (actions.CloseUpstream(),)  # the stream is over: nothing more to say
@@ -364,7 +394,8 @@ class CommanderSession:
         if self.cancel_reason is not None:
             final = wire.pb.UpstreamPacket(error=wire.pb.ErrorSignal(code="CANCELLED", message=self.cancel_reason))
         elif self._agent_error is not None:
-            final = wire.pb.UpstreamPacket(error=wire.pb.ErrorSignal(code="AGENT_ERROR", message=self._agent_error))
+            error = wire.pb.ErrorSignal(code=self._agent_error_code, message=self._agent_error)
+            final = wire.pb.UpstreamPacket(error=error)
         else:
             final = wire.pb.UpstreamPacket(content=wire.pb.ContentChunk(is_finish=True))
         return (actions.Send(final), actions.CloseUpstream())
@@ -377,7 +408,8 @@ class CommanderSession:
             return SessionState.CANCELLED, self.cancel_reason
         if end.code == "OK":
             if self._agent_error is not None:
-                return SessionState.FAILED, f"agent failed: {self._agent_error}"
+                named = "" if self._agent_error_code == "AGENT_ERROR" else f"{self._agent_error_code}: "
+                return SessionState.FAILED, f"agent failed: {named}{self._agent_error}"
             return SessionState.FINISHED, "finished"
         state = SessionState.CANCELLED if end.code == "CANCELLED" else SessionState.FAILED
         return state, f"{end.code}: {end.details}"

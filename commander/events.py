@@ -19,6 +19,7 @@ __all__ = [
     "ThoughtEmitted",
     "ToolCallSent",
     "ToolResultReceived",
+    "UsageReported",
 ]
 
 
@@ -62,7 +63,18 @@ class StopReceived:
     stop: StopInfo
 
 
-SessionEvent = HandshakeDone | ThoughtEmitted | ContentEmitted | ToolCallSent | ToolResultReceived | StopReceived
+@dataclass(frozen=True, slots=True)
+class UsageReported:
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    model: str
+    estimated: bool
+
+
+SessionEvent = (
+    HandshakeDone | ThoughtEmitted | ContentEmitted | ToolCallSent | ToolResultReceived | StopReceived | UsageReported
+)
 
 
 class Observer:

@@ -16,6 +16,7 @@ from commander.events import (
     ThoughtEmitted,
     ToolCallSent,
     ToolResultReceived,
+    UsageReported,
 )
 from commander.session import SessionResult
 from shared.model import SessionState
@@ -69,6 +70,10 @@ class ConsoleRenderer(Observer):
             self._write(event.text)
         elif isinstance(event, StopReceived):
             self._line(s(f"  ■ STOP received: {event.stop.code.name} — {event.stop.reason}", "1;33"))
+        elif isinstance(event, UsageReported) and not self.quiet:
+            counted = ", counted" if event.estimated else ""
+            self._line(s(f"  usage: {event.prompt_tokens} prompt + {event.completion_tokens} completion tokens"
+                         f" ({event.model or 'model'}{counted})", "2"))  # fmt: skip
 
     def result(self, result: SessionResult) -> None:
         s = self.style
@@ -87,6 +92,11 @@ class ConsoleRenderer(Observer):
                 self._line(
                     f"  stop→halt:   {result.stop_to_halt_ms:.3f} ms (stop received → agent cancelled, commander clock)"
                 )
+            if result.stop_to_abort_ms is not None:
+                self._line(
+                    f"  stop→abort:  {result.stop_to_abort_ms:.3f} ms (stop received → model request closed, "
+                    "commander clock)"
+                )
             if result.stop_to_confirm_ms is not None:
                 self._line(
                     f"  stop→confirm: {result.stop_to_confirm_ms:.3f} ms (stop sent → confirmed, dispatcher clock)"
@@ -95,6 +105,10 @@ class ConsoleRenderer(Observer):
                 fates = ", ".join(f"{p.call_id}:{p.tool_name}={p.fate}" for p in result.pending_at_stop)
                 self._line(f"  tool calls abandoned: {fates}")
             self._line(f"  discarded unsent packets: {result.discarded_packets}")
+        if result.usage.model_requests:
+            u = result.usage
+            self._line(f"  tokens: {u.prompt_tokens} prompt + {u.completion_tokens} completion"
+                       f" ({u.reasoning_tokens} reasoning) in {u.model_requests} model request(s)")  # fmt: skip
         rate = result.packets_sent / result.duration_s if result.duration_s > 0 else 0.0
         self._line(
             f"  session {result.session_id} · {result.packets_sent} packets in {result.duration_s:.2f} s "

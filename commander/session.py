@@ -68,6 +68,7 @@ async def run_session(
         agent_version=config.agent.version,
         await_assignment=await_assignment,
         now=time.perf_counter(),
+        tools=config.agent.tools,
     )
     shell = _Shell(machine, channel, conn, observer or Observer(), metadata)
     with structlog.contextvars.bound_contextvars(session_id=machine.session_id):

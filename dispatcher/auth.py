@@ -72,7 +72,14 @@ _ALLOWED: dict[str, frozenset[Role]] = {
     **{
         _CONTROL + method: frozenset({Role.OPERATOR, Role.BACKEND})
         for method in (
-            "ListSessions", "GetSession", "StopSession", "WatchSession", "StartSession", "Ask", "DecideToolCall"
+            "ListSessions",
+            "GetSession",
+            "StopSession",
+            "WatchSession",
+            "StartSession",
+            "Ask",
+            "DecideToolCall",
+            "ListTools",
         )
     },
 }

@@ -233,6 +233,14 @@ class PolicyConfig:
         "tool calls per session before BUDGET_EXCEEDED (0 = no limit)",
         flag="max-tool-calls",
     )
+    max_completion_tokens: int = setting(
+        0,
+        "completion tokens per session (the commander's Usage reports, summed) before BUDGET_EXCEEDED (0 = no limit)",
+    )
+    max_total_tokens: int = setting(
+        0,
+        "prompt + completion tokens per session (Usage reports, summed) before BUDGET_EXCEEDED (0 = no limit)",
+    )
     max_session_s: float = setting(
         3_600.0,
         "wall-clock seconds per session before a TIMEOUT stop (0 = no limit)",
@@ -254,6 +262,8 @@ class PolicyConfig:
             "max_content_chars",
             "max_thought_chars",
             "max_tool_calls",
+            "max_completion_tokens",
+            "max_total_tokens",
             "max_session_s",
             "idle_timeout_s",
         ):

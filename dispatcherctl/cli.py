@@ -31,6 +31,7 @@ from dispatcherctl.names import LIVE_STATES, parse_states, session_state_names, 
 from dispatcherctl.options import json_option, names_callback, open_client, stdout_is_tty, stop_code_callback
 from dispatcherctl.render import (
     SESSION_HEADERS,
+    TOOL_HEADERS,
     StopTally,
     decision_line,
     health_line,
@@ -41,6 +42,7 @@ from dispatcherctl.render import (
     session_row,
     stop_json,
     stop_line,
+    tool_rows,
 )
 from shared import wire
 from shared.model import now_ms
@@ -206,6 +208,24 @@ def show(ctx: click.Context, session_id: str, as_json: bool) -> None:
         click.echo(json_line(response))
     else:
         print_pairs(session_pairs(response, now_ms()), sys.stdout, tty=stdout_is_tty())
+
+
+@main.command()
+@json_option("one JSON object (ToolSpec) per line")
+@click.pass_context
+def tools(ctx: click.Context, as_json: bool) -> None:
+    """List the tools the dispatcher serves, as commanders (and their models) see them: name,
+    whether calls need approval, description, JSON Schema of the arguments."""
+    with open_client(ctx) as client:
+        response = client.list_tools()
+    if as_json:
+        for tool in response.tools:
+            click.echo(json_line(tool))
+        return
+    if not response.tools:
+        click.echo("no tools")
+        return
+    print_table(TOOL_HEADERS, tool_rows(response.tools), sys.stdout, tty=stdout_is_tty())
 
 
 # -- stop ------------------------------------------------------------------------------------

@@ -172,6 +172,9 @@ class ControlClient:
         request = wire.ctl.GetSessionRequest(session_id=session_id)
         return self._unary(self._stub.GetSession, request, session_id)
 
+    def list_tools(self) -> Any:
+        return self._unary(self._stub.ListTools, wire.ctl.ListToolsRequest())
+
     def decide_tool_call(self, request: Any) -> Any:
         """One DecideToolCall. NOT_FOUND keeps the server's words: the session or the call."""
         return self._unary(self._stub.DecideToolCall, request)

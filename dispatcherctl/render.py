@@ -198,6 +198,7 @@ def session_pairs(response: Any, now_ms: int) -> list[tuple[str, str]]:
         ("packets out", _counts(info.packets_out)),
         ("packets dropped", str(info.packets_dropped)),
         ("tool calls", f"{info.tool_calls_running} running, {info.tool_calls_done} done"),
+        ("tokens", usage_text(info.usage) if info.HasField("usage") else _NONE),
         ("events", events),
     ]
     for i, call in enumerate(response.running_tool_calls):
@@ -206,6 +207,28 @@ def session_pairs(response: Any, now_ms: int) -> list[tuple[str, str]]:
     if info.HasField("outcome"):
         pairs.extend(_outcome_pairs(info.outcome, now_ms))
     return pairs
+
+
+def usage_text(usage: Any) -> str:
+    """A SessionUsage in one line: `120 prompt + 40 completion = 160 (8 reasoning) in 2 requests, gpt-x`."""
+    counted = ", counted by the commander" if usage.estimated else ""
+    return (
+        f"{usage.prompt_tokens} prompt + {usage.completion_tokens} completion = {usage.total_tokens} "
+        f"({usage.reasoning_tokens} reasoning) in {usage.model_requests} model request(s), "
+        f"{oneline(usage.model) or 'model'}{counted}"
+    )
+
+
+def tool_rows(tools: Sequence[Any]) -> list[list[str]]:
+    """ListTools' tools as table rows: name, approval, description, argument schema."""
+    return [
+        [tool.name, "approval" if tool.requires_approval else "", oneline(tool.description),
+         oneline(tool.parameters_json_schema)]
+        for tool in tools
+    ]  # fmt: skip
+
+
+TOOL_HEADERS = ("TOOL", "NEEDS", "DESCRIPTION", "ARGUMENTS (JSON SCHEMA)")
 
 
 def _outcome_pairs(outcome: Any, now_ms: int) -> list[tuple[str, str]]:

@@ -32,6 +32,7 @@ _STYLE = {
     "state_change": "1",
     "approval_request": "1;35",
     "approval_decision": "35",
+    "usage": "2",
 }
 
 
@@ -95,6 +96,11 @@ def event_line(event: Any) -> str | None:
             return f"{head} {outcome_text(change.outcome)}"
         text = f"{head} {state_name(change.state)}"
         return text + (f": {oneline(change.reason)}" if change.reason else "")
+    if kind == "usage":
+        usage = event.usage
+        counted = ", counted" if usage.estimated else ""
+        return (f"{head} {usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens"
+                f" ({usage.reasoning_tokens} reasoning) {oneline(usage.model) or 'model'}{counted}")  # fmt: skip
     if kind in ("thought", "content"):
         return None
     return f"{head} (unknown event)"

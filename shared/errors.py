@@ -10,6 +10,7 @@ from __future__ import annotations
 
 __all__ = [
     "AccessDenied",
+    "AgentFailure",
     "AgentRuntimeError",
     "AtCapacity",
     "BadRequest",
@@ -96,5 +97,16 @@ class ToolCallError(AgentRuntimeError):
         super().__init__(f"tool {tool_name!r} (call {call_id}) failed with {code}: {message}")
         self.tool_name = tool_name
         self.call_id = call_id
+        self.code = code
+        self.message = message
+
+
+class AgentFailure(AgentRuntimeError):
+    """Commander side: the agent failed for a reason with a name (the model server refused,
+    timed out, sent garbage...). Raised out of an agent, it ends the session FAILED and the
+    dispatcher is told `code` (ErrorSignal.code, e.g. MODEL_UNAUTHORIZED) and `message`."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

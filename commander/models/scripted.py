@@ -55,10 +55,15 @@ class ScriptedAgent:
                 continue
             findings.append(_summarise(tool, result))
             await ctx.think("observe", f"{tool} returned {result}. ")
-        for token in _tokens(self._answer(prompt, findings)):
+        tokens = _tokens(self._answer(prompt, findings))
+        for token in tokens:
             await ctx.say(token)
             if self.tokens_per_s:
                 await anyio.sleep(1 / self.tokens_per_s)
+        # Its own usage, as a model backend would report it: one "request", counted (no server).
+        await ctx.report_usage(
+            prompt_tokens=-(-len(prompt) // 4), completion_tokens=len(tokens), model="scripted", estimated=True
+        )
 
     def _answer(self, prompt: str, findings: list[str]) -> str:
         opening = " ".join(findings) if findings else "I looked into it."

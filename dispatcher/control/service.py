@@ -254,13 +254,28 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             started_by=principal.hop,
             deadline_ms=now_ms() + round(deadline * 1000) if deadline is not None else 0,
         )
-        session = await self._sessions.start_on_pool(assignment, wait_ms / 1000)
+        tools: frozenset[str] | None = None
+        if request.tools:
+            unknown = self._sessions.catalog.unknown(request.tools)
+            if unknown:
+                raise BadRequest(f"tools this dispatcher does not serve: {', '.join(unknown)}")
+            tools = frozenset(request.tools)
+        session = await self._sessions.start_on_pool(assignment, wait_ms / 1000, tools=tools)
         if deadline is not None:
             session.set_caller_deadline(time.monotonic() + deadline, principal.hop)
         tie = CallerTie(session, principal, context, path)
         context.add_done_callback(tie.on_call_done)  # type: ignore[arg-type]
         log.info("session.started", session_id=session_id, by=principal.hop)
         return session, tie
+
+    # -- tools -----------------------------------------------------------------------
+
+    @guarded
+    async def ListTools(  # noqa: N802
+        self, request: wire.ctl.ListToolsRequest, context: Context
+    ) -> wire.ctl.ListToolsResponse:
+        self._access.principal(context)
+        return wire.ctl.ListToolsResponse(tools=self._sessions.catalog.specs())
 
     # -- lookups ---------------------------------------------------------------------
 

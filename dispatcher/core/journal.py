@@ -34,6 +34,7 @@ EVENT_KINDS: dict[str, int] = {
     "tool_result_dropped": wire.ctl.EVENT_KIND_TOOL_RESULT_DROPPED,
     "approval_request": wire.ctl.EVENT_KIND_APPROVAL_REQUEST,
     "approval_decision": wire.ctl.EVENT_KIND_APPROVAL_DECISION,
+    "usage": wire.ctl.EVENT_KIND_USAGE,
 }
 
 

@@ -81,7 +81,9 @@ class PolicyTracker:
         "_config",
         "_content_tail",
         "_thought_tail",
+        "completion_tokens",
         "content_chars",
+        "prompt_tokens",
         "thought_chars",
         "tool_calls",
     )
@@ -92,6 +94,8 @@ class PolicyTracker:
         self.content_chars = 0
         self.thought_chars = 0
         self.tool_calls = 0
+        self.prompt_tokens = 0  # the commander's Usage reports, summed
+        self.completion_tokens = 0
         self._content_tail = ""
         self._thought_tail = ""
 
@@ -126,6 +130,19 @@ class PolicyTracker:
         limit = self._config.max_tool_calls
         if limit and self.tool_calls > limit:
             return _budget("tool_calls", limit, self.tool_calls)
+        return None
+
+    def on_usage(self, prompt_tokens: int, completion_tokens: int) -> Violation | None:
+        """One model request's usage: the token budgets apply to the session's sums."""
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+        limit = self._config.max_completion_tokens
+        if limit and self.completion_tokens > limit:
+            return _budget("completion_tokens", limit, self.completion_tokens)
+        limit = self._config.max_total_tokens
+        total = self.prompt_tokens + self.completion_tokens
+        if limit and total > limit:
+            return _budget("total_tokens", limit, total)
         return None
 
 

@@ -13,6 +13,7 @@ of its text, and returns the shared empty tuple unless an Ack is due.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from dispatcher.config import SessionConfig
 from dispatcher.core.actions import Action, CancelTools, Delivery, EndStream, Report, Send, SessionOutcome, StartTool
@@ -27,6 +28,9 @@ from shared import wire
 from shared.errors import ProtocolViolation
 from shared.model import SessionState, StopInfo, now_ms
 
+if TYPE_CHECKING:
+    from dispatcher.tools.catalog import ToolCatalog
+
 __all__ = ["Action", "CancelTools", "Delivery", "EndStream", "Report", "Send", "Session", "SessionOutcome", "StartTool"]
 
 
@@ -38,11 +42,12 @@ class Session:
 
     # Slots: ten thousand idle sessions each save the ~1.2 KiB a per-instance dict costs.
     __slots__ = (
-        "_ack_due", "_ack_every", "_ack_interval_s", "_config", "_ended", "_grace_deadline", "_hop",
+        "_ack_due", "_ack_every", "_ack_interval_s", "_allowed", "_catalog", "_config", "_ended", "_grace_deadline",
+        "_hop",
         "_last_activity", "_limits", "_linger_deadline", "_policy", "_received", "_reported", "_sequenced",
         "_started_at", "_stop", "_stop_detail", "_stop_sent_at", "_time_limits", "_unacked", "_upstream_closed",
         "dispatcher_hop", "dropped_packets", "hello", "journal", "last_seq", "outcome", "packets_in", "session_id",
-        "started_at_ms", "state", "tools", "wake_at",
+        "started_at_ms", "state", "tools", "usage", "wake_at",
     )  # fmt: skip
 
     def __init__(
@@ -55,6 +60,8 @@ class Session:
         limits: wire.pb.SessionLimits,
         now: float,
         journal: Journal | None = None,
+        catalog: ToolCatalog | None = None,
+        allowed_tools: frozenset[str] | None = None,
     ) -> None:
         self.session_id = session_id
         self.state = SessionState.OPEN
@@ -72,6 +79,7 @@ class Session:
         self.dropped_packets = 0
         self.last_seq = 0
         self.hello: wire.pb.Hello | None = None
+        self.usage: wire.ctl.SessionUsage | None = None  # the commander's Usage packets, summed (from the first)
 
         self.dispatcher_hop = dispatcher_hop
         self._hop = dispatcher_hop
@@ -94,6 +102,9 @@ class Session:
         self._upstream_closed = False
         self._ended = False
         self._reported: set[str] = set()
+        # The tools served (for the Welcome) and the subset this session may call (None: all).
+        self._catalog = catalog
+        self._allowed = allowed_tools
         self._recompute_wake(now)
 
     # -- properties ---------------------------------------------------------------
@@ -159,6 +170,8 @@ class Session:
                 return self._on_hello(packet.hello, seq, now)
             if kind == "error":
                 return self._on_commander_error(packet.error, now)
+            if kind == "usage":
+                return self._on_usage(packet.usage, now)
             if kind == "stop_confirm":
                 return self._reject("UNEXPECTED_STOP_CONFIRM", f"stop_confirm at seq {seq} but no stop was sent", seq)
             return self._reject(
@@ -300,6 +313,7 @@ class Session:
                 seq,
                 call_id=call_id,
             )
+        allowed = self._allowed
         self.tools.start(call_id, call.tool_name, ordered=ordered)
         if ordered:
             call = wire.pb.ToolCallRequest(
@@ -310,6 +324,8 @@ class Session:
             )
         self.journal.append("tool_call", call, seq)
         self.state = SessionState.AWAITING_TOOL
+        if allowed is not None and call.tool_name not in allowed:
+            return [*self._ack(), *self.on_tool_done(call_id, self._not_enabled(call), now)]
         timeout_s = call.timeout_ms / 1000 if call.timeout_ms else None
         # The ack first: an inline tool's result is ready the moment StartTool is carried out.
         actions = [*self._ack(), StartTool(call_id, call.tool_name, call.arguments_json, timeout_s)]
@@ -330,7 +346,46 @@ class Session:
             features=list(wire.FEATURES),
             limits=self._limits,
         )
-        return (Send(wire.pb.DownstreamPacket(welcome=welcome)),)
+        actions: list[Action] = []
+        catalog = self._catalog
+        if catalog is not None:
+            if hello.tools:
+                unknown = catalog.unknown(hello.tools)
+                if unknown:
+                    message = f"hello names tools this dispatcher does not serve: {', '.join(unknown)}; ignored"
+                    actions.extend(self._reject("UNKNOWN_TOOLS", message, seq))
+                wanted = frozenset(hello.tools).difference(unknown)
+                self._allowed = wanted if self._allowed is None else self._allowed & wanted
+            welcome.tools.extend(catalog.specs(self._allowed))
+        actions.insert(0, Send(wire.pb.DownstreamPacket(welcome=welcome)))  # the Welcome first, always
+        return actions
+
+    def _on_usage(self, usage: wire.pb.Usage, now: float) -> Sequence[Action]:
+        """One model request's tokens: summed, journaled, and checked against the token budgets."""
+        total = self.usage
+        if total is None:
+            total = self.usage = wire.ctl.SessionUsage()
+        total.prompt_tokens += usage.prompt_tokens
+        total.completion_tokens += usage.completion_tokens
+        total.reasoning_tokens += usage.reasoning_tokens
+        total.total_tokens = total.prompt_tokens + total.completion_tokens
+        total.model_requests += 1
+        if usage.model:
+            total.model = usage.model
+        total.estimated = total.estimated or usage.estimated
+        self.journal.append("usage", usage, self.last_seq)
+        violation = self._policy.on_usage(usage.prompt_tokens, usage.completion_tokens)
+        if violation is not None:
+            return self._violated(violation, now)
+        return self._count_for_ack(now)
+
+    def _not_enabled(self, call: wire.pb.ToolCallRequest) -> wire.pb.ToolCallResult:
+        allowed = ", ".join(sorted(self._allowed or ())) or "none"
+        error = wire.pb.ToolError(
+            code=wire.pb.TOOL_ERROR_CODE_UNKNOWN_TOOL,
+            message=f"tool {call.tool_name!r} is not enabled for this session (enabled: {allowed})",
+        )
+        return wire.pb.ToolCallResult(tool_name=call.tool_name, call_id=call.call_id, error=error)
 
     def _on_commander_error(self, error: wire.pb.ErrorSignal, now: float) -> Sequence[Action]:
         self.journal.append("error", error, self.last_seq)

@@ -72,6 +72,8 @@ def session_info(
         agent_name=hello.agent_name if hello is not None else "",
         agent_version=hello.agent_version if hello is not None else "",
     )
+    if machine.usage is not None:
+        info.usage.CopyFrom(machine.usage)
     if outcome is not None:
         info.outcome.CopyFrom(outcome_to_wire(outcome))
     return info

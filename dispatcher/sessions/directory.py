@@ -11,6 +11,7 @@ from typing import Protocol
 
 from dispatcher.core.journal import Journal
 from dispatcher.sessions.registry import EndedSession, SessionHandle
+from dispatcher.tools.catalog import ToolCatalog
 from shared import wire
 
 __all__ = ["SessionDirectory", "SessionHandle"]
@@ -25,6 +26,9 @@ class SessionDirectory(Protocol):
     @property
     def free_commanders(self) -> int: ...
 
+    @property
+    def catalog(self) -> ToolCatalog: ...
+
     def get_open(self, session_id: str) -> SessionHandle | None: ...
 
     def get_ended(self, session_id: str) -> EndedSession | None: ...
@@ -35,4 +39,6 @@ class SessionDirectory(Protocol):
 
     def ended_sessions(self) -> Iterator[EndedSession]: ...
 
-    async def start_on_pool(self, assignment: wire.pb.Assignment, wait_s: float) -> SessionHandle: ...
+    async def start_on_pool(
+        self, assignment: wire.pb.Assignment, wait_s: float, *, tools: frozenset[str] | None = None
+    ) -> SessionHandle: ...

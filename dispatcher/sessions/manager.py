@@ -28,6 +28,7 @@ from dispatcher.sessions.runner import RunnerSettings, SessionRunner
 from dispatcher.sessions.tasks import SessionTasks
 from dispatcher.sessions.timers import Timers
 from dispatcher.tools import ToolExecutor, ToolRegistry
+from dispatcher.tools.catalog import ToolCatalog
 from shared import wire
 from shared.errors import AgentRuntimeError, AtCapacity, NoFreeCommander, SessionConflict, ShuttingDown
 from shared.model import StopInfo
@@ -78,6 +79,7 @@ class SessionManager(SessionDirectory):
         self._policy = Policy(config.policy)
         self._limits = _limits(config)
         tools.approve_matching(config.tools.approve)  # also tools that come later (an MCP server's)
+        self._catalog = ToolCatalog(tools)  # what the Welcome and ListTools show
         self._settings = RunnerSettings(
             executor=ToolExecutor(tools, max_result_bytes=_max_result_bytes(config)),
             approval_timeout_s=config.tools.approval_timeout_s,
@@ -97,6 +99,10 @@ class SessionManager(SessionDirectory):
     def is_draining(self) -> bool:
         return self._draining
 
+    @property
+    def catalog(self) -> ToolCatalog:
+        return self._catalog
+
     def open(
         self,
         session_id: str,
@@ -106,8 +112,10 @@ class SessionManager(SessionDirectory):
         commander: str = "",
         started_by: str = "",
         assignment: wire.pb.Assignment | None = None,
+        tools: frozenset[str] | None = None,
     ) -> SessionRunner:
-        """Build a session and register it (not started: `start` runs it)."""
+        """Build a session and register it (not started: `start` runs it). `tools`: the only
+        tools it may call (None: every tool served)."""
         if self._draining:
             raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
         if self.loop_lag.overloaded:
@@ -119,6 +127,8 @@ class SessionManager(SessionDirectory):
             policy=self._policy,
             limits=self._limits,
             now=time.monotonic(),
+            catalog=self._catalog,
+            allowed_tools=tools,
         )
         runner = SessionRunner(
             machine=machine,
@@ -151,8 +161,11 @@ class SessionManager(SessionDirectory):
     def unpark(self, slot: PoolSlot) -> None:
         self.pool.remove(slot)
 
-    async def start_on_pool(self, assignment: wire.pb.Assignment, wait_s: float) -> SessionHandle:
-        """Hand a session to a free pool stream and start it; NoFreeCommander within `wait_s`."""
+    async def start_on_pool(
+        self, assignment: wire.pb.Assignment, wait_s: float, *, tools: frozenset[str] | None = None
+    ) -> SessionHandle:
+        """Hand a session to a free pool stream and start it; NoFreeCommander within `wait_s`.
+        `tools`: the only tools the session may call (None: every tool served)."""
         if self.registry.get_open(assignment.session_id) is not None:
             raise SessionConflict(f"session id {assignment.session_id!r} is already in use by another open stream")
         if self._draining:
@@ -171,6 +184,7 @@ class SessionManager(SessionDirectory):
                 commander=slot.commander,
                 started_by=assignment.started_by,
                 assignment=assignment,
+                tools=tools,
             )
         except AgentRuntimeError:
             self.pool.add(slot)  # the commander did nothing yet: it stays free

@@ -133,7 +133,7 @@ class ToolRegistry:
     """Name -> ToolSpec. Not thread-safe; fill it at start-up, then only read it, except through
     `replace_prefix` (an MCP server's tools, swapped whole on the event loop's thread)."""
 
-    __slots__ = ("_patterns", "_specs", "approval")
+    __slots__ = ("_patterns", "_specs", "approval", "version")
 
     def __init__(self) -> None:
         self._specs: dict[str, ToolSpec] = {}
@@ -141,6 +141,7 @@ class ToolRegistry:
         # The names of the tools whose calls wait for a human decision, kept current as tools
         # come and go (an MCP server's list changes): the executor probes it per call.
         self.approval: frozenset[str] = frozenset()
+        self.version = 0  # bumped on every change: the tool catalog rebuilds its wire form on it
 
     def tool(
         self,
@@ -217,7 +218,12 @@ class ToolRegistry:
         self._patterns = tuple(patterns)
         self._mark_approval()
 
+    def specs(self) -> list[ToolSpec]:
+        """Every tool, sorted by name."""
+        return [self._specs[name] for name in sorted(self._specs)]
+
     def _mark_approval(self) -> None:
+        self.version += 1  # called on every change of the specs or the approval patterns
         patterns = self._patterns
         self.approval = frozenset(
             name

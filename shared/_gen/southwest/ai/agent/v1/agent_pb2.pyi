@@ -55,7 +55,7 @@ TOOL_ERROR_CODE_RESULT_TOO_LARGE: ToolErrorCode
 TOOL_ERROR_CODE_DENIED: ToolErrorCode
 
 class UpstreamPacket(_message.Message):
-    __slots__ = ("session_id", "timestamp", "thought", "content", "tool_call", "error", "hello", "stop_confirm", "seq")
+    __slots__ = ("session_id", "timestamp", "thought", "content", "tool_call", "error", "hello", "stop_confirm", "usage", "seq")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     THOUGHT_FIELD_NUMBER: _ClassVar[int]
@@ -64,6 +64,7 @@ class UpstreamPacket(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     STOP_CONFIRM_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     timestamp: int
@@ -73,8 +74,9 @@ class UpstreamPacket(_message.Message):
     error: ErrorSignal
     hello: Hello
     stop_confirm: StopConfirm
+    usage: Usage
     seq: int
-    def __init__(self, session_id: _Optional[str] = ..., timestamp: _Optional[int] = ..., thought: _Optional[_Union[ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallRequest, _Mapping]] = ..., error: _Optional[_Union[ErrorSignal, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., stop_confirm: _Optional[_Union[StopConfirm, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    def __init__(self, session_id: _Optional[str] = ..., timestamp: _Optional[int] = ..., thought: _Optional[_Union[ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallRequest, _Mapping]] = ..., error: _Optional[_Union[ErrorSignal, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., stop_confirm: _Optional[_Union[StopConfirm, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class ThoughtChain(_message.Message):
     __slots__ = ("step_name", "delta")
@@ -117,18 +119,34 @@ class ErrorSignal(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., seq: _Optional[int] = ..., call_id: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("session_id", "agent_name", "agent_version", "features", "awaits_assignment")
+    __slots__ = ("session_id", "agent_name", "agent_version", "features", "awaits_assignment", "tools")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     AWAITS_ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     agent_name: str
     agent_version: str
     features: _containers.RepeatedScalarFieldContainer[str]
     awaits_assignment: bool
-    def __init__(self, session_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., awaits_assignment: _Optional[bool] = ...) -> None: ...
+    tools: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, session_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., awaits_assignment: _Optional[bool] = ..., tools: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "model", "estimated")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    model: str
+    estimated: bool
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., model: _Optional[str] = ..., estimated: _Optional[bool] = ...) -> None: ...
 
 class StopConfirm(_message.Message):
     __slots__ = ("stop_id", "last_seq", "pending_tool_calls", "halt_us", "discarded_packets")
@@ -240,16 +258,30 @@ class ToolError(_message.Message):
     def __init__(self, code: _Optional[_Union[ToolErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "dispatcher_id", "features", "limits")
+    __slots__ = ("session_id", "dispatcher_id", "features", "limits", "tools")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DISPATCHER_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     dispatcher_id: str
     features: _containers.RepeatedScalarFieldContainer[str]
     limits: SessionLimits
-    def __init__(self, session_id: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ...) -> None: ...
+    tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
+    def __init__(self, session_id: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ...) -> None: ...
+
+class ToolSpec(_message.Message):
+    __slots__ = ("name", "description", "parameters_json_schema", "requires_approval")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_JSON_SCHEMA_FIELD_NUMBER: _ClassVar[int]
+    REQUIRES_APPROVAL_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    description: str
+    parameters_json_schema: str
+    requires_approval: bool
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters_json_schema: _Optional[str] = ..., requires_approval: _Optional[bool] = ...) -> None: ...
 
 class SessionLimits(_message.Message):
     __slots__ = ("max_receive_message_bytes", "max_send_message_bytes", "max_content_chars", "max_thought_chars", "max_tool_calls", "max_session_s", "idle_timeout_s", "max_concurrent_tool_calls", "stop_grace_ms", "ack_every_packets", "ack_interval_ms")

@@ -42,6 +42,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_TOOL_RESULT_DROPPED: _ClassVar[EventKind]
     EVENT_KIND_APPROVAL_REQUEST: _ClassVar[EventKind]
     EVENT_KIND_APPROVAL_DECISION: _ClassVar[EventKind]
+    EVENT_KIND_USAGE: _ClassVar[EventKind]
 
 class DecideResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -75,13 +76,14 @@ EVENT_KIND_STATE_CHANGE: EventKind
 EVENT_KIND_TOOL_RESULT_DROPPED: EventKind
 EVENT_KIND_APPROVAL_REQUEST: EventKind
 EVENT_KIND_APPROVAL_DECISION: EventKind
+EVENT_KIND_USAGE: EventKind
 DECIDE_RESULT_UNSPECIFIED: DecideResult
 DECIDE_RESULT_DECIDED: DecideResult
 DECIDE_RESULT_ALREADY_DECIDED: DecideResult
 DECIDE_RESULT_NOT_AWAITING: DecideResult
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "state", "commander", "commander_peer", "started_by", "dispatcher_id", "started_at_ms", "last_activity_ms", "packets_in", "packets_out", "tool_calls_running", "tool_calls_done", "packets_dropped", "first_event_seq", "last_event_seq", "outcome", "agent_name", "agent_version")
+    __slots__ = ("session_id", "state", "commander", "commander_peer", "started_by", "dispatcher_id", "started_at_ms", "last_activity_ms", "packets_in", "packets_out", "tool_calls_running", "tool_calls_done", "packets_dropped", "first_event_seq", "last_event_seq", "outcome", "agent_name", "agent_version", "usage")
     class PacketsInEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -114,6 +116,7 @@ class SessionInfo(_message.Message):
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: SessionState
     commander: str
@@ -132,7 +135,26 @@ class SessionInfo(_message.Message):
     outcome: SessionOutcome
     agent_name: str
     agent_version: str
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., commander: _Optional[str] = ..., commander_peer: _Optional[str] = ..., started_by: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., last_activity_ms: _Optional[int] = ..., packets_in: _Optional[_Mapping[str, int]] = ..., packets_out: _Optional[_Mapping[str, int]] = ..., tool_calls_running: _Optional[int] = ..., tool_calls_done: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., first_event_seq: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., outcome: _Optional[_Union[SessionOutcome, _Mapping]] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ...) -> None: ...
+    usage: SessionUsage
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., commander: _Optional[str] = ..., commander_peer: _Optional[str] = ..., started_by: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., last_activity_ms: _Optional[int] = ..., packets_in: _Optional[_Mapping[str, int]] = ..., packets_out: _Optional[_Mapping[str, int]] = ..., tool_calls_running: _Optional[int] = ..., tool_calls_done: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., first_event_seq: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., outcome: _Optional[_Union[SessionOutcome, _Mapping]] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., usage: _Optional[_Union[SessionUsage, _Mapping]] = ...) -> None: ...
+
+class SessionUsage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens", "model_requests", "model", "estimated")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    REASONING_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    ESTIMATED_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    reasoning_tokens: int
+    total_tokens: int
+    model_requests: int
+    model: str
+    estimated: bool
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., reasoning_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ..., model_requests: _Optional[int] = ..., model: _Optional[str] = ..., estimated: _Optional[bool] = ...) -> None: ...
 
 class SessionOutcome(_message.Message):
     __slots__ = ("state", "reason", "ended_by", "status", "error_code", "stop", "stop_confirmed", "stop_to_confirm_us", "ended_at_ms")
@@ -247,7 +269,7 @@ class WatchSessionResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[SessionEvent, _Mapping]] = ...) -> None: ...
 
 class SessionEvent(_message.Message):
-    __slots__ = ("session_id", "seq", "at_ms", "packet_seq", "thought", "content", "tool_call", "tool_result", "stop", "stop_confirm", "error", "state_change", "tool_result_dropped", "approval_request", "approval_decision")
+    __slots__ = ("session_id", "seq", "at_ms", "packet_seq", "thought", "content", "tool_call", "tool_result", "stop", "stop_confirm", "error", "state_change", "tool_result_dropped", "approval_request", "approval_decision", "usage")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +285,7 @@ class SessionEvent(_message.Message):
     TOOL_RESULT_DROPPED_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_REQUEST_FIELD_NUMBER: _ClassVar[int]
     APPROVAL_DECISION_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     seq: int
     at_ms: int
@@ -278,7 +301,8 @@ class SessionEvent(_message.Message):
     tool_result_dropped: _agent_pb2.ToolCallResult
     approval_request: ApprovalRequest
     approval_decision: ApprovalDecision
-    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., at_ms: _Optional[int] = ..., packet_seq: _Optional[int] = ..., thought: _Optional[_Union[_agent_pb2.ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[_agent_pb2.ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[_agent_pb2.ToolCallRequest, _Mapping]] = ..., tool_result: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ..., stop: _Optional[_Union[_agent_pb2.StopSignal, _Mapping]] = ..., stop_confirm: _Optional[_Union[_agent_pb2.StopConfirm, _Mapping]] = ..., error: _Optional[_Union[_agent_pb2.ErrorSignal, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., tool_result_dropped: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ..., approval_request: _Optional[_Union[ApprovalRequest, _Mapping]] = ..., approval_decision: _Optional[_Union[ApprovalDecision, _Mapping]] = ...) -> None: ...
+    usage: _agent_pb2.Usage
+    def __init__(self, session_id: _Optional[str] = ..., seq: _Optional[int] = ..., at_ms: _Optional[int] = ..., packet_seq: _Optional[int] = ..., thought: _Optional[_Union[_agent_pb2.ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[_agent_pb2.ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[_agent_pb2.ToolCallRequest, _Mapping]] = ..., tool_result: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ..., stop: _Optional[_Union[_agent_pb2.StopSignal, _Mapping]] = ..., stop_confirm: _Optional[_Union[_agent_pb2.StopConfirm, _Mapping]] = ..., error: _Optional[_Union[_agent_pb2.ErrorSignal, _Mapping]] = ..., state_change: _Optional[_Union[StateChange, _Mapping]] = ..., tool_result_dropped: _Optional[_Union[_agent_pb2.ToolCallResult, _Mapping]] = ..., approval_request: _Optional[_Union[ApprovalRequest, _Mapping]] = ..., approval_decision: _Optional[_Union[ApprovalDecision, _Mapping]] = ..., usage: _Optional[_Union[_agent_pb2.Usage, _Mapping]] = ...) -> None: ...
 
 class ApprovalRequest(_message.Message):
     __slots__ = ("call_id", "tool_name", "arguments_json", "timeout_ms")
@@ -317,7 +341,7 @@ class StateChange(_message.Message):
     def __init__(self, state: _Optional[_Union[SessionState, str]] = ..., reason: _Optional[str] = ..., outcome: _Optional[_Union[SessionOutcome, _Mapping]] = ...) -> None: ...
 
 class StartSessionRequest(_message.Message):
-    __slots__ = ("input_text", "input_json", "metadata", "session_id", "wait_for_commander_ms", "kinds", "timeout_ms")
+    __slots__ = ("input_text", "input_json", "metadata", "session_id", "wait_for_commander_ms", "kinds", "timeout_ms", "tools")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -332,6 +356,7 @@ class StartSessionRequest(_message.Message):
     WAIT_FOR_COMMANDER_MS_FIELD_NUMBER: _ClassVar[int]
     KINDS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
     input_text: str
     input_json: str
     metadata: _containers.ScalarMap[str, str]
@@ -339,7 +364,8 @@ class StartSessionRequest(_message.Message):
     wait_for_commander_ms: int
     kinds: _containers.RepeatedScalarFieldContainer[EventKind]
     timeout_ms: int
-    def __init__(self, input_text: _Optional[str] = ..., input_json: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., session_id: _Optional[str] = ..., wait_for_commander_ms: _Optional[int] = ..., kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    tools: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, input_text: _Optional[str] = ..., input_json: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., session_id: _Optional[str] = ..., wait_for_commander_ms: _Optional[int] = ..., kinds: _Optional[_Iterable[_Union[EventKind, str]]] = ..., timeout_ms: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StartSessionResponse(_message.Message):
     __slots__ = ("event",)
@@ -348,7 +374,7 @@ class StartSessionResponse(_message.Message):
     def __init__(self, event: _Optional[_Union[SessionEvent, _Mapping]] = ...) -> None: ...
 
 class AskRequest(_message.Message):
-    __slots__ = ("input_text", "input_json", "metadata", "session_id", "wait_for_commander_ms", "timeout_ms")
+    __slots__ = ("input_text", "input_json", "metadata", "session_id", "wait_for_commander_ms", "timeout_ms", "tools")
     class MetadataEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -362,13 +388,15 @@ class AskRequest(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     WAIT_FOR_COMMANDER_MS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
     input_text: str
     input_json: str
     metadata: _containers.ScalarMap[str, str]
     session_id: str
     wait_for_commander_ms: int
     timeout_ms: int
-    def __init__(self, input_text: _Optional[str] = ..., input_json: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., session_id: _Optional[str] = ..., wait_for_commander_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
+    tools: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, input_text: _Optional[str] = ..., input_json: _Optional[str] = ..., metadata: _Optional[_Mapping[str, str]] = ..., session_id: _Optional[str] = ..., wait_for_commander_ms: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., tools: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DecideToolCallRequest(_message.Message):
     __slots__ = ("session_id", "call_id", "approve", "reason")
@@ -403,3 +431,13 @@ class AskResponse(_message.Message):
     outcome: SessionOutcome
     tool_calls: int
     def __init__(self, session_id: _Optional[str] = ..., answer: _Optional[str] = ..., outcome: _Optional[_Union[SessionOutcome, _Mapping]] = ..., tool_calls: _Optional[int] = ...) -> None: ...
+
+class ListToolsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListToolsResponse(_message.Message):
+    __slots__ = ("tools",)
+    TOOLS_FIELD_NUMBER: _ClassVar[int]
+    tools: _containers.RepeatedCompositeFieldContainer[_agent_pb2.ToolSpec]
+    def __init__(self, tools: _Optional[_Iterable[_Union[_agent_pb2.ToolSpec, _Mapping]]] = ...) -> None: ...

@@ -69,6 +69,11 @@ class SessionControlServiceStub:
                 request_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallRequest.SerializeToString,
                 response_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallResponse.FromString,
                 _registered_method=True)
+        self.ListTools = channel.unary_unary(
+                '/southwest.ai.agent.v1.SessionControlService/ListTools',
+                request_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.ListToolsRequest.SerializeToString,
+                response_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.ListToolsResponse.FromString,
+                _registered_method=True)
 
 
 class SessionControlServiceServicer:
@@ -134,6 +139,14 @@ class SessionControlServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTools(self, request, context):
+        """The tools this dispatcher serves, as commanders see them in the Welcome
+        (name, description, JSON Schema of the arguments), sorted by name.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SessionControlServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -171,6 +184,11 @@ def add_SessionControlServiceServicer_to_server(servicer, server):
                     servicer.DecideToolCall,
                     request_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallRequest.FromString,
                     response_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallResponse.SerializeToString,
+            ),
+            'ListTools': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTools,
+                    request_deserializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.ListToolsRequest.FromString,
+                    response_serializer=southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.ListToolsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -362,6 +380,33 @@ class SessionControlService:
             '/southwest.ai.agent.v1.SessionControlService/DecideToolCall',
             southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallRequest.SerializeToString,
             southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.DecideToolCallResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTools(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/southwest.ai.agent.v1.SessionControlService/ListTools',
+            southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.ListToolsRequest.SerializeToString,
+            southwest_dot_ai_dot_agent_dot_v1_dot_control__pb2.ListToolsResponse.FromString,
             options,
             channel_credentials,
             insecure,
