@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.keepalive import KeepaliveConfig
+from shared.metrics import MetricsConfig
 from shared.settings import setting
 
 __all__ = ["AgentConfig", "CommanderConfig", "ConnectionConfig"]
@@ -85,3 +86,4 @@ class CommanderConfig:
     connection: ConnectionConfig = field(default_factory=ConnectionConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -54,6 +54,8 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
             sys.exit(2)
         try:
             sys.exit(run_workers(config, sys.argv[1:]))
+        except ValueError as exc:  # --metrics-listen ports past 65535
+            raise click.UsageError(str(exc)) from exc
         except OSError as exc:
             click.echo(f"dispatcher: {exc}", err=True)
             sys.exit(1)

@@ -8,12 +8,14 @@ import socket
 from dataclasses import dataclass, field, replace
 
 from shared.keepalive import KeepaliveConfig
+from shared.metrics import MetricsConfig
 from shared.settings import setting
 
 __all__ = [
     "AuthConfig",
     "DispatcherConfig",
     "LogConfig",
+    "MetricsConfig",
     "PolicyConfig",
     "PoolConfig",
     "ServerConfig",
@@ -349,6 +351,7 @@ class DispatcherConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @classmethod
     def for_tests(cls, **sections: object) -> DispatcherConfig:

@@ -1,0 +1,105 @@
+"""`--metrics-listen`: scrape a real dispatcher's /metrics over HTTP while real sessions run and
+compare every counter with what the test sent and read (exact numbers)."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from dispatcher.auth import hash_token
+from shared import wire
+from tests.conftest import RawSession, run_scripted, running_dispatcher, test_config, wait_until
+from tests.scrape import scrape
+
+pytestmark = pytest.mark.anyio
+
+CHAT = {"grpc_service": wire.SERVICE_NAME, "grpc_method": "ChatStream"}
+
+
+def metrics_config(**sections: object) -> object:
+    return test_config(metrics={"listen": "127.0.0.1:0"}, **sections)  # type: ignore[arg-type]
+
+
+async def test_counters_equal_what_the_session_sent_and_read_while_it_runs_and_after() -> None:
+    async with running_dispatcher(metrics_config()) as d, grpc.aio.insecure_channel(d.address) as ch:
+        assert d.metrics is not None
+        raw = RawSession(ch)
+        read = [await raw.hello("m-1")]
+        for seq in range(2, 6):
+            await raw.content(seq, f"token {seq} ")
+        await raw.tool_call(6, "echo", '{"text": "hi"}', call_id="c1")
+        read.append(await raw.recv_kind("tool_result"))
+
+        # Live, mid-session (the tool result says every packet before it was read): the open
+        # session's own counts, summed at scrape time.
+        live = await scrape(d.metrics.address)
+        assert live.get("grpc_server_msg_received_total", **CHAT) == 6
+        assert live.get("dispatcher_packets_received_total", kind="content") == 4
+        assert live.get("dispatcher_packets_received_total", kind="hello") == 1
+        assert live.get("dispatcher_packets_received_total", kind="tool_call") == 1
+        assert live.get("dispatcher_sessions_open") == 1
+        assert live.get("grpc_server_started_total", grpc_type="bidi_stream", **CHAT) == 1
+
+        await raw.content(7, "done", is_finish=True)
+        await raw.call.done_writing()
+        code, _, _ = await raw.status()
+        assert code is grpc.StatusCode.OK
+        await wait_until(lambda: d.sessions.registry.open_count == 0, "the session ended")
+        info = d.sessions.registry.get_ended("m-1")
+        assert info is not None and info.info is not None
+        after = await scrape(d.metrics.address)
+
+    assert after.get("grpc_server_msg_received_total", **CHAT) == 7
+    assert after.get("dispatcher_packets_received_total", kind="content") == 5
+    sent = sum(info.info.packets_out.values())
+    assert sent >= len(read) + 1  # welcome, tool result, at least one ack
+    assert after.get("grpc_server_msg_sent_total", **CHAT) == sent
+    assert after.total("dispatcher_packets_sent_total") == sent
+    for kind, n in info.info.packets_out.items():
+        assert after.get("dispatcher_packets_sent_total", kind=kind) == n, kind
+    assert after.get("grpc_server_handled_total", grpc_code="OK", **CHAT) == 1
+    assert after.get("grpc_server_handling_seconds_count", **CHAT) == 1
+    assert after.get("dispatcher_sessions_open") == 0
+    assert after.get("dispatcher_sessions_ended_total", state="FINISHED") == 1
+    assert after.get("dispatcher_tool_calls_total", tool="echo", outcome="ok") == 1
+    assert after.get("dispatcher_tool_call_duration_seconds_count", tool="echo", outcome="ok") == 1
+
+
+async def test_a_stop_is_counted_with_its_code_origin_and_both_latencies() -> None:
+    config = metrics_config(policy={"block_patterns": ("launch codes",)})
+    async with running_dispatcher(config) as d:
+        assert d.metrics is not None
+        result = await run_scripted(d.address, "tell me the launch codes", tokens_per_s=200)
+        assert result.stop is not None and result.stop_to_confirm_ms is not None
+        samples = await scrape(d.metrics.address)
+    assert samples.get("dispatcher_stops_total", code="POLICY_VIOLATION", origin="policy") == 1
+    assert samples.get("dispatcher_sessions_ended_total", state="STOPPED") == 1
+    assert samples.get("dispatcher_stop_to_confirm_seconds_count") == 1
+    assert 0 < samples.get("dispatcher_stop_to_confirm_seconds_sum") < 5
+    assert samples.get("dispatcher_stop_to_halt_seconds_count") == 1
+    assert samples.get("grpc_server_handled_total", grpc_code="PERMISSION_DENIED", **CHAT) == 1
+
+
+async def test_refused_calls_are_handled_with_their_codes() -> None:
+    config = metrics_config(auth={"tokens": f"operator alice {hash_token('op-secret')}"})
+    operator = (("authorization", "Bearer op-secret"),)
+    async with running_dispatcher(config) as d, grpc.aio.insecure_channel(d.address) as ch:
+        assert d.metrics is not None
+        control = wire.SessionControlServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as unauthenticated:
+            await control.GetSession(wire.ctl.GetSessionRequest(session_id="x"))
+        assert unauthenticated.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await control.GetSession(wire.ctl.GetSessionRequest(session_id="nope"), metadata=operator)
+        assert missing.value.code() is grpc.StatusCode.NOT_FOUND
+        await control.ListSessions(wire.ctl.ListSessionsRequest(), metadata=operator)
+        samples = await scrape(d.metrics.address)
+    get = {"grpc_service": wire.CONTROL_SERVICE_NAME, "grpc_method": "GetSession", "grpc_type": "unary"}
+    assert samples.get("grpc_server_started_total", **get) == 2
+    assert samples.get("grpc_server_handled_total", grpc_code="UNAUTHENTICATED", **get) == 1
+    assert samples.get("grpc_server_handled_total", grpc_code="NOT_FOUND", **get) == 1
+    assert samples.get("grpc_server_msg_received_total", **get) == 2
+    assert samples.get("grpc_server_msg_sent_total", **get) == 0
+    listing = {"grpc_method": "ListSessions"}
+    assert samples.get("grpc_server_handled_total", grpc_code="OK", **listing) == 1
+    assert samples.get("grpc_server_msg_sent_total", **listing) == 1
