@@ -85,6 +85,10 @@ def use_uvloop() -> bool:
 
 def _server_command(kind: str, ready: Path) -> list[str]:
     loop_flag = ["--uvloop"] if use_uvloop() else ["--no-uvloop"]
+    if kind == "ours-metrics":  # the metrics case: ours with --metrics-listen (never scraped)
+        return [*_server_command("ours", ready), "--metrics-listen", "127.0.0.1:0"]
+    if kind == "ours-plain":  # the metrics case's other column: ours as always
+        return _server_command("ours", ready)
     if kind == "ours":
         return [
             str(BIN / "dispatcher"), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
