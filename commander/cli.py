@@ -20,6 +20,7 @@ from commander.models import ScriptedAgent
 from commander.render import ConsoleRenderer, JsonRenderer
 from commander.session import SessionResult, run_session
 from commander.transport import open_channel
+from shared.console import version_option
 from shared.log import configure_logging
 from shared.model import SessionState
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, load_cli_config
@@ -38,6 +39,7 @@ FORCED_EXIT_S = 0.5
 
 
 @click.group(context_settings=CLI_CONTEXT)
+@version_option()
 def main() -> None:
     """The commander: runs an agent and streams its thoughts, answer and tool calls to a dispatcher."""
 

@@ -18,6 +18,7 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.process import run_process
 from dispatcher.tools import ToolRegistry, served_tools
 from dispatcher.tools.mcp import McpStartError, connect_all
+from shared.console import version_option
 from shared.log import configure_logging
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, describe, load_cli_config
 
@@ -27,6 +28,7 @@ ENV_PREFIX = "DISPATCHER_"
 
 
 @click.group(context_settings=CLI_CONTEXT)
+@version_option()
 def main() -> None:
     """The dispatcher: serves AgentInteraction, runs tools for commanders and stops them by policy."""
 

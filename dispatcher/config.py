@@ -207,8 +207,10 @@ class PolicyConfig:
     block_patterns: tuple[str, ...] = setting(
         (),
         "regular expressions that stop a session when its content matches (POLICY_VIOLATION); "
-        "a match split across deltas is caught when it spans at most 128 characters",
+        "a match split across deltas is caught when it spans at most 128 characters "
+        "(DISPATCHER_BLOCK_PATTERN: one pattern, commas included, or a JSON list of patterns)",
         flag="block-pattern",
+        split=False,
     )
     scan_thoughts: bool = setting(False, "also apply the block-list to thought deltas", flag="scan-thoughts")
     max_content_chars: int = setting(

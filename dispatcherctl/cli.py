@@ -43,6 +43,7 @@ from dispatcherctl.render import (
     stop_line,
 )
 from shared import wire
+from shared.console import version_option
 from shared.model import now_ms
 from shared.settings import CLI_CONTEXT
 
@@ -103,6 +104,7 @@ def _catch_signals(ctx: click.Context) -> None:
 
 
 @click.group(cls=_CtlGroup, context_settings=CLI_CONTEXT, epilog=EXIT_HELP)
+@version_option()
 @click.option(
     "--target",
     envvar=ENV_TARGET,
