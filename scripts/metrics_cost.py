@@ -125,14 +125,16 @@ def main() -> None:
     configure_logging("warning", json=True)
     base_in, counted_in, base_out, counted_out = _per_message_ns(args.messages, args.runs)
     print(f"request stream: {base_in:.0f} ns/message plain, {counted_in:.0f} counted: +{counted_in - base_in:.0f} ns")
-    print(f"response stream: {base_out:.0f} ns/message plain, {counted_out:.0f} counted: +{counted_out - base_out:.0f} ns")
+    extra_out = counted_out - base_out
+    print(f"response stream: {base_out:.0f} ns/message plain, {counted_out:.0f} counted: +{extra_out:.0f} ns")
     rates: dict[bool, list[float]] = {False: [], True: []}
     for pair in range(args.pairs):
         for on in (False, True) if pair % 2 == 0 else (True, False):
             rates[on].append(asyncio.run(_end_to_end(args.packets, on)))
     for on in (False, True):
         shown = ", ".join(f"{rate:,.0f}" for rate in rates[on])
-        print(f"end to end, metrics {'on ' if on else 'off'}: {shown} packets/s (median {sorted(rates[on])[len(rates[on]) // 2]:,.0f})")
+        median = sorted(rates[on])[len(rates[on]) // 2]
+        print(f"end to end, metrics {'on ' if on else 'off'}: {shown} packets/s (median {median:,.0f})")
 
 
 if __name__ == "__main__":
