@@ -16,6 +16,8 @@ import structlog
 from anyio.abc import TaskStatus
 
 from commander.config import CommanderConfig
+from commander.events import Observer
+from commander.metrics import CommanderMetrics
 from commander.models import ScriptedAgent
 from commander.render import ConsoleRenderer, JsonRenderer
 from commander.session import SessionResult, run_session
@@ -69,21 +71,49 @@ def run(
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
     renderer = JsonRenderer(quiet=quiet) if as_json else ConsoleRenderer(quiet=quiet)
-    result = anyio.run(_run, config, prompt, session_id, renderer)
+    metrics = _start_metrics(config)
+    try:
+        result = anyio.run(_run, config, prompt, session_id, renderer, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
     if result is None:  # a second signal cut the session short: there is no result to print
         sys.exit(EXIT_CANCELLED)
     renderer.result(result)
     sys.exit(exit_code(result))
 
 
-async def _run(config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any) -> SessionResult | None:
+def _start_metrics(config: CommanderConfig) -> CommanderMetrics | None:
+    """--metrics-listen: serving before the session starts; a port that cannot be bound is one line."""
+    if not config.metrics.listen:
+        return None
+    metrics = CommanderMetrics(config.metrics.listen)
+    try:
+        address = metrics.start()
+    except OSError as exc:
+        click.echo(f"commander: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    log.info("commander.metrics_serving", metrics=f"http://{address}/metrics")
+    return metrics
+
+
+async def _run(
+    config: CommanderConfig,
+    prompt: str,
+    session_id: str | None,
+    renderer: Any,
+    metrics: CommanderMetrics | None = None,
+) -> SessionResult | None:
     """The session, with Ctrl-C / SIGTERM cancelling it cleanly (a second signal exits at once: None)."""
     signals = SignalPolicy()
     result: SessionResult | None = None
+    observer = metrics.observing(renderer) if metrics is not None else renderer
     async with anyio.create_task_group() as tg:
         await tg.start(signals.watch, tg.cancel_scope)
-        result = await _session(config, prompt, session_id, renderer, signals.cancel)
+        result = await _session(config, prompt, session_id, observer, signals.cancel)
         tg.cancel_scope.cancel()
+    if result is not None and metrics is not None:
+        metrics.session_ended(result)
     return result
 
 
@@ -122,10 +152,16 @@ def serve(concurrency: int, config_file: str | None, log_level: str, **flags: An
     """  # fmt: skip
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
-    sys.exit(anyio.run(_serve, config, concurrency))
+    metrics = _start_metrics(config)
+    try:
+        status = anyio.run(_serve, config, concurrency, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    sys.exit(status)
 
 
-async def _serve(config: CommanderConfig, concurrency: int) -> int:
+async def _serve(config: CommanderConfig, concurrency: int, metrics: CommanderMetrics | None = None) -> int:
     """The pool streams until a signal: 0 once the first one has ended them cleanly, 130 after a second."""
     renderer = JsonRenderer()
     signals = SignalPolicy()
@@ -143,14 +179,17 @@ async def _serve(config: CommanderConfig, concurrency: int) -> int:
         backoff = PoolBackoff()
         while not cancel.is_set():
             try:
+                observer = metrics.observing(Observer()) if metrics is not None else None
                 result = await run_session(
-                    agent(), "", channel=channel, config=config, cancel=cancel, await_assignment=True
+                    agent(), "", channel=channel, config=config, cancel=cancel, await_assignment=True, observer=observer
                 )
             except Exception:  # one broken session must not take the other pool streams down
                 log.exception("pool.session_crashed", slot=number)
                 result = None
             if result is not None and result.assigned is not None:
                 renderer.result(result)
+                if metrics is not None:
+                    metrics.session_ended(result)
                 backoff.reset()
             elif not cancel.is_set():
                 delay = backoff.next()
