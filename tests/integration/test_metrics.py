@@ -3,9 +3,14 @@ compare every counter with what the test sent and read (exact numbers)."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import grpc
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from commander.metrics import CommanderMetrics
 from dispatcher.auth import hash_token
 from shared import wire
 from tests.conftest import RawSession, run_scripted, running_dispatcher, test_config, wait_until
@@ -13,6 +18,7 @@ from tests.scrape import scrape
 
 pytestmark = pytest.mark.anyio
 
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 CHAT = {"grpc_service": wire.SERVICE_NAME, "grpc_method": "ChatStream"}
 
 
@@ -103,3 +109,37 @@ async def test_refused_calls_are_handled_with_their_codes() -> None:
     listing = {"grpc_method": "ListSessions"}
     assert samples.get("grpc_server_handled_total", grpc_code="OK", **listing) == 1
     assert samples.get("grpc_server_msg_sent_total", **listing) == 1
+
+
+def _exposed_names(text: str) -> set[str]:
+    """Every series name a scrape can offer, samples or not (a labelled family may have none yet)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "gauge": ("",)}
+    return {
+        family.name + suffix
+        for family in text_string_to_metric_families(text)
+        for suffix in suffixes.get(family.type, ("",))
+    }
+
+
+def _used_in_deploy() -> set[str]:
+    """The metric names deploy/'s alert rules and dashboard refer to."""
+    used: set[str] = set()
+    for path in (DEPLOY / "prometheus" / "alerts.yml", DEPLOY / "grafana" / "dashboard.json"):
+        used |= set(re.findall(r"\b(?:dispatcher|grpc_server|commander)_[a-z_]+\b", path.read_text()))
+    return used
+
+
+async def test_every_metric_the_alerts_and_the_dashboard_use_exists() -> None:
+    used = _used_in_deploy()
+    assert len(used) > 15, used
+    commander = CommanderMetrics("127.0.0.1:0")
+    commander.start()
+    try:
+        async with running_dispatcher(metrics_config()) as d:
+            assert d.metrics is not None
+            await run_scripted(d.address, "What is 6 * 7?", tokens_per_s=0)
+            exposed = _exposed_names((await scrape(d.metrics.address)).text)
+        exposed |= _exposed_names((await scrape(commander.address)).text)
+    finally:
+        commander.close()
+    assert used <= exposed, sorted(used - exposed)
