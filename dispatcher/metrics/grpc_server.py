@@ -10,7 +10,8 @@ wrapper around the request iterator and the response generator); the message tot
 summed at scrape time over the ended calls' totals and the open calls' records (`collect`,
 run on the event loop by the exporter), so no Prometheus object is touched per message.
 Handlers written in the reader/writer style (`context.write`, e.g. Health's Watch) are timed
-and counted per call, but their messages sent are not seen.
+and counted per call, but their messages sent are not seen; synchronous handlers (none of ours)
+are not wrapped at all.
 """
 
 from __future__ import annotations
@@ -162,6 +163,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
 
 def _wrapped(handler: grpc.RpcMethodHandler[Any, Any], method: _Method) -> grpc.RpcMethodHandler[Any, Any]:
+    behavior = handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    if not (inspect.iscoroutinefunction(behavior) or inspect.isasyncgenfunction(behavior)):
+        return handler  # a synchronous handler (grpc runs it in its thread pool): left as it is, uncounted
     kwargs = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
     if handler.unary_unary is not None:
         return grpc.unary_unary_rpc_method_handler(_unary(handler.unary_unary, method, 1), **kwargs)

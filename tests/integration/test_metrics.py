@@ -143,3 +143,29 @@ async def test_every_metric_the_alerts_and_the_dashboard_use_exists() -> None:
     finally:
         commander.close()
     assert used <= exposed, sorted(used - exposed)
+
+
+async def test_reflection_and_health_watch_are_counted_with_their_own_shapes() -> None:
+    """Reflection is an async generator handler; Health's Watch writes with context.write."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    async with running_dispatcher(metrics_config()) as d, grpc.aio.insecure_channel(d.address) as ch:
+        assert d.metrics is not None
+        reflect = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo()
+        await reflect.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        listed = await reflect.read()
+        assert wire.SERVICE_NAME in {service.name for service in listed.list_services_response.service}
+        await reflect.done_writing()
+        assert await reflect.read() is grpc.aio.EOF
+        watch = health_pb2_grpc.HealthStub(ch).Watch(health_pb2.HealthCheckRequest(service=""))
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+        samples = await scrape(d.metrics.address)  # the watch still open: started, its request read
+        watch.cancel()
+    reflection = {"grpc_method": "ServerReflectionInfo", "grpc_type": "bidi_stream"}
+    assert samples.get("grpc_server_handled_total", grpc_code="OK", **reflection) == 1
+    assert samples.get("grpc_server_msg_received_total", **reflection) == 1
+    assert samples.get("grpc_server_msg_sent_total", **reflection) == 1
+    watched = {"grpc_method": "Watch", "grpc_type": "server_stream"}
+    assert samples.get("grpc_server_started_total", **watched) == 1
+    assert samples.get("grpc_server_msg_received_total", **watched) == 1
