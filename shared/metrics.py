@@ -59,6 +59,9 @@ class MetricsConfig:
             parse_listen(self.listen)
 
 
+# prometheus-client's own `start_http_server` is built the same way but is meant to live as long
+# as the process (no way to stop it cleanly, prometheus/client_python#883); this one closes within
+# `_POLL_S`, which tests and a draining dispatcher need.
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a scrape in progress never keeps the process alive
     block_on_close = False
