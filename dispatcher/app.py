@@ -105,7 +105,11 @@ class Dispatcher:
         member_address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}" if self.peers else ""
         if self.metrics is not None:  # OSError (address in use, ...) before anything runs
             self.metrics.start(self.sessions, asyncio.get_running_loop())
-        timers = asyncio.get_running_loop().create_task(self.sessions.timers.run(), name="dispatcher:timers")
+        loop = asyncio.get_running_loop()
+        background = [  # the process's own tasks, cancelled and awaited last by _close
+            loop.create_task(self.sessions.timers.run(), name="dispatcher:timers"),
+            loop.create_task(self.sessions.loop_lag.run(), name="dispatcher:loop-lag"),
+        ]
         try:
             # The MCP servers' tools are in the registry before the first session can ask for
             # them; one that cannot be reached is a start-up error (McpStartError).
@@ -122,7 +126,7 @@ class Dispatcher:
             await self._shutdown.wait()
             await self._drain()  # a second signal cancels this wait: see run_until_signalled
         finally:
-            await self._close(server, timers)
+            await self._close(server, background)
 
     def _build_server(self) -> grpc.aio.Server:
         config = self.config
@@ -178,7 +182,7 @@ class Dispatcher:
         await self.health.enter_graceful_shutdown()
         await self.sessions.wait_all_ended(grace_s)
 
-    async def _close(self, server: grpc.aio.Server, timers: asyncio.Task[None]) -> None:
+    async def _close(self, server: grpc.aio.Server, background: list[asyncio.Task[None]]) -> None:
         """The last phase, also after a forced exit: every wait bounded, nothing shielded."""
         if not self.sessions.is_draining:  # serve() failed or was cancelled before the drain
             self.sessions.begin_drain(StopInfo(StopCode.SHUTDOWN, "dispatcher is shutting down"))
@@ -190,8 +194,9 @@ class Dispatcher:
         await self.sessions.aclose(_CLOSE_BOUND_S)
         # After the sessions: no call is left to need them. Each close is bounded.
         await asyncio.gather(*(connection.aclose(_CLOSE_BOUND_S) for connection in self.mcp))
-        timers.cancel()
-        await asyncio.wait([timers], timeout=_CLOSE_BOUND_S)
+        for task in background:
+            task.cancel()
+        await asyncio.wait(background, timeout=_CLOSE_BOUND_S)
         if self.metrics is not None:
             self.metrics.close()  # within ~50 ms (its thread's poll interval)
         log.info("dispatcher.stopped", sessions_cut=left)

@@ -50,6 +50,13 @@ class ServerConfig:
         10_000,
         "sessions the process serves at once; more are refused with RESOURCE_EXHAUSTED (0 = unlimited)",
     )
+    # A process past its capacity slows every session on it down together; refusing the next one
+    # keeps the running ones inside their latency. One second of sustained lag is far past any
+    # latency target, so the default only acts on a real overload (GC pauses are ~50 ms).
+    shed_loop_lag_ms: int = setting(
+        1000,
+        "refuse new sessions with RESOURCE_EXHAUSTED while the event loop runs this far behind (0 = never)",
+    )
     max_receive_message_bytes: int = setting(
         4 * MiB,
         "largest upstream message accepted; bigger ends that stream with RESOURCE_EXHAUSTED",
@@ -124,6 +131,8 @@ class ServerConfig:
                 raise ValueError(f"{name} must be >= 1")
         if self.shutdown_grace_s < 0:
             raise ValueError("shutdown_grace_s must be >= 0")
+        if self.shed_loop_lag_ms < 0:
+            raise ValueError("shed_loop_lag_ms must be >= 0 (0 = never shed)")
         if not 1 <= self.workers <= 64:
             raise ValueError("workers must be between 1 and 64")
 

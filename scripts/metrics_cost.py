@@ -4,8 +4,9 @@
    iterator of N messages read directly, then through the wrapper; best of R runs).
 2. The same around a response stream (the wrapper the interceptor puts around an async generator).
 3. End to end in one process: a real dispatcher on 127.0.0.1:0 and one RawSession-style client
-   on a real channel writing N content packets, metrics off and on alternated; server-side CPU is
-   not separable here (client and server share the loop), so this prints packets/s of the pair.
+   on a real channel writing N content packets, metrics off and on alternated: the process's CPU
+   time per packet (client and server together: the client's share is the same both ways) and
+   packets/s.
 The bench case `metrics` (python -m scripts.bench --only metrics) measures the same with real
 processes, the dispatcher with and without --metrics-listen.
 """
@@ -82,7 +83,8 @@ def _per_message_ns(n: int, runs: int) -> tuple[float, float, float, float]:
     return asyncio.run(all_four())
 
 
-async def _end_to_end(packets: int, metrics_on: bool) -> float:
+async def _end_to_end(packets: int, metrics_on: bool) -> tuple[float, float]:
+    """(process CPU µs per packet, packets/s) of one run."""
     config = DispatcherConfig.for_tests(
         policy=PolicyConfig(max_session_s=0, idle_timeout_s=0),
         metrics=MetricsConfig(listen="127.0.0.1:0" if metrics_on else ""),
@@ -101,18 +103,18 @@ async def _end_to_end(packets: int, metrics_on: bool) -> float:
             call = wire.AgentInteractionStub(channel).ChatStream()
             await call.write(wire.pb.UpstreamPacket(seq=1, hello=wire.pb.Hello(session_id="cost")))
             await call.read()  # the Welcome
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             for seq in range(2, packets + 2):
                 await call.write(wire.pb.UpstreamPacket(seq=seq, content=wire.pb.ContentChunk(text="tok ")))
             await call.write(wire.pb.UpstreamPacket(seq=packets + 2, content=wire.pb.ContentChunk(is_finish=True)))
             await call.done_writing()
             while await call.read() is not grpc.aio.EOF:
                 pass
-            elapsed = time.perf_counter() - started
+            elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     finally:
         dispatcher.request_shutdown("measured")
         await serving
-    return packets / elapsed
+    return cpu / packets * 1e6, packets / elapsed
 
 
 def main() -> None:
@@ -127,14 +129,18 @@ def main() -> None:
     print(f"request stream: {base_in:.0f} ns/message plain, {counted_in:.0f} counted: +{counted_in - base_in:.0f} ns")
     extra_out = counted_out - base_out
     print(f"response stream: {base_out:.0f} ns/message plain, {counted_out:.0f} counted: +{extra_out:.0f} ns")
-    rates: dict[bool, list[float]] = {False: [], True: []}
+    runs: dict[bool, list[tuple[float, float]]] = {False: [], True: []}
     for pair in range(args.pairs):
         for on in (False, True) if pair % 2 == 0 else (True, False):
-            rates[on].append(asyncio.run(_end_to_end(args.packets, on)))
+            runs[on].append(asyncio.run(_end_to_end(args.packets, on)))
     for on in (False, True):
-        shown = ", ".join(f"{rate:,.0f}" for rate in rates[on])
-        median = sorted(rates[on])[len(rates[on]) // 2]
-        print(f"end to end, metrics {'on ' if on else 'off'}: {shown} packets/s (median {median:,.0f})")
+        cpu = sorted(run[0] for run in runs[on])
+        rates = sorted(run[1] for run in runs[on])
+        print(
+            f"end to end, metrics {'on ' if on else 'off'}: CPU {cpu[0]:.0f}-{cpu[-1]:.0f} µs/packet "
+            f"(median {cpu[len(cpu) // 2]:.0f}), {rates[0]:,.0f}-{rates[-1]:,.0f} packets/s "
+            f"(median {rates[len(rates) // 2]:,.0f})"
+        )
 
 
 if __name__ == "__main__":

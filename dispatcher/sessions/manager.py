@@ -22,6 +22,7 @@ from dispatcher.core.policies import Policy
 from dispatcher.core.session import Session
 from dispatcher.metrics.stats import RuntimeStats
 from dispatcher.sessions.directory import SessionDirectory
+from dispatcher.sessions.overload import LoopLag
 from dispatcher.sessions.pool import CommanderPool, PoolSlot
 from dispatcher.sessions.registry import EndedSession, SessionHandle, SessionRegistry
 from dispatcher.sessions.runner import RunnerSettings, SessionRunner
@@ -29,7 +30,7 @@ from dispatcher.sessions.tasks import SessionTasks
 from dispatcher.sessions.timers import Timers
 from dispatcher.tools import ToolExecutor, ToolRegistry
 from shared import wire
-from shared.errors import AgentRuntimeError, NoFreeCommander, SessionConflict, ShuttingDown
+from shared.errors import AgentRuntimeError, AtCapacity, NoFreeCommander, SessionConflict, ShuttingDown
 from shared.model import StopInfo
 
 __all__ = ["SessionManager", "StreamSessions"]
@@ -71,6 +72,7 @@ class SessionManager(SessionDirectory):
         )
         self.pool = CommanderPool(max_waiting=config.pool.max_waiting_callers)
         self.timers = Timers()
+        self.loop_lag = LoopLag(config.server.shed_loop_lag_ms / 1000)
         self._tasks = SessionTasks()
         # Tool calls that ignored cancellation past their grace: no session waits for them any
         # more, but shutdown still accounts for them.
@@ -111,6 +113,8 @@ class SessionManager(SessionDirectory):
         """Build a session and register it (not started: `start` runs it)."""
         if self._draining:
             raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
+        if self.loop_lag.overloaded:
+            raise AtCapacity(self.loop_lag.refusal())
         machine = Session(
             session_id=session_id,
             dispatcher_hop=self.hop,
@@ -156,6 +160,8 @@ class SessionManager(SessionDirectory):
             raise SessionConflict(f"session id {assignment.session_id!r} is already in use by another open stream")
         if self._draining:
             raise ShuttingDown("dispatcher is shutting down and starts no new sessions; retry on another instance")
+        if self.loop_lag.overloaded:
+            raise AtCapacity(self.loop_lag.refusal())
         slot = await self.pool.take(wait_s)
         if slot is None:
             wait_ms = round(wait_s * 1000)

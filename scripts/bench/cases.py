@@ -32,6 +32,7 @@ from scripts.bench.runner import (
     start_at_for,
     summary_detail,
 )
+from scripts.bench.seed_capacity import SEED_METHOD, seed_capacity
 from scripts.bench.serialization import measure_codec
 from scripts.bench.stats import latency_summary
 from scripts.bench.stops import stop_latency
@@ -88,6 +89,7 @@ METHODS = [
     "6. serialization: in-process timeit of building + serializing and of parsing our packets (seq, "
     "session_id, timestamp, call ids...) vs the same messages in the original contract's shape (no seq, "
     "call_id, timeout, execution time; Ack without seq). The ratio prices the added fields only.",
+    SEED_METHOD,
 ]
 
 
@@ -353,4 +355,5 @@ CASES: dict[str, Callable[[Context], None]] = {
     "capacity": capacity,
     "memory": memory,
     "serialization": serialization,
+    "seed": seed_capacity,
 }

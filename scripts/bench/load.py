@@ -17,6 +17,8 @@ Modes:
               the call -> its ToolCallResult read.
   paced       agents streaming tokens, calling tools and triggering stops (scripts/bench/paced.py).
   idle        open sessions (Hello, Welcome) and hold them until stdin closes.
+  seed        a seed-era client: the original contract only, paced tokens, a probe per second
+              (scripts/bench/seed.py).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 import grpc
 
 from scripts.bench.paced import paced
+from scripts.bench.seed import seed_era
 from scripts.bench.streams import TOKEN, TOOL_TIMEOUT_S, LoadSpec, Stream, Tally, open_all, sleep_until
 from shared import wire
 
@@ -146,6 +149,7 @@ MODES: dict[str, Callable[[LoadSpec, list[Any], Tally], Awaitable[None]]] = {
     "tool": tool_calls,
     "paced": paced,
     "idle": idle,
+    "seed": seed_era,
 }
 
 

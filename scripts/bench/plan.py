@@ -26,6 +26,8 @@ class Plan:
     memory_sessions: tuple[int, ...]
     serialization_number: int  # timeit calls per measurement
     case_budget_s: float  # a case stops starting new runs after this long (it reports what it has)
+    seed_steps: tuple[int, ...] = (100, 200, 400)  # seed-era sessions per step (case 7)
+    seed_session_s: float = 4.0  # how long each seed-era session streams before is_finish
     tokens_per_s: float = 50.0
     capacity_tool_every_s: float = 3.0
     capacity_stops_per_s: float = 10.0
@@ -74,6 +76,8 @@ FULL = Plan(
     memory_sessions=(1000, 10_000),
     serialization_number=50_000,
     case_budget_s=420.0,
+    seed_steps=(100, 200, 300, 400, 600, 800, 1000, 1200, 1600),
+    seed_session_s=8.0,
 )
 
 PLANS = {plan.name: plan for plan in (QUICK, FULL)}

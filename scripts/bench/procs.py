@@ -14,6 +14,8 @@ import json
 import math
 import os
 import selectors
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -32,6 +34,7 @@ __all__ = [
     "IdleLoaders",
     "Server",
     "cpu_seconds",
+    "node_seed_loader",
     "rss_kb",
     "run_loaders",
     "running_dispatcher",
@@ -83,22 +86,39 @@ def use_uvloop() -> bool:
     return os.environ.get("DISPATCHER_UVLOOP", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-def _server_command(kind: str, ready: Path) -> list[str]:
+def dispatcher_binary() -> str:
+    """The `dispatcher` under test: this checkout's, or BENCH_DISPATCHER's (another build, e.g. an
+    older commit's venv, to measure before and after a change with the same loaders in one run)."""
+    return os.environ.get("BENCH_DISPATCHER") or str(BIN / "dispatcher")
+
+
+def _extra_dispatcher_args() -> list[str]:
+    """BENCH_DISPATCHER_ARGS: more flags for ours, e.g. "--workers 2" (the bare server has no such flags)."""
+    return shlex.split(os.environ.get("BENCH_DISPATCHER_ARGS", ""))
+
+
+def _server_command(kind: str, ready: Path, defaults: bool = False) -> list[str]:
     loop_flag = ["--uvloop"] if use_uvloop() else ["--no-uvloop"]
     if kind == "ours-metrics":  # the metrics case: ours with --metrics-listen (never scraped)
         return [*_server_command("ours", ready), "--metrics-listen", "127.0.0.1:0"]
     if kind == "ours-plain":  # the metrics case's other column: ours as always
         return _server_command("ours", ready)
+    if kind == "ours" and defaults:
+        # As an operator starts it: every limit and timer at its default (only the port is chosen).
+        return [
+            dispatcher_binary(), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready), *loop_flag,
+            *_extra_dispatcher_args(),
+        ]  # fmt: skip
     if kind == "ours":
         return [
-            str(BIN / "dispatcher"), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
+            dispatcher_binary(), "serve", "--listen", "127.0.0.1:0", "--ready-file", str(ready),
             "--instance-id", "bench", "--log-level", "warning", "--log-format", "json",
             "--block-pattern", MARKER,
             "--server-max-sessions", "0",
             "--server-max-concurrent-streams", str(MAX_STREAMS_PER_CONNECTION),
             "--server-max-connection-idle-ms", "0",
             "--idle-timeout-s", "0", "--max-session-s", "0",
-            "--no-server-reflection", *loop_flag,
+            "--no-server-reflection", *loop_flag, *_extra_dispatcher_args(),
         ]  # fmt: skip
     if kind == "baseline":
         return [
@@ -110,10 +130,11 @@ def _server_command(kind: str, ready: Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def running_server(kind: str, workdir: Path) -> Iterator[Server]:
-    """Start a server, wait for its ready file, stop it (SIGTERM, then SIGKILL) on exit."""
+def running_server(kind: str, workdir: Path, *, defaults: bool = False) -> Iterator[Server]:
+    """Start a server, wait for its ready file, stop it (SIGTERM, then SIGKILL) on exit. `defaults`:
+    ours with its default settings, as `dispatcher serve --listen` runs (not the bench's limits-off flags)."""
     ready = Path(tempfile.mkdtemp(prefix=f"{kind}-", dir=workdir)) / "ready"
-    with _started(kind, _server_command(kind, ready), ready) as server:
+    with _started(kind, _server_command(kind, ready, defaults), ready) as server:
         yield server
 
 
@@ -186,7 +207,22 @@ def split_spec(spec: LoadSpec, processes: int) -> list[LoadSpec]:
     return specs
 
 
+NODE_SEED_LOADER = ROOT / "interop" / "node" / "seed_load.js"
+
+
+def node_seed_loader() -> str | None:
+    """`node` when the Node seed-era loader can run here (Node on PATH, `make node-deps` done), else None."""
+    node = shutil.which("node")
+    if node and (ROOT / "interop" / "node" / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        return node
+    return None
+
+
 def _loader_command(spec: LoadSpec) -> list[str]:
+    if spec.mode == "seed" and (node := node_seed_loader()):
+        # An independent client on a separate HTTP/2 stack (grpc-js), and a cheaper one than Python's
+        # grpc.aio: on two shared cores the loader's own CPU would otherwise decide the figure.
+        return [node, str(NODE_SEED_LOADER), json.dumps(asdict(spec))]
     return [sys.executable, "-m", "scripts.bench.load", json.dumps(asdict(spec))]
 
 

@@ -137,14 +137,16 @@ def each_server(
     measure: Callable[[int, str, Server], None],
     reps: int | None = None,
     kinds: tuple[str, ...] = KINDS,
+    defaults: bool = False,
 ) -> None:
     """`measure(rep, kind, server)` against a fresh server of each kind, repetition by repetition
     (the kinds' order alternating), while the budget lasts. A server that fails to start, or a
-    run that fails (RuntimeError), is noted in `errors` and the case goes on."""
+    run that fails (RuntimeError), is noted in `errors` and the case goes on. `defaults`: ours runs
+    with its default settings instead of the bench's limits-off flags."""
     for rep in range(ctx.plan.reps if reps is None else reps):
         for kind in servers(ctx, rep, budget, errors, kinds):
             try:
-                with running_server(kind, ctx.workdir) as server:
+                with running_server(kind, ctx.workdir, defaults=defaults) as server:
                     measure(rep, kind, server)
             except RuntimeError as exc:
                 errors.append(f"{kind}: {exc}")
