@@ -177,6 +177,18 @@ def runtime_metrics(sessions: SessionManager) -> list[Metric]:
             value=sessions.pool.waiting_count,
         ),
     ]
+    lag = sessions.loop_lag
+    metrics += [
+        GaugeMetricFamily(
+            "dispatcher_loop_lag_seconds",
+            "How late the event loop woke up at its latest sample (0 while --server-shed-loop-lag-ms is off).",
+            value=lag.lag_s,
+        ),
+        GaugeMetricFamily(
+            "dispatcher_overloaded", "1 while new sessions are refused because the loop lags (load shedding).",
+            value=int(lag.overloaded),
+        ),
+    ]
     if stats.tokens:
         tokens = CounterMetricFamily("dispatcher_tokens", "Model tokens reported by commanders.", labels=("kind",))
         for kind, n in sorted(stats.tokens.items()):

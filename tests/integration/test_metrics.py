@@ -69,6 +69,7 @@ async def test_counters_equal_what_the_session_sent_and_read_while_it_runs_and_a
     assert after.get("dispatcher_sessions_ended_total", state="FINISHED") == 1
     assert after.get("dispatcher_tool_calls_total", tool="echo", outcome="ok") == 1
     assert after.get("dispatcher_tool_call_duration_seconds_count", tool="echo", outcome="ok") == 1
+    assert after.get("dispatcher_overloaded") == 0
 
 
 async def test_a_stop_is_counted_with_its_code_origin_and_both_latencies() -> None:
