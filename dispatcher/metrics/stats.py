@@ -91,6 +91,8 @@ class RuntimeStats:
     ) -> None:
         """Fold one ended session in (once, when it leaves the open sessions)."""
         _add_all(self.packets_in, packets_in)
+        if outcome.stop_confirmed:  # the machine takes it as the stop's end, not as a counted packet
+            _add(self.packets_in, "stop_confirm", 1)
         _add_all(self.packets_out, packets_out)
         state = outcome.state.value
         self.sessions_ended[state] = self.sessions_ended.get(state, 0) + 1

@@ -482,7 +482,8 @@ class SessionRunner:
 
     def _tool_unfinished(self, call_id: str, tool_name: str, reason: str) -> None:
         """A call ended without a result (cancelled, or abandoned): the journal says so."""
-        self._settings.stats.tool_call_done(tool_name, "cancelled", 0.0)
+        outcome = "abandoned" if reason.startswith("abandoned") else "cancelled"  # see ToolTasks
+        self._settings.stats.tool_call_done(tool_name, outcome, 0.0)
         error = wire.pb.ToolError(code=wire.pb.TOOL_ERROR_CODE_CANCELLED, message=reason)
         self.machine.journal.append(
             "tool_result_dropped", wire.pb.ToolCallResult(tool_name=tool_name, call_id=call_id, error=error)

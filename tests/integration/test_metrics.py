@@ -3,6 +3,7 @@ compare every counter with what the test sent and read (exact numbers)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
@@ -13,7 +14,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from commander.metrics import CommanderMetrics
 from dispatcher.auth import hash_token
 from shared import wire
-from tests.conftest import RawSession, run_scripted, running_dispatcher, test_config, wait_until
+from tests.conftest import (
+    WAIT_S,
+    Gate,
+    RawSession,
+    gated_tools,
+    run_scripted,
+    running_dispatcher,
+    test_config,
+    wait_until,
+)
+from tests.integration.test_control import pool_commanders
 from tests.scrape import scrape
 
 pytestmark = pytest.mark.anyio
@@ -170,3 +181,63 @@ async def test_reflection_and_health_watch_are_counted_with_their_own_shapes() -
     watched = {"grpc_method": "Watch", "grpc_type": "server_stream"}
     assert samples.get("grpc_server_started_total", **watched) == 1
     assert samples.get("grpc_server_msg_received_total", **watched) == 1
+
+
+async def test_watchers_their_cut_off_a_cancelled_tool_call_and_an_operator_stop() -> None:
+    gate = Gate()
+    config = metrics_config(session={"journal_max_events": 64})
+    async with running_dispatcher(config, gated_tools(gate)) as d, grpc.aio.insecure_channel(d.address) as ch:
+        assert d.metrics is not None
+        control = wire.SessionControlServiceStub(ch)
+        raw = RawSession(ch)
+        await raw.hello("watched")
+        small_window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
+        async with grpc.aio.insecure_channel(d.address or "", options=small_window) as watch_channel:
+            watcher = wire.SessionControlServiceStub(watch_channel).WatchSession(
+                wire.ctl.WatchSessionRequest(session_id="watched")
+            )
+            assert (await asyncio.wait_for(watcher.read(), WAIT_S)).event.seq == 1  # then it stops reading
+            assert (await scrape(d.metrics.address)).get("dispatcher_watchers") == 1
+            for seq in range(2, 2002):  # far more than the journal keeps and HTTP/2 buffers
+                await raw.content(seq, "x" * 2048)
+            with pytest.raises(grpc.aio.AioRpcError) as cut_off:  # reading again finds it fell behind
+                while await asyncio.wait_for(watcher.read(), WAIT_S) is not grpc.aio.EOF:
+                    pass
+            assert cut_off.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        await raw.tool_call(2002, "gate_tool", call_id="g1")
+        await asyncio.wait_for(gate.started.wait(), WAIT_S)
+        # StopSession answers once the stop is confirmed (or its grace is over): confirm meanwhile.
+        stopping = asyncio.ensure_future(
+            control.StopSession(wire.ctl.StopSessionRequest(session_id="watched", reason="enough"))
+        )
+        stop = (await raw.recv_kind("stop")).stop
+        await raw.send(wire.pb.UpstreamPacket(seq=2003, stop_confirm=wire.pb.StopConfirm(stop_id=stop.stop_id)))
+        await raw.status()
+        await asyncio.wait_for(stopping, WAIT_S)
+        await wait_until(lambda: d.sessions.registry.open_count == 0, "the session ended")
+        samples = await scrape(d.metrics.address)
+    assert samples.get("dispatcher_watchers") == 0
+    assert samples.get("dispatcher_watchers_cut_off_total") == 1
+    assert samples.get("dispatcher_tool_calls_total", tool="gate_tool", outcome="cancelled") == 1
+    assert samples.get("dispatcher_stops_total", code="OPERATOR", origin="operator") == 1
+    assert samples.get("dispatcher_stop_to_confirm_seconds_count") == 1
+    assert samples.get("dispatcher_packets_received_total", kind="content") == 2000
+    assert samples.get("dispatcher_packets_received_total", kind="stop_confirm") == 1
+    assert samples.total("dispatcher_packets_received_total") == 2003  # hello, 2000 content, the call, the confirm
+    assert samples.get("grpc_server_msg_received_total", **CHAT) == 2003
+
+
+async def test_pool_gauges_follow_the_commanders() -> None:
+    async with running_dispatcher(metrics_config()) as d, pool_commanders(d, 2, tokens_per_s=20, answer_words=400):
+        assert d.metrics is not None
+        assert (await scrape(d.metrics.address)).get("dispatcher_pool_commanders_free") == 2
+        async with grpc.aio.insecure_channel(d.address) as ch:
+            started = wire.SessionControlServiceStub(ch).StartSession(
+                wire.ctl.StartSessionRequest(input_text="talk", session_id="pooled")
+            )
+            assert (await asyncio.wait_for(started.read(), WAIT_S)).event.session_id == "pooled"
+            busy = await scrape(d.metrics.address)
+            started.cancel()
+    assert busy.get("dispatcher_pool_commanders_free") == 1
+    assert busy.get("dispatcher_pool_commanders_busy") == 1
+    assert busy.get("dispatcher_pool_callers_waiting") == 0
