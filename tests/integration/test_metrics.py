@@ -241,3 +241,34 @@ async def test_pool_gauges_follow_the_commanders() -> None:
     assert busy.get("dispatcher_pool_commanders_free") == 1
     assert busy.get("dispatcher_pool_commanders_busy") == 1
     assert busy.get("dispatcher_pool_callers_waiting") == 0
+
+
+async def test_a_commander_that_does_not_read_shows_as_outbox_full() -> None:
+    config = metrics_config(session={"outbox_size": 1})
+    calls, text = 60, "y" * 16384  # ~1 MiB of results: more than the HTTP/2 windows hold
+    async with running_dispatcher(config) as d, grpc.aio.insecure_channel(d.address) as ch:
+        assert d.metrics is not None
+        raw = RawSession(ch)
+        await raw.hello("slow-reader")
+
+        async def send_all() -> None:
+            for n in range(calls):
+                await raw.tool_call(2 + n, "echo", f'{{"text": "{text}"}}', call_id=f"c{n}")
+
+        sending = asyncio.ensure_future(send_all())
+        runner = d.sessions.registry.get_open("slow-reader")
+        assert runner is not None
+        await wait_until(lambda: runner.outbox.full_waits > 0, "the session waiting for outbox room")  # type: ignore[attr-defined]
+        live = await scrape(d.metrics.address)
+        assert live.get("dispatcher_outbox_full_total") >= 1
+        results = [await raw.recv_kind("tool_result") for _ in range(calls)]  # now read everything
+        await asyncio.wait_for(sending, WAIT_S)
+        await raw.content(2 + calls, "", is_finish=True)
+        await raw.call.done_writing()
+        assert (await raw.status())[0] is grpc.StatusCode.OK
+        await wait_until(lambda: d.sessions.registry.open_count == 0, "the session ended")
+        after = await scrape(d.metrics.address)
+    assert len(results) == calls
+    assert after.get("dispatcher_outbox_full_total") >= live.get("dispatcher_outbox_full_total")
+    assert after.get("dispatcher_tool_calls_total", tool="echo", outcome="ok") == calls
+    assert after.get("dispatcher_packets_sent_total", kind="tool_result") == calls
