@@ -42,7 +42,7 @@ test-e2e: $(STAMP)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff
-	$(BIN)/ruff check shared commander dispatcher dispatcherctl conformance tests scripts
+	$(BIN)/ruff check shared commander dispatcher dispatcherctl conformance gateway tests scripts
 
 typecheck: $(STAMP)  ## mypy --strict on our packages
 	$(BIN)/mypy

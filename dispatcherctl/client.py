@@ -31,6 +31,7 @@ __all__ = [
     "CtlError",
     "EventStream",
     "StopAnswer",
+    "channel_credentials",
     "health_status_name",
 ]
 
@@ -266,13 +267,21 @@ def health_status_name(status: int) -> str:
         return f"STATUS_{status}"
 
 
-def _open_channel(config: ClientConfig) -> grpc.Channel:
+def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
+    """The TLS credentials `config` asks for (None: plaintext); also the HTTP gateway's."""
     if not config.use_tls:
-        return grpc.insecure_channel(config.target)
+        return None
     root: bytes | None = None
     if config.ca_file:
         try:
             root = Path(config.ca_file).read_bytes()
         except OSError as exc:
             raise CtlError(f"cannot read --ca-file {config.ca_file}: {exc.strerror or exc}", EXIT_USAGE) from exc
-    return grpc.secure_channel(config.target, grpc.ssl_channel_credentials(root_certificates=root))
+    return grpc.ssl_channel_credentials(root_certificates=root)
+
+
+def _open_channel(config: ClientConfig) -> grpc.Channel:
+    credentials = channel_credentials(config)
+    if credentials is None:
+        return grpc.insecure_channel(config.target)
+    return grpc.secure_channel(config.target, credentials)

@@ -1,4 +1,4 @@
-"""The console scripts' entry points: `dispatcher`, `commander`, `dispatcherctl`.
+"""The console scripts' entry points: `dispatcher`, `commander`, `dispatcherctl`, `dispatcher-gateway`.
 
 Each one sets `GRPC_VERBOSITY` (ERROR unless the user set it) *before* grpc is imported, so
 grpc's C core does not print its own lines into the scripts' output (it reads the variable
@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-__all__ = ["DISTRIBUTION", "commander", "dispatcher", "dispatcherctl", "quiet_grpc", "version_option"]
+__all__ = ["DISTRIBUTION", "commander", "dispatcher", "dispatcherctl", "gateway", "quiet_grpc", "version_option"]
 
 DISTRIBUTION = "southwest-agent-runtime"
 
@@ -48,3 +48,10 @@ def dispatcherctl() -> None:
     from dispatcherctl.cli import main
 
     main(prog_name="dispatcherctl")
+
+
+def gateway() -> None:
+    quiet_grpc()
+    from gateway.cli import main
+
+    main(prog_name="dispatcher-gateway")

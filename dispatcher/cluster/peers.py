@@ -28,6 +28,7 @@ __all__ = ["FORWARDED", "PeerGroup", "forward_metadata", "is_forwarded"]
 log = structlog.get_logger("dispatcher.cluster.peers")
 
 FORWARDED = "x-dispatcher-forwarded"
+_FORWARDED_KEYS = frozenset({AUTHORIZATION, "x-via"})
 _SUFFIX = ".addr"
 
 
@@ -36,8 +37,10 @@ def is_forwarded(context: Any) -> bool:
 
 
 def forward_metadata(context: Any) -> tuple[tuple[str, str], ...]:
-    """The caller's credentials plus the forwarded mark."""
-    kept = tuple((k, v) for k, v in context.invocation_metadata() or () if k == AUTHORIZATION and isinstance(v, str))
+    """The caller's credentials and `x-via` hops (dispatcher/control/via.py) plus the forwarded mark."""
+    kept = tuple(
+        (k, v) for k, v in context.invocation_metadata() or () if k in _FORWARDED_KEYS and isinstance(v, str)
+    )
     return (*kept, (FORWARDED, "1"))
 
 

@@ -24,10 +24,13 @@ class CallerTie:
     (cancelled, deadline passed, connection lost), the session is stopped, the caller first
     in the stop's path."""
 
-    def __init__(self, session: SessionHandle, principal: Principal, context: Context) -> None:
+    def __init__(
+        self, session: SessionHandle, principal: Principal, context: Context, path: tuple[str, ...] = ()
+    ) -> None:
         self._session = session
         self._principal = principal
         self._context = context
+        self._path = path or (principal.hop,)  # `caller_path`, checked before the session was started
         self._released = False
 
     def release(self) -> None:
@@ -39,9 +42,9 @@ class CallerTie:
             return
         remaining = self._context.time_remaining()
         if remaining is not None and remaining <= 0:
-            stop = StopInfo(StopCode.TIMEOUT, "the caller's deadline passed", path=(self._principal.hop,))
+            stop = StopInfo(StopCode.TIMEOUT, "the caller's deadline passed", path=self._path)
         else:
-            stop = StopInfo(StopCode.USER_CANCEL, "the caller cancelled", path=(self._principal.hop,))
+            stop = StopInfo(StopCode.USER_CANCEL, "the caller cancelled", path=self._path)
         log.info("session.caller_left", session_id=self._session.session_id, code=stop.code.name)
         self._session.request_stop(stop)
 

@@ -25,6 +25,7 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.control.caller import CallerTie, caller_deadline_s
 from dispatcher.control.listing import already_ended, decode_page_token, encode_page_token, session_filter
 from dispatcher.control.members import Members, relay
+from dispatcher.control.via import caller_path
 from dispatcher.control.watch import check_resume_point, follow_journal
 from dispatcher.core.journal import Journal
 from dispatcher.core.snapshots import outcome_to_wire
@@ -124,7 +125,8 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             return await self._members.forward("StopSession", request, context, missing)  # type: ignore[no-any-return]
         if handle.settled.is_set():
             return already_ended(session_id, handle.info())
-        stop = StopInfo(code=code, reason=request.reason, cause=request.cause, path=(principal.hop,))
+        path = caller_path(principal, context)
+        stop = StopInfo(code=code, reason=request.reason, cause=request.cause, path=path)
         handle.request_stop(stop)
         delivered = handle.pending_stop
         log.info("session.stop_requested", session_id=session_id, by=principal.hop, code=stop.code.name,
@@ -235,6 +237,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
     ) -> tuple[SessionHandle, CallerTie]:
         """Check the request, hand the session to a free pool commander, tie it to this call."""
         session_id = request.session_id or str(uuid.uuid4())
+        path = caller_path(principal, context)  # a malformed x-via refuses the call before a commander is taken
         if not (request.input_text or request.input_json):
             raise BadRequest("input_text or input_json is required")
         if len(request.input_json) > _MAX_INPUT_JSON_CHARS:
@@ -257,7 +260,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         session = await self._sessions.start_on_pool(assignment, wait_ms / 1000)
         if deadline is not None:
             session.set_caller_deadline(time.monotonic() + deadline, principal.hop)
-        tie = CallerTie(session, principal, context)
+        tie = CallerTie(session, principal, context, path)
         context.add_done_callback(tie.on_call_done)  # type: ignore[arg-type]
         log.info("session.started", session_id=session_id, by=principal.hop)
         return session, tie

@@ -8,6 +8,7 @@ import math
 import time
 from collections.abc import Callable
 
+from scripts.bench.gateway import GATEWAY_METHOD, gateway_case
 from scripts.bench.procs import (
     KINDS,
     IdleLoaders,
@@ -90,6 +91,7 @@ METHODS = [
     "session_id, timestamp, call ids...) vs the same messages in the original contract's shape (no seq, "
     "call_id, timeout, execution time; Ack without seq). The ratio prices the added fields only.",
     SEED_METHOD,
+    GATEWAY_METHOD,
 ]
 
 
@@ -356,4 +358,5 @@ CASES: dict[str, Callable[[Context], None]] = {
     "memory": memory,
     "serialization": serialization,
     "seed": seed_capacity,
+    "gateway": gateway_case,
 }

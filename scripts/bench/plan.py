@@ -34,6 +34,9 @@ class Plan:
     capacity_limit_ms: float = 50.0
     paced_warmup_s: float = 1.0  # paced sessions stream this long before the measured window opens
     stop_wait_s: float = 3.0  # after the window, how long a sent stop trigger may still take
+    gateway_events: int = 20_000  # content events of the gateway case's full-speed session
+    gateway_rate: float = 200.0  # events/s of its paced session
+    gateway_paced_s: float = 5.0  # how long the paced session is written
 
 
 QUICK = Plan(
@@ -56,6 +59,8 @@ QUICK = Plan(
     case_budget_s=40.0,
     paced_warmup_s=0.5,
     stop_wait_s=1.5,
+    gateway_events=5_000,
+    gateway_paced_s=2.0,
 )
 
 FULL = Plan(

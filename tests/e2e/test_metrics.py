@@ -34,7 +34,7 @@ def plain_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.startswith("{")]
 
 
-@pytest.mark.parametrize("script", ["dispatcher", "commander", "dispatcherctl"])
+@pytest.mark.parametrize("script", ["dispatcher", "commander", "dispatcherctl", "dispatcher-gateway"])
 def test_every_console_script_has_version_and_goes_through_the_quiet_entry(script: str) -> None:
     result = run_cli(str(BIN / script), "--version")
     assert result.returncode == 0, result.stderr
