@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency model-stop-latency node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick
+.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency model-stop-latency deploy-check node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -47,7 +47,10 @@ lint: $(STAMP)  ## ruff
 typecheck: $(STAMP)  ## mypy --strict on our packages
 	$(BIN)/mypy
 
-check: proto-check lint typecheck test buf-lint buf-breaking conformance-self  ## what CI runs
+check: proto-check lint typecheck deploy-check test buf-lint buf-breaking conformance-self  ## what CI runs
+
+deploy-check: $(STAMP)  ## promtool check rules on deploy/prometheus, the Grafana dashboards parsed (CI needs promtool)
+	$(PY) scripts/check_deploy.py
 
 demo: $(STAMP)  ## a dispatcher and two commander sessions (one finishes, one is stopped mid-answer)
 	$(PY) scripts/demo.py

@@ -17,10 +17,13 @@ import structlog
 from anyio.abc import TaskStatus
 
 from commander.config import CommanderConfig
+from commander.events import Observer
 from commander.loading import AgentLoadError, agent_factory
+from commander.metrics import CommanderMetrics
 from commander.render import ConsoleRenderer, JsonRenderer
 from commander.session import Agent, SessionResult, run_session
 from commander.transport import open_channel
+from shared.console import version_option
 from shared.log import configure_logging
 from shared.model import SessionState
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, load_cli_config
@@ -39,6 +42,7 @@ FORCED_EXIT_S = 0.5
 
 
 @click.group(context_settings=CLI_CONTEXT)
+@version_option()
 def main() -> None:
     """The commander: runs an agent and streams its thoughts, answer and tool calls to a dispatcher."""
 
@@ -70,7 +74,12 @@ def run(
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
     new_agent, config = _agent_or_exit(config)
     renderer = JsonRenderer(quiet=quiet) if as_json else ConsoleRenderer(quiet=quiet)
-    result = anyio.run(_run, config, new_agent(), prompt, session_id, renderer)
+    metrics = _start_metrics(config)
+    try:
+        result = anyio.run(_run, config, new_agent(), prompt, session_id, renderer, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
     if result is None:  # a second signal cut the session short: there is no result to print
         sys.exit(EXIT_CANCELLED)
     renderer.result(result)
@@ -85,16 +94,38 @@ def _agent_or_exit(config: CommanderConfig) -> tuple[Any, CommanderConfig]:
         raise click.UsageError(str(exc)) from None
 
 
+def _start_metrics(config: CommanderConfig) -> CommanderMetrics | None:
+    """--metrics-listen: serving before the session starts; a port that cannot be bound is one line."""
+    if not config.metrics.listen:
+        return None
+    metrics = CommanderMetrics(config.metrics.listen)
+    try:
+        address = metrics.start()
+    except OSError as exc:
+        click.echo(f"commander: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    log.info("commander.metrics_serving", metrics=f"http://{address}/metrics")
+    return metrics
+
+
 async def _run(
-    config: CommanderConfig, agent: Agent, prompt: str, session_id: str | None, renderer: Any
+    config: CommanderConfig,
+    agent: Agent,
+    prompt: str,
+    session_id: str | None,
+    renderer: Any,
+    metrics: CommanderMetrics | None = None,
 ) -> SessionResult | None:
     """The session, with Ctrl-C / SIGTERM cancelling it cleanly (a second signal exits at once: None)."""
     signals = SignalPolicy()
     result: SessionResult | None = None
+    observer = metrics.observing(renderer) if metrics is not None else renderer
     async with anyio.create_task_group() as tg:
         await tg.start(signals.watch, tg.cancel_scope)
-        result = await _session(config, agent, prompt, session_id, renderer, signals.cancel)
+        result = await _session(config, agent, prompt, session_id, observer, signals.cancel)
         tg.cancel_scope.cancel()
+    if result is not None and metrics is not None:
+        metrics.session_ended(result)
     return result
 
 
@@ -130,10 +161,16 @@ def serve(concurrency: int, config_file: str | None, log_level: str, **flags: An
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
     agent, config = _agent_or_exit(config)
-    sys.exit(anyio.run(_serve, config, concurrency, agent))
+    metrics = _start_metrics(config)
+    try:
+        status = anyio.run(_serve, config, concurrency, agent, metrics)
+    finally:
+        if metrics is not None:
+            metrics.close()
+    sys.exit(status)
 
 
-async def _serve(config: CommanderConfig, concurrency: int, agent: Any) -> int:
+async def _serve(config: CommanderConfig, concurrency: int, agent: Any, metrics: CommanderMetrics | None = None) -> int:
     """The pool streams until a signal: 0 once the first one has ended them cleanly, 130 after a second."""
     renderer = JsonRenderer()
     signals = SignalPolicy()
@@ -144,14 +181,17 @@ async def _serve(config: CommanderConfig, concurrency: int, agent: Any) -> int:
         backoff = PoolBackoff()
         while not cancel.is_set():
             try:
+                observer = metrics.observing(Observer()) if metrics is not None else None
                 result = await run_session(
-                    agent(), "", channel=channel, config=config, cancel=cancel, await_assignment=True
+                    agent(), "", channel=channel, config=config, cancel=cancel, await_assignment=True, observer=observer
                 )
             except Exception:  # one broken session must not take the other pool streams down
                 log.exception("pool.session_crashed", slot=number)
                 result = None
             if result is not None and result.assigned is not None:
                 renderer.result(result)
+                if metrics is not None:
+                    metrics.session_ended(result)
                 backoff.reset()
             elif not cancel.is_set():
                 delay = backoff.next()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shared.keepalive import KeepaliveConfig
+from shared.metrics import MetricsConfig
 from shared.settings import setting
 
 __all__ = ["AgentConfig", "CommanderConfig", "ConnectionConfig", "ModelConfig"]
@@ -148,3 +149,4 @@ class CommanderConfig:
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
     agent: AgentConfig = field(default_factory=AgentConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)

@@ -1,5 +1,5 @@
 """`python -m dispatcher`: the `dispatcher` console script (worker processes start this way)."""
 
-from dispatcher.cli import main
+from shared.console import dispatcher
 
-main(prog_name="dispatcher")
+dispatcher()

@@ -25,6 +25,7 @@ from dispatcher.auth import AccessPolicy, AuthInterceptor
 from dispatcher.cluster.peers import PeerGroup
 from dispatcher.config import DispatcherConfig
 from dispatcher.control.service import SessionControlService
+from dispatcher.metrics.exporter import DispatcherMetrics
 from dispatcher.sessions.manager import SessionManager
 from dispatcher.stream.service import AgentInteractionService
 from dispatcher.tools import ToolRegistry, served_tools
@@ -60,7 +61,9 @@ class Dispatcher:
         if tools is None:  # ToolLoadError (a ValueError) for a --tools value that names no tools
             tools = served_tools(config.tools.modules, test_tools=config.tools.test_tools)
         self.tools = tools
-        self.sessions = SessionManager(config, self.tools)
+        # --metrics-listen: built first, the session manager counts into its stats.
+        self.metrics = DispatcherMetrics(config.metrics.listen) if config.metrics.listen else None
+        self.sessions = SessionManager(config, self.tools, self.metrics.stats if self.metrics else None)
         self.address: str | None = None
         self.health = health.aio.HealthServicer()
         self.access = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens)
@@ -100,6 +103,8 @@ class Dispatcher:
         # A group member also listens on a port of its own, so that the others can reach
         # *this* process (the shared port goes to whichever member the kernel picks).
         member_address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}" if self.peers else ""
+        if self.metrics is not None:  # OSError (address in use, ...) before anything runs
+            self.metrics.start(self.sessions, asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
         background = [  # the process's own tasks, cancelled and awaited last by _close
             loop.create_task(self.sessions.timers.run(), name="dispatcher:timers"),
@@ -125,9 +130,14 @@ class Dispatcher:
 
     def _build_server(self) -> grpc.aio.Server:
         config = self.config
-        server = grpc.aio.server(options=config.grpc_options(), interceptors=[AuthInterceptor(self.access)])
+        interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(self.access)]
+        if self.metrics is not None:  # first: refusals by the ones after it are counted too
+            interceptors.insert(0, self.metrics.interceptor)
+        server = grpc.aio.server(options=config.grpc_options(), interceptors=interceptors)
         wire.add_servicer(AgentInteractionService(sessions=self.sessions, access=self.access), server)
-        control = SessionControlService(config=config, sessions=self.sessions, access=self.access, peers=self.peers)
+        control = SessionControlService(
+            config=config, sessions=self.sessions, access=self.access, peers=self.peers, stats=self.sessions.stats
+        )
         wire.add_control_servicer(control, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if config.server.reflection:
@@ -146,6 +156,7 @@ class Dispatcher:
         log.info(
             "dispatcher.serving",
             address=self.address,
+            metrics=f"http://{self.metrics.address}/metrics" if self.metrics else None,
             instance=self.sessions.hop,
             tools=self.tools.names(),
             tokens=self.access.describe(),
@@ -186,6 +197,8 @@ class Dispatcher:
         for task in background:
             task.cancel()
         await asyncio.wait(background, timeout=_CLOSE_BOUND_S)
+        if self.metrics is not None:
+            self.metrics.close()  # within ~50 ms (its thread's poll interval)
         log.info("dispatcher.stopped", sessions_cut=left)
 
 

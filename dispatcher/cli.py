@@ -18,6 +18,7 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.process import run_process
 from dispatcher.tools import ToolRegistry, served_tools
 from dispatcher.tools.mcp import McpStartError, connect_all
+from shared.console import version_option
 from shared.log import configure_logging
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, describe, load_cli_config
 
@@ -27,6 +28,7 @@ ENV_PREFIX = "DISPATCHER_"
 
 
 @click.group(context_settings=CLI_CONTEXT)
+@version_option()
 def main() -> None:
     """The dispatcher: serves AgentInteraction, runs tools for commanders and stops them by policy."""
 
@@ -54,6 +56,8 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
             sys.exit(2)
         try:
             sys.exit(run_workers(config, sys.argv[1:]))
+        except ValueError as exc:  # --metrics-listen ports past 65535
+            raise click.UsageError(str(exc)) from exc
         except OSError as exc:
             click.echo(f"dispatcher: {exc}", err=True)
             sys.exit(1)

@@ -8,12 +8,14 @@ import socket
 from dataclasses import dataclass, field, replace
 
 from shared.keepalive import KeepaliveConfig
+from shared.metrics import MetricsConfig
 from shared.settings import setting
 
 __all__ = [
     "AuthConfig",
     "DispatcherConfig",
     "LogConfig",
+    "MetricsConfig",
     "PolicyConfig",
     "PoolConfig",
     "ServerConfig",
@@ -214,8 +216,10 @@ class PolicyConfig:
     block_patterns: tuple[str, ...] = setting(
         (),
         "regular expressions that stop a session when its content matches (POLICY_VIOLATION); "
-        "a match split across deltas is caught when it spans at most 128 characters",
+        "a match split across deltas is caught when it spans at most 128 characters "
+        "(DISPATCHER_BLOCK_PATTERN: one pattern, commas included, or a JSON list of patterns)",
         flag="block-pattern",
+        split=False,
     )
     scan_thoughts: bool = setting(False, "also apply the block-list to thought deltas", flag="scan-thoughts")
     max_content_chars: int = setting(
@@ -368,6 +372,7 @@ class DispatcherConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     @classmethod
     def for_tests(cls, **sections: object) -> DispatcherConfig:

@@ -1,5 +1,5 @@
 """`python -m dispatcherctl` = `dispatcherctl`."""
 
-from dispatcherctl.cli import main
+from shared.console import dispatcherctl
 
-main(prog_name="dispatcherctl")
+dispatcherctl()

@@ -45,6 +45,7 @@ from dispatcherctl.render import (
     tool_rows,
 )
 from shared import wire
+from shared.console import version_option
 from shared.model import now_ms
 from shared.settings import CLI_CONTEXT
 
@@ -105,6 +106,7 @@ def _catch_signals(ctx: click.Context) -> None:
 
 
 @click.group(cls=_CtlGroup, context_settings=CLI_CONTEXT, epilog=EXIT_HELP)
+@version_option()
 @click.option(
     "--target",
     envvar=ENV_TARGET,

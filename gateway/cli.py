@@ -16,6 +16,7 @@ import click
 from dispatcherctl.client import DEFAULT_TARGET, ClientConfig, CtlError, channel_credentials
 from gateway.config import DEFAULT_MODEL, GatewayConfig
 from gateway.server import GatewayServer
+from shared.console import version_option
 from shared.log import configure_logging
 from shared.settings import CLI_CONTEXT
 
@@ -30,6 +31,7 @@ def _listen(value: str) -> tuple[str, int]:
 
 
 @click.command(context_settings=CLI_CONTEXT)
+@version_option()
 @click.option("--target", envvar="DISPATCHER_TARGET", default=DEFAULT_TARGET, metavar="HOST:PORT",
               help=f"the dispatcher's control API [env DISPATCHER_TARGET; default {DEFAULT_TARGET}]")
 @click.option("--listen", envvar="GATEWAY_LISTEN", default="127.0.0.1:8080", metavar="HOST:PORT",

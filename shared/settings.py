@@ -46,14 +46,18 @@ class _Meta:
     help: str
     flag: str | None
     secret: bool = False
+    split: bool = True
 
 
-def setting(default: Any, help: str, *, flag: str | None = None, secret: bool = False) -> Any:
+def setting(default: Any, help: str, *, flag: str | None = None, secret: bool = False, split: bool = True) -> Any:
     """Declare a config field with its help text (and optionally its own flag name).
 
     A `secret` setting is shown as "***" by `describe` (and so in every start-up log line).
+    A sequence setting given as one string (an environment variable, a TOML string) is a JSON
+    list (`["a", "b"]`) or comma-separated; with `split=False` (regular expressions, whose
+    commas are their own: `a{1,3}`) it is a JSON list of strings or else one item.
     """
-    meta = {_META: _Meta(help=help, flag=flag, secret=secret)}
+    meta = {_META: _Meta(help=help, flag=flag, secret=secret, split=split)}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for sequence settings")
     return dataclasses.field(default=default, metadata=meta)
@@ -70,6 +74,7 @@ class Setting:
     help: str
     flag: str
     env: str
+    split: bool = True
 
     @property
     def dest(self) -> str:
@@ -91,11 +96,11 @@ def _settings(cls: type[Any], env_prefix: str) -> list[Setting]:
                 continue
             flag = meta.flag or f"{section}-{f.name}".replace("_", "-")
             env = env_prefix + flag.replace("-", "_").upper()
-            out.append(Setting(section, f.name, hints[f.name], f.default, meta.help, flag, env))
+            out.append(Setting(section, f.name, hints[f.name], f.default, meta.help, flag, env, meta.split))
     return out
 
 
-def _parse(raw: Any, kind: Any, origin: str) -> Any:
+def _parse(raw: Any, kind: Any, origin: str, *, split: bool = True) -> Any:
     """Convert a TOML/env/flag value to the field's type, or explain why it cannot be."""
     try:
         if kind is bool:
@@ -121,12 +126,27 @@ def _parse(raw: Any, kind: Any, origin: str) -> Any:
             text = str(raw).strip()
             if not text:
                 return ()
+            if not split:  # one item, unless it is a JSON list of strings
+                return _json_strings(text) or (text,)
             if text.startswith("["):  # a JSON list: the way to pass items containing commas
                 return tuple(str(x) for x in json.loads(text))
             return tuple(part.strip() for part in text.split(",") if part.strip())
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{origin}: {exc}") from exc
     raise ConfigError(f"{origin}: unsupported setting type {kind!r}")
+
+
+def _json_strings(text: str) -> tuple[str, ...] | None:
+    """`text` as a JSON list of strings, or None when it is not one (`[a-z]+` is a pattern)."""
+    if not text.startswith("["):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return tuple(value)
+    return None
 
 
 def load_config(
@@ -162,11 +182,11 @@ def load_config(
     for s in _settings(cls, env_prefix):
         section_table = table.get(s.section, {})
         if s.dest in flags and flags[s.dest] not in (None, ()):
-            value = _parse(flags[s.dest], s.type, f"--{s.flag}")
+            value = _parse(flags[s.dest], s.type, f"--{s.flag}", split=s.split)
         elif s.env in environ:
-            value = _parse(environ[s.env], s.type, s.env)
+            value = _parse(environ[s.env], s.type, s.env, split=s.split)
         elif s.name in section_table:
-            value = _parse(section_table[s.name], s.type, f"[{s.section}] {s.name} in {toml_path}")
+            value = _parse(section_table[s.name], s.type, f"[{s.section}] {s.name} in {toml_path}", split=s.split)
         else:
             continue
         values.setdefault(s.section, {})[s.name] = value

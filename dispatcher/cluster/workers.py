@@ -8,6 +8,10 @@ address in DIR, so an operator's call landing on any worker finds a session held
 another (dispatcher/peers.py). SIGTERM/SIGINT are passed on (each worker drains as a
 single dispatcher does); if a worker dies on its own, the others are stopped and the
 supervisor exits 1, for the process manager to restart the group.
+
+Metrics (`--metrics-listen HOST:PORT`): a port per worker, worker i on PORT+i (each its own
+registry and /metrics; Prometheus scrapes them as N targets). With port 0 every worker picks
+a free port of its own, named in its `dispatcher.serving` log line.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from types import FrameType
 import structlog
 
 from dispatcher.config import DispatcherConfig
+from shared.metrics import parse_listen
 
-__all__ = ["run_workers"]
+__all__ = ["run_workers", "worker_metrics_listen"]
 
 log = structlog.get_logger("dispatcher.cluster.workers")
 
@@ -35,10 +40,24 @@ _STOP_TIMEOUT_S = 60.0
 _WATCH_INTERVAL_S = 0.2
 
 
+def worker_metrics_listen(listen: str, workers: int) -> list[str]:
+    """Each worker's --metrics-listen: PORT+i for worker i (port 0: each picks its own).
+    ValueError when the last port would be past 65535."""
+    host, port = parse_listen(listen)
+    shown = f"[{host}]" if ":" in host else host
+    if port == 0:
+        return [f"{shown}:0"] * workers
+    if port + workers - 1 > 65535:
+        raise ValueError(f"--metrics-listen {listen} with --workers {workers}: ports {port}-{port + workers - 1} "
+                         "do not all exist")  # fmt: skip
+    return [f"{shown}:{port + index}" for index in range(workers)]
+
+
 def run_workers(config: DispatcherConfig, cli_args: list[str]) -> int:
     """Run the worker group until it is signalled or a worker dies; the group's exit status."""
     server = config.server
     host, port_text = server.listen.rsplit(":", 1)
+    metrics = worker_metrics_listen(config.metrics.listen, server.workers) if config.metrics.listen else []
     holder = _hold_port(host.strip("[]"), int(port_text))
     port = holder.getsockname()[1]
     own_dir = not server.peer_dir
@@ -65,6 +84,7 @@ def run_workers(config: DispatcherConfig, cli_args: list[str]) -> int:
                 sys.executable, "-m", "dispatcher", *cli_args,
                 "--workers", "1", "--listen", f"{host}:{port}", "--peer-dir", peer_dir,
                 "--instance-id", f"{server.instance}-w{index}", "--ready-file", str(ready),
+                *(("--metrics-listen", metrics[index]) if metrics else ()),
             ]  # fmt: skip
             workers.append(subprocess.Popen(command))
         if not _all_ready(readies, workers):
@@ -75,7 +95,8 @@ def run_workers(config: DispatcherConfig, cli_args: list[str]) -> int:
         address = f"{host}:{port}"
         if server.ready_file:
             Path(server.ready_file).write_text(address + "\n")
-        log.info("dispatcher.workers_serving", address=address, workers=server.workers, peer_dir=peer_dir)
+        log.info("dispatcher.workers_serving", address=address, workers=server.workers, peer_dir=peer_dir,
+                 metrics=_metrics_shown(metrics))  # fmt: skip
         while not stopping:
             dead = [worker for worker in workers if worker.poll() is not None]
             if dead:
@@ -95,6 +116,14 @@ def run_workers(config: DispatcherConfig, cli_args: list[str]) -> int:
                 worker.kill()
         if own_dir:
             shutil.rmtree(peer_dir, ignore_errors=True)
+
+
+def _metrics_shown(metrics: list[str]) -> list[str] | str | None:
+    if not metrics:
+        return None
+    if metrics[0].endswith(":0"):
+        return "a free port per worker: see each worker's dispatcher.serving line"
+    return [f"http://{listen}/metrics" for listen in metrics]
 
 
 def _hold_port(host: str, port: int) -> socket.socket:

@@ -29,6 +29,7 @@ from dispatcher.control.via import caller_path
 from dispatcher.control.watch import check_resume_point, follow_journal
 from dispatcher.core.journal import Journal
 from dispatcher.core.snapshots import outcome_to_wire
+from dispatcher.metrics.stats import RuntimeStats
 from dispatcher.sessions.directory import SessionDirectory
 from dispatcher.sessions.registry import SessionHandle
 from shared import wire
@@ -56,8 +57,10 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         sessions: SessionDirectory,
         access: AccessPolicy,
         peers: PeerGroup | None = None,
+        stats: RuntimeStats | None = None,
     ) -> None:
         self._config = config
+        self._stats = stats  # watchers following a journal, and those cut off (metrics)
         self._sessions = sessions
         self._access = access
         self._members = Members(peers)
@@ -183,7 +186,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             return
         from_seq = request.from_seq or journal.first_seq
         check_resume_point(journal, from_seq)
-        async for event in follow_journal(journal, from_seq, set(request.kinds)):
+        async for event in follow_journal(journal, from_seq, set(request.kinds), self._stats):
             yield wire.ctl.WatchSessionResponse(event=event)
 
     # -- start -----------------------------------------------------------------------
@@ -200,7 +203,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
                 return
         session, tie = await self._start(request, self._access.principal(context), context)
         try:
-            async for event in follow_journal(session.journal, 1, set(request.kinds)):
+            async for event in follow_journal(session.journal, 1, set(request.kinds), self._stats):
                 yield wire.ctl.StartSessionResponse(event=event)
         except FellBehind:
             tie.release()  # the session goes on; the caller can pick it up with WatchSession
@@ -215,7 +218,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         session, _tie = await self._start(request, self._access.principal(context), context)
         answer: list[str] = []
         tool_calls = 0
-        async for event in follow_journal(session.journal, 1, _ASK_KINDS):
+        async for event in follow_journal(session.journal, 1, _ASK_KINDS, self._stats):
             if event.HasField("content"):
                 answer.append(event.content.text)
             else:

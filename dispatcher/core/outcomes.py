@@ -7,7 +7,24 @@ from dispatcher.core.status import stop_status
 from shared import wire
 from shared.model import SessionState, StopCode, StopInfo
 
-__all__ = ["closed_packet_code", "commander_error_outcome", "stop_outcome"]
+__all__ = [
+    "CONFIRMED",
+    "FINISHED",
+    "GRACE_EXPIRED",
+    "HALF_CLOSED_UNCONFIRMED",
+    "HALF_CLOSED_UNFINISHED",
+    "closed_packet_code",
+    "commander_error_outcome",
+    "stop_outcome",
+]
+
+# Outcome reasons and how a stop ended, in words an operator reads (`dispatcherctl show`, the
+# `session.ended` log line, metrics): never the name of a proto field.
+FINISHED = "finished"  # the commander's last content chunk said so (is_finish)
+HALF_CLOSED_UNFINISHED = "commander half-closed without finishing"
+CONFIRMED = "confirmed"
+GRACE_EXPIRED = "grace period expired without a stop confirmation"
+HALF_CLOSED_UNCONFIRMED = "commander half-closed without confirming the stop"
 
 
 def stop_outcome(

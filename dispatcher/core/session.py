@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING
 from dispatcher.config import SessionConfig
 from dispatcher.core.actions import Action, CancelTools, Delivery, EndStream, Report, Send, SessionOutcome, StartTool
 from dispatcher.core.journal import Journal
-from dispatcher.core.outcomes import closed_packet_code, commander_error_outcome, stop_outcome
+from dispatcher.core.outcomes import (
+    CONFIRMED,
+    FINISHED,
+    GRACE_EXPIRED,
+    HALF_CLOSED_UNCONFIRMED,
+    HALF_CLOSED_UNFINISHED,
+    closed_packet_code,
+    commander_error_outcome,
+    stop_outcome,
+)
 from dispatcher.core.policies import Policy, Violation
 from dispatcher.core.snapshots import state_change
 from dispatcher.core.status import status_of
@@ -198,7 +207,7 @@ class Session:
             if self.outcome is not None:
                 actions.extend(self._after_terminal(now))
             elif self._upstream_closed:
-                actions.extend(self._finish("commander half-closed without is_finish", now))
+                actions.extend(self._finish(HALF_CLOSED_UNFINISHED, now))
         self._recompute_wake(now)
         return actions
 
@@ -211,7 +220,7 @@ class Session:
             if stop is not None:
                 actions.extend(self._stop_now(stop, now))
         if self.state is SessionState.STOPPING and self._grace_deadline is not None and now >= self._grace_deadline:
-            actions.extend(self._end_stop(confirmed=False, how="grace period expired without stop_confirm", now=now))
+            actions.extend(self._end_stop(confirmed=False, how=GRACE_EXPIRED, now=now))
         if self._linger_deadline is not None and now >= self._linger_deadline and not self._ended:
             actions.extend(self._end())
         self._recompute_wake(now)
@@ -244,11 +253,11 @@ class Session:
         self._upstream_closed = True
         actions: list[Action] = []
         if self.state is SessionState.STOPPING:
-            actions.extend(self._end_stop(confirmed=False, how="commander half-closed without stop_confirm", now=now))
+            actions.extend(self._end_stop(confirmed=False, how=HALF_CLOSED_UNCONFIRMED, now=now))
         elif self.outcome is not None:
             actions.extend(self._after_terminal(now))
         elif not self.tools.has_running:
-            actions.extend(self._finish("commander half-closed without is_finish", now))
+            actions.extend(self._finish(HALF_CLOSED_UNFINISHED, now))
         # else: tool calls still running; their results go out, then the stream ends.
         self._recompute_wake(now)
         return actions
@@ -284,7 +293,7 @@ class Session:
             return self._violated(violation, now)
         self.journal.append("content", chunk, self.last_seq)
         if chunk.is_finish:
-            return self._finish("is_finish", now)
+            return self._finish(FINISHED, now)
         if self.state is SessionState.OPEN:
             self.state = SessionState.ACTIVE
         return self._count_for_ack(now)
@@ -408,7 +417,7 @@ class Session:
             if kind == "stop_confirm":
                 self.last_seq = max(self.last_seq, packet.seq)
                 self.journal.append("stop_confirm", packet.stop_confirm, packet.seq)
-                return self._end_stop(confirmed=True, how="confirmed", now=now, confirm=packet.stop_confirm)
+                return self._end_stop(confirmed=True, how=CONFIRMED, now=now, confirm=packet.stop_confirm)
             self.dropped_packets += 1  # in flight when the stop went out: counted, never forwarded
             return _NO_ACTIONS
         self.dropped_packets += 1

@@ -20,6 +20,7 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.core.journal import Journal
 from dispatcher.core.policies import Policy
 from dispatcher.core.session import Session
+from dispatcher.metrics.stats import RuntimeStats
 from dispatcher.sessions.directory import SessionDirectory
 from dispatcher.sessions.overload import LoopLag
 from dispatcher.sessions.pool import CommanderPool, PoolSlot
@@ -61,8 +62,9 @@ class StreamSessions(Protocol):
 class SessionManager(SessionDirectory):
     """Implements `StreamSessions` and `SessionDirectory` for one dispatcher process."""
 
-    def __init__(self, config: DispatcherConfig, tools: ToolRegistry) -> None:
+    def __init__(self, config: DispatcherConfig, tools: ToolRegistry, stats: RuntimeStats | None = None) -> None:
         self._config = config
+        self.stats = stats or RuntimeStats()  # what ended sessions leave behind for the metrics
         self.hop = f"dispatcher:{config.server.instance}"
         self.registry = SessionRegistry(
             max_open=config.server.max_sessions,
@@ -89,6 +91,7 @@ class SessionManager(SessionDirectory):
             tool_cancel_grace_s=config.session.tool_cancel_grace_ms / 1000,
             on_ended=self._ended,
             abandoned=self.abandoned,
+            stats=self.stats,
         )
         self._draining = False
         self._none_open = asyncio.Event()  # set whenever the last open session ends

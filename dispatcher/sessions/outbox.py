@@ -55,6 +55,7 @@ class Outbox:
         "_sealed",
         "_urgent",
         "_writers",
+        "full_waits",
     )
 
     def __init__(self, capacity: int) -> None:
@@ -71,6 +72,7 @@ class Outbox:
         self._reader: asyncio.Future[None] | None = None
         self._writers: deque[asyncio.Future[None]] | None = None
         self._flushers: list[asyncio.Future[bool]] | None = None
+        self.full_waits = 0  # times a sender found the queue full and waited (a metric)
 
     def __len__(self) -> int:
         return len(self._queue) + (self._urgent is not None)
@@ -93,6 +95,7 @@ class Outbox:
                 self._queue.append(packet)
                 self._wake_reader()
                 return True
+            self.full_waits += 1
             waiter = asyncio.get_running_loop().create_future()
             if self._writers is None:
                 self._writers = deque()

@@ -65,6 +65,11 @@ class CommanderPool:
     def free_count(self) -> int:
         return len(self._free)
 
+    @property
+    def waiting_count(self) -> int:
+        """Callers waiting for a free commander now."""
+        return self._waiting
+
     def add(self, slot: PoolSlot) -> None:
         self._free[id(slot)] = slot
         self._changed.set()

@@ -32,13 +32,14 @@ from dispatcher.core.actions import Action, CancelTools, Delivery, EndStream, Re
 from dispatcher.core.journal import Journal
 from dispatcher.core.session import Session
 from dispatcher.core.snapshots import session_info
+from dispatcher.metrics.stats import RuntimeStats
 from dispatcher.sessions.approvals import Approvals, Decided, Decision, decide_response, run_once_approved
 from dispatcher.sessions.latch import Latch
 from dispatcher.sessions.outbox import Outbox, OutboxClosed
 from dispatcher.sessions.registry import EndedSession
 from dispatcher.sessions.timers import Timers
 from dispatcher.sessions.tool_tasks import ToolTasks
-from dispatcher.tools import PreparedCall, ToolExecutor, ToolOutcome
+from dispatcher.tools import PreparedCall, ToolErrorCode, ToolExecutor, ToolOutcome
 from shared import wire
 from shared.errors import NotFound
 from shared.model import StopInfo
@@ -66,8 +67,8 @@ class RunnerSettings:
     """What every runner of one dispatcher shares (built once by the manager)."""
 
     __slots__ = (
-        "abandoned", "approval_timeout_s", "executor", "max_tool_calls", "on_ended", "outbox_size", "timers",
-        "tool_cancel_grace_s",
+        "abandoned", "approval_timeout_s", "executor", "max_tool_calls", "on_ended", "outbox_size", "stats",
+        "timers", "tool_cancel_grace_s",
     )  # fmt: skip
 
     def __init__(
@@ -81,8 +82,10 @@ class RunnerSettings:
         tool_cancel_grace_s: float,
         on_ended: Callable[[EndedSession], None],
         abandoned: set[asyncio.Task[None]],
+        stats: RuntimeStats | None = None,
     ) -> None:
         self.executor = executor
+        self.stats = stats or RuntimeStats()
         self.approval_timeout_s = approval_timeout_s
         self.timers = timers
         self.outbox_size = outbox_size
@@ -99,7 +102,7 @@ class SessionRunner:
     __slots__ = (
         "__weakref__", "_approvals", "_armed", "_cleaning_up", "_ending_self", "_gone_reason", "_requests", "_settings",
         "_task", "_tools", "assignment", "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer",
-        "session_id", "settled", "started_by",
+        "session_id", "settled", "started_by", "unsent",
     )  # fmt: skip
 
     def __init__(
@@ -121,6 +124,7 @@ class SessionRunner:
         self.started_by = started_by  # "<kind>:<name>" when started through the control API
         self.assignment = assignment
         self.packets_out: dict[str, int] = {}  # by DownstreamPacket signal name, as written
+        self.unsent = 0  # downstream packets decided but never written (a stop went first, the stream ended)
         self.outbox = Outbox(settings.outbox_size)
         if assignment is not None:  # a pool stream: the assignment goes down before anything else
             self.outbox.put_nowait(wire.pb.DownstreamPacket(assignment=assignment))
@@ -196,6 +200,8 @@ class SessionRunner:
         """The handler wrote `packet`: only now is a tool result delivered (and journaled)."""
         self.outbox.written()
         kind = packet.WhichOneof("signal") or "none"
+        if self.done.is_set():  # already folded into the metrics (the last Ack, the stop)
+            self._settings.stats.packet_written_after_end(kind)
         self.packets_out[kind] = self.packets_out.get(kind, 0) + 1
         if kind == "tool_result":
             self.machine.journal.append("tool_result", packet.tool_result)
@@ -291,6 +297,14 @@ class SessionRunner:
         self.outbox.finish()
         self.machine.journal.close()
         self.done.set()
+        self._settings.stats.session_ended(
+            outcome,
+            packets_in=self.machine.packets_in,
+            packets_out=self.packets_out,
+            dropped_in=self.machine.dropped_packets,
+            unsent=self.unsent,
+            outbox_full=self.outbox.full_waits,
+        )
         self._settings.on_ended(
             EndedSession(
                 session_id=self.session_id,
@@ -392,6 +406,10 @@ class SessionRunner:
 
     def _dropped(self, packets: Sequence[wire.pb.DownstreamPacket]) -> None:
         """Packets decided but never written (a stop went first, or the stream ended)."""
+        if self.done.is_set():
+            self._settings.stats.dropped["unsent"] = self._settings.stats.dropped.get("unsent", 0) + len(packets)
+        else:
+            self.unsent += len(packets)
         for packet in packets:
             if packet.HasField("tool_result"):
                 self.machine.journal.append("tool_result_dropped", packet.tool_result)
@@ -413,6 +431,7 @@ class SessionRunner:
         prepared = executor.prepare(action.call_id, action.tool_name, action.arguments_json, action.timeout_s)
         if isinstance(prepared, ToolOutcome):  # answered at once: unknown, invalid or inline
             _log_outcome(prepared)
+            self._count_tool(prepared)
             await self._apply(self.machine.on_tool_done(action.call_id, tool_result_to_wire(prepared), _clock()))
             return
         tools = self._tools
@@ -447,6 +466,7 @@ class SessionRunner:
             else:
                 outcome = await self._settings.executor.run(prepared)
             _log_outcome(outcome)
+            self._count_tool(outcome)
             await self._apply(self.machine.on_tool_done(action.call_id, tool_result_to_wire(outcome), _clock()))
             self._rearm_timer()
         except Exception:  # a bug of ours around the call (the executor catches the tool's own)
@@ -454,8 +474,16 @@ class SessionRunner:
             log.exception("session.crashed", ref=reference)
             self._apply_nowait(self.machine.on_crash(reference))
 
+    def _count_tool(self, outcome: ToolOutcome) -> None:
+        code = outcome.error_code
+        # A name the registry does not know comes from the peer: never a label value of its own.
+        tool = "(unknown)" if code is ToolErrorCode.UNKNOWN_TOOL else outcome.tool_name
+        self._settings.stats.tool_call_done(tool, code.value if code else "ok", outcome.execution_time_us / 1e6)
+
     def _tool_unfinished(self, call_id: str, tool_name: str, reason: str) -> None:
         """A call ended without a result (cancelled, or abandoned): the journal says so."""
+        outcome = "abandoned" if reason.startswith("abandoned") else "cancelled"  # see ToolTasks
+        self._settings.stats.tool_call_done(tool_name, outcome, 0.0)
         error = wire.pb.ToolError(code=wire.pb.TOOL_ERROR_CODE_CANCELLED, message=reason)
         self.machine.journal.append(
             "tool_result_dropped", wire.pb.ToolCallResult(tool_name=tool_name, call_id=call_id, error=error)

@@ -110,7 +110,7 @@ function runSession(spec, client, offsetS, probeOffsetS, sessionId) {
     call.on('data', (packet) => {
       if (packet.tool_result && probeOut) {
         if (probeSentAt >= started + spec.warmup_s) sample(monotonicS() - probeSentAt);
-        if (trace) trace.push(`${probeSentAt.toFixed(4)} ${((monotonicS() - probeSentAt) * 1000).toFixed(2)}`);
+        if (trace) trace.push(`${probeSentAt.toFixed(4)} ${((monotonicS() - probeSentAt) * 1000).toFixed(2)}\n`);
         tally.calls += 1;
         probeOut = false;
       }
@@ -203,7 +203,7 @@ async function main() {
 
   function finish(cutShort) {
     for (const client of clients) client.close();
-    if (trace) require('node:fs').writeFileSync(`${process.env.SEED_TRACE}.${process.pid}`, trace.join('\n'));
+    if (trace) require('node:fs').writeFileSync(`${process.env.SEED_TRACE}.${process.pid}`, trace.join(''));
     process.stdout.write(`${JSON.stringify({ event: 'result', ...tally, cut_short: cutShort })}\n`);
     process.exit(0);
   }

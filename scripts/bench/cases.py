@@ -56,6 +56,9 @@ METHODS = [
     "fast as grpc.aio lets them, then is_finish and half-close; packets / (first write -> last stream "
     "end, after the final Ack covering every seq). Server CPU per packet = the server's user+system CPU "
     "over the whole loader run (including session open/close) / packets.",
+    "1m. metrics on / off: case 1 with two servers that are both ours: `dispatcher serve` with "
+    "--metrics-listen 127.0.0.1:0 (never scraped; in the `ours` column) and without it (in the `bare` column), "
+    "so the ratio is what the counting costs (`python -m scripts.bench --only metrics`).",
     "2. tool round trip: each session calls `echo` one call at a time; latency = call written -> "
     "ToolCallResult read (both servers also send an Ack per call); calls/s over the window.",
     "3. stop latency: agents stream tokens at 50 tokens/s in bursts of 1-8 (or as fast as the outbox takes "
@@ -96,12 +99,20 @@ METHODS = [
 
 
 def upstream_throughput(ctx: Context) -> None:
+    _throughput(ctx, "1. upstream", ("ours", "baseline"), Target("≥ 0.8×", 0.8))
+
+
+def metrics_cost(ctx: Context) -> None:
+    """Case 1 again, ours with --metrics-listen (the `ours` column) against ours without it (the
+    `baseline` column): the ratio is the counting's cost (issue target: at most 3 %)."""
+    _throughput(ctx, "1m. upstream, metrics on / off", ("ours-metrics", "ours-plain"), Target("≥ 0.97×", 0.97))
+
+
+def _throughput(ctx: Context, section: str, kinds: tuple[str, str], target: Target) -> None:
     plan, budget = ctx.plan, Budget(ctx.plan.case_budget_s)
     sizes = plan.throughput_sessions
-    rates = {
-        n: Figure("1. upstream", sessions_text(n), "packets/s", "higher", target=Target("≥ 0.8×", 0.8)) for n in sizes
-    }
-    cpu = {n: Figure("1. upstream", f"server CPU per packet, {sessions_text(n)}", "µs", "lower") for n in sizes}
+    rates = {n: Figure(section, sessions_text(n), "packets/s", "higher", target=target) for n in sizes}
+    cpu = {n: Figure(section, f"server CPU per packet, {sessions_text(n)}", "µs", "lower") for n in sizes}
     errors: list[str] = []
 
     def measure(rep: int, kind: str, server: Server) -> None:
@@ -126,7 +137,7 @@ def upstream_throughput(ctx: Context) -> None:
                 getattr(cpu[n], side(kind)).append(cpu_used / merged["packets"] * 1e6)
             rates[n].details.append({"rep": rep, "kind": kind, **summary_detail(merged)})
 
-    each_server(ctx, budget, errors, measure)
+    each_server(ctx, budget, errors, measure, kinds=kinds)
     for n in sizes:
         rates[n].errors += errors
         ctx.emit(rates[n])
@@ -340,6 +351,7 @@ def serialization(ctx: Context) -> None:
 
 CASES: dict[str, Callable[[Context], None]] = {
     "throughput": upstream_throughput,
+    "metrics": metrics_cost,
     "tool": tool_round_trip,
     "stop": stop_latency,
     "capacity": capacity,

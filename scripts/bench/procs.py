@@ -99,6 +99,10 @@ def _extra_dispatcher_args() -> list[str]:
 
 def _server_command(kind: str, ready: Path, defaults: bool = False) -> list[str]:
     loop_flag = ["--uvloop"] if use_uvloop() else ["--no-uvloop"]
+    if kind == "ours-metrics":  # the metrics case: ours with --metrics-listen (never scraped)
+        return [*_server_command("ours", ready), "--metrics-listen", "127.0.0.1:0"]
+    if kind == "ours-plain":  # the metrics case's other column: ours as always
+        return _server_command("ours", ready)
     if kind == "ours" and defaults:
         # As an operator starts it: every limit and timer at its default (only the port is chosen).
         return [

@@ -65,8 +65,8 @@ def sessions_text(n: int) -> str:
     return f"{n:,} session" + ("" if n == 1 else "s")
 
 
-def kinds_in_order(rep: int) -> tuple[str, ...]:
-    return KINDS if rep % 2 == 0 else KINDS[::-1]
+def kinds_in_order(rep: int, kinds: tuple[str, ...] = KINDS) -> tuple[str, ...]:
+    return kinds if rep % 2 == 0 else kinds[::-1]
 
 
 def loaders_for(sessions: int) -> int:
@@ -136,6 +136,7 @@ def each_server(
     errors: list[str],
     measure: Callable[[int, str, Server], None],
     reps: int | None = None,
+    kinds: tuple[str, ...] = KINDS,
     defaults: bool = False,
 ) -> None:
     """`measure(rep, kind, server)` against a fresh server of each kind, repetition by repetition
@@ -143,7 +144,7 @@ def each_server(
     run that fails (RuntimeError), is noted in `errors` and the case goes on. `defaults`: ours runs
     with its default settings instead of the bench's limits-off flags."""
     for rep in range(ctx.plan.reps if reps is None else reps):
-        for kind in servers(ctx, rep, budget, errors):
+        for kind in servers(ctx, rep, budget, errors, kinds):
             try:
                 with running_server(kind, ctx.workdir, defaults=defaults) as server:
                     measure(rep, kind, server)
@@ -151,9 +152,9 @@ def each_server(
                 errors.append(f"{kind}: {exc}")
 
 
-def servers(ctx: Context, rep: int, budget: Budget, errors: list[str]) -> Iterator[str]:
+def servers(ctx: Context, rep: int, budget: Budget, errors: list[str], kinds: tuple[str, ...] = KINDS) -> Iterator[str]:
     """The server kinds of one repetition, in this repetition's order, while the budget lasts."""
-    for kind in kinds_in_order(rep):
+    for kind in kinds_in_order(rep, kinds):
         if budget.expired():
             errors.append(f"case budget of {ctx.plan.case_budget_s:g} s spent: rep {rep + 1} {kind} skipped")
             continue
@@ -161,7 +162,8 @@ def servers(ctx: Context, rep: int, budget: Budget, errors: list[str]) -> Iterat
 
 
 def side(kind: str) -> str:
-    return "ours" if kind == "ours" else "baseline"
+    """Which column a server's figures go in: `ours` (or, in the metrics case, ours with metrics on)."""
+    return "ours" if kind in ("ours", "ours-metrics") else "baseline"
 
 
 def paced_spec(

@@ -351,9 +351,9 @@ def test_stop_lines_say_how_it_went_first() -> None:
     )
     ended = answer(
         ctl.STOP_RESULT_ALREADY_ENDED,
-        outcome=ctl.SessionOutcome(state=ctl.SESSION_STATE_FINISHED, reason="is_finish"),
+        outcome=ctl.SessionOutcome(state=ctl.SESSION_STATE_FINISHED, reason="finished"),
     )
-    assert stop_line(ended) == "already ended sess-1: FINISHED (is_finish)"
+    assert stop_line(ended) == "already ended sess-1: FINISHED (finished)"
     failed = StopAnswer("sess-2", None, CtlError("no session sess-2 on x", EXIT_NOT_FOUND), 1.0)
     assert stop_line(failed) == "failed sess-2: no session sess-2 on x"
     assert stop_json(failed) == {"session_id": "sess-2", "error": "no session sess-2 on x", "exit_code": 4}

@@ -153,7 +153,7 @@ async def test_a_half_close_is_told_from_a_killed_call_by_the_write_of_the_final
     assert clean.runner.outcome is not None and clean.runner.outcome.state is SessionState.FINISHED
     assert [a.seq for a in clean.wire_of("ack")][-1] == 2
     assert killed.runner.outcome is not None and killed.runner.outcome.state is SessionState.CANCELLED
-    assert killed.runner.outcome.reason != "commander half-closed without is_finish"
+    assert killed.runner.outcome.reason != "commander half-closed without finishing"
 
 
 @pytest.mark.parametrize("queued", [2, 6], ids=["outbox-not-full", "outbox-full"])

@@ -76,8 +76,8 @@ def test_flags_override_env_and_toml(tmp_path: Path) -> None:
 
 
 def test_empty_tuple_flag_means_not_given() -> None:
-    config = load(env={"DISPATCHER_BLOCK_PATTERN": "x,y"}, policy__block_patterns=())
-    assert config.policy.block_patterns == ("x", "y")
+    config = load(env={"DISPATCHER_APPROVE": "x,y"}, tools__approve=())
+    assert config.tools.approve == ("x", "y")
 
 
 def test_false_bool_flag_is_given() -> None:
@@ -108,12 +108,36 @@ def test_base_config_is_the_starting_point() -> None:
     ids=["comma-list", "single", "empty", "json-list", "json-empty"],
 )
 def test_tuple_setting_from_env(raw: str, expected: tuple[str, ...]) -> None:
-    assert load(env={"DISPATCHER_BLOCK_PATTERN": raw}).policy.block_patterns == expected
+    assert load(env={"DISPATCHER_APPROVE": raw}).tools.approve == expected
 
 
 def test_bad_json_list_in_env_is_config_error() -> None:
-    with pytest.raises(ConfigError, match="DISPATCHER_BLOCK_PATTERN"):
-        load(env={"DISPATCHER_BLOCK_PATTERN": '["unterminated'})
+    with pytest.raises(ConfigError, match="DISPATCHER_APPROVE"):
+        load(env={"DISPATCHER_APPROVE": '["unterminated'})
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("(?i)launch codes", ("(?i)launch codes",)),
+        ("a{1,3}b", ("a{1,3}b",)),  # the comma is the regex's own
+        ("(x|y),z", ("(x|y),z",)),
+        ('["a{1,3}", "launch, codes"]', ("a{1,3}", "launch, codes")),  # several: a JSON list
+        ("[Ll]aunch codes", ("[Ll]aunch codes",)),  # starts like JSON, is a pattern
+        ("", ()),
+    ],
+    ids=["plain", "quantifier", "comma", "json-list", "char-class", "empty"],
+)
+def test_a_block_pattern_from_env_keeps_its_commas(raw: str, expected: tuple[str, ...]) -> None:
+    config = load(env={"DISPATCHER_BLOCK_PATTERN": raw})
+    assert config.policy.block_patterns == expected
+
+
+def test_a_block_pattern_in_a_toml_string_keeps_its_commas(tmp_path: Path) -> None:
+    path = tmp_path / "d.toml"
+    path.write_text('[policy]\nblock_patterns = "a{1,3}"\n')
+    config = load_config(DispatcherConfig, env_prefix=PREFIX, toml_path=path, environ={})
+    assert config.policy.block_patterns == ("a{1,3}",)
 
 
 @pytest.mark.parametrize(
@@ -210,7 +234,7 @@ def test_config_constructors_raise_value_error() -> None:
 
 def test_describe_lists_every_section() -> None:
     described = describe(DispatcherConfig())
-    assert set(described) == {"server", "keepalive", "session", "policy", "pool", "auth", "tools", "log"}
+    assert set(described) == {"server", "keepalive", "session", "policy", "pool", "auth", "tools", "log", "metrics"}
     assert described["server"]["listen"] == "127.0.0.1:50051"
 
 
