@@ -75,8 +75,8 @@ class RuntimeStats:
         self.tool_calls: dict[tuple[str, str], int] = {}  # (tool, outcome)
         self.watchers = 0
         self.watchers_cut_off = 0
-        # Token usage, for the branch that adds a Usage packet: call `add_usage` from where it
-        # is received; the exporter shows dispatcher_tokens_total{kind} once there are any.
+        # Token usage from the commanders' Usage packets, added when each session ends (the
+        # runner); the exporter shows dispatcher_tokens_total{kind} once there are any.
         self.tokens: dict[str, int] = {}
 
     def session_ended(

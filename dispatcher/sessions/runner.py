@@ -305,6 +305,12 @@ class SessionRunner:
             unsent=self.unsent,
             outbox_full=self.outbox.full_waits,
         )
+        usage = self.machine.usage
+        if usage is not None:  # counted once the session ends, like its packets
+            stats = self._settings.stats
+            stats.add_usage("prompt", usage.prompt_tokens)
+            stats.add_usage("completion", usage.completion_tokens)
+            stats.add_usage("reasoning", usage.reasoning_tokens)
         self._settings.on_ended(
             EndedSession(
                 session_id=self.session_id,

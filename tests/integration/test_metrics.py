@@ -272,3 +272,24 @@ async def test_a_commander_that_does_not_read_shows_as_outbox_full() -> None:
     assert after.get("dispatcher_outbox_full_total") >= live.get("dispatcher_outbox_full_total")
     assert after.get("dispatcher_tool_calls_total", tool="echo", outcome="ok") == calls
     assert after.get("dispatcher_packets_sent_total", kind="tool_result") == calls
+
+
+async def test_token_usage_is_counted_by_kind_when_the_session_ends() -> None:
+    async with running_dispatcher(metrics_config()) as d, grpc.aio.insecure_channel(d.address) as ch:
+        assert d.metrics is not None
+        raw = RawSession(ch)
+        await raw.hello("u-1")
+        for seq, (prompt, completion, reasoning) in enumerate([(100, 20, 5), (130, 7, 0)], start=2):
+            usage = wire.pb.Usage(
+                prompt_tokens=prompt, completion_tokens=completion, reasoning_tokens=reasoning, model="m"
+            )
+            await raw.send(wire.pb.UpstreamPacket(seq=seq, usage=usage))
+        await raw.content(4, "done", is_finish=True)
+        await raw.call.done_writing()
+        code, _, _ = await raw.status()
+        assert code is grpc.StatusCode.OK
+        await wait_until(lambda: d.sessions.registry.open_count == 0, "the session ended")
+        after = await scrape(d.metrics.address)
+    assert after.get("dispatcher_tokens_total", kind="prompt") == 230
+    assert after.get("dispatcher_tokens_total", kind="completion") == 27
+    assert after.get("dispatcher_tokens_total", kind="reasoning") == 5
