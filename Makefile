@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency model-stop-latency deploy-check node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick
+.PHONY: system-deps help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency model-stop-latency deploy-check node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -85,6 +85,20 @@ BUF        := $(NODE_DIR)/node_modules/.bin/buf
 $(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
 	cd $(NODE_DIR) && npm ci --ignore-scripts --no-audit --no-fund
 	touch $(NODE_STAMP)
+
+# Debian packages the tests drive, installed only when missing (CI runs as root on a fresh machine):
+# chromium for the gateway console's browser test (Playwright cannot download a browser here),
+# promtool (package prometheus) for deploy-check.
+APT_INSTALL = env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
+
+system-deps:  ## apt-get install the Debian packages the tests need (chromium, prometheus) when missing
+	@as_root=""; [ "$$(id -u)" -eq 0 ] || as_root="sudo"; updated=""; \
+	for tool in chromium:chromium promtool:prometheus; do \
+		command -v $${tool%%:*} >/dev/null && continue; \
+		[ -n "$$updated" ] || { $$as_root apt-get update -qq && updated=1; }; \
+		if [ $${tool##*:} = prometheus ]; then extra=--no-install-recommends; else extra=""; fi; \
+		$$as_root $(APT_INSTALL) $$extra $${tool##*:}; \
+	done
 
 node-deps: $(NODE_STAMP)  ## npm ci in interop/node (buf, @grpc/grpc-js); reruns when the lockfile changes
 

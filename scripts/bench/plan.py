@@ -26,7 +26,7 @@ class Plan:
     memory_sessions: tuple[int, ...]
     serialization_number: int  # timeit calls per measurement
     case_budget_s: float  # a case stops starting new runs after this long (it reports what it has)
-    seed_steps: tuple[int, ...] = (100, 200, 400)  # seed-era sessions per step (case 7)
+    seed_steps: tuple[int, ...] = (100, 200, 400, 800)  # seed-era sessions per step (case 7)
     seed_session_s: float = 4.0  # how long each seed-era session streams before is_finish
     tokens_per_s: float = 50.0
     capacity_tool_every_s: float = 3.0
