@@ -210,7 +210,7 @@ def test_config_constructors_raise_value_error() -> None:
 
 def test_describe_lists_every_section() -> None:
     described = describe(DispatcherConfig())
-    assert set(described) == {"server", "keepalive", "session", "policy", "pool", "auth", "tools", "log"}
+    assert set(described) == {"server", "keepalive", "session", "policy", "pool", "auth", "tools", "log", "tls"}
     assert described["server"]["listen"] == "127.0.0.1:50051"
 
 

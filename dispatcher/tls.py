@@ -1,0 +1,173 @@
+"""TLS and mutual TLS for the dispatcher's ports, with certificates that rotate without a restart.
+
+grpc reads the server's certificate material through a *fetcher* that the C core calls on every
+new connection (`grpc.dynamic_ssl_server_credentials`): returning None keeps what it has, a new
+`ServerCertificateConfiguration` is used from that handshake on. Connections already open keep
+the certificate they were made with. Our fetcher looks at the files' (mtime, size, inode) — a few
+`stat` calls per new connection, never per message — and reloads when they changed or when SIGHUP
+asked for it (`request_reload`). A half-written or mismatched pair (a rotation caught in the middle)
+is logged once and the previous material stays in use; the next connection tries again.
+
+The fetcher runs on a grpc core thread holding the GIL: it must not touch the event loop, and
+it does not (plain file reads and a flag).
+
+With `--tls-require-client-cert` every connection must present a certificate that
+`--tls-client-ca` verifies (grpc Python can require and verify a client certificate, or not ask
+for one; it cannot ask for an optional one). The certificate's identity then names the caller
+(`dispatcher/auth.py`, `x509:` principals).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import structlog
+from cryptography import x509
+
+from dispatcher.peer_cert import own_leaf
+
+__all__ = ["CertificateReloader", "TlsMaterial", "exposure_problem", "is_loopback", "read_material"]
+
+log = structlog.get_logger("dispatcher.tls")
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """One consistent read of the files: the chain, its key and (mTLS) the client roots."""
+
+    cert_chain: bytes
+    private_key: bytes
+    client_ca: bytes | None
+
+
+def _check_pem(data: bytes, marker: bytes, path: str, what: str) -> None:
+    if b"-----BEGIN " not in data or marker not in data:
+        raise ValueError(f"{path} is not a PEM {what}")
+
+
+def read_material(cert_file: str, key_file: str, client_ca_file: str = "") -> TlsMaterial:
+    """Read the PEM files; ValueError naming the file when one is missing or not PEM."""
+    try:
+        chain = Path(cert_file).read_bytes()
+        key = Path(key_file).read_bytes()
+        roots = Path(client_ca_file).read_bytes() if client_ca_file else None
+    except OSError as exc:
+        raise ValueError(f"cannot read TLS file {exc.filename}: {exc.strerror or exc}") from exc
+    _check_pem(chain, b"CERTIFICATE", cert_file, "certificate")
+    _check_pem(key, b"PRIVATE KEY", key_file, "private key")
+    if roots is not None:
+        _check_pem(roots, b"CERTIFICATE", client_ca_file, "CA certificate")
+    return TlsMaterial(chain, key, roots)
+
+
+def _signature(paths: tuple[str, ...]) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append((-1, -1, -1))
+        else:
+            out.append((st.st_mtime_ns, st.st_size, st.st_ino))
+    return tuple(out)
+
+
+class CertificateReloader:
+    """The fetcher behind the server credentials; one per process, shared by its ports."""
+
+    def __init__(self, cert_file: str, key_file: str, client_ca_file: str = "", *, require_client_cert: bool = False):
+        self._paths = tuple(p for p in (cert_file, key_file, client_ca_file) if p)
+        self._files = (cert_file, key_file, client_ca_file)
+        self._require = require_client_cert
+        self._lock = threading.Lock()  # the fetcher runs on grpc's threads, reload requests on the loop
+        self.material = read_material(*self._files)  # a start-up error when unreadable
+        self._seen = _signature(self._paths)
+        self._forced = False
+        self.reloads = 0  # material handed to grpc after start-up (tests and logs read it)
+
+    def request_reload(self) -> None:
+        """Reread the files for the next connection even if they look unchanged (SIGHUP)."""
+        with self._lock:
+            self._forced = True
+        log.info("tls.reload_requested", files=list(self._paths))
+
+    def own_leaf(self) -> bytes:
+        """Our certificate (the chain's first), as peer_cert compares it."""
+        return own_leaf(self.material.cert_chain)
+
+    def peer_name(self) -> str | None:
+        """The name members check each other's certificate against when dialling 127.0.0.1:
+        None when the certificate covers 127.0.0.1 itself, else its first DNS name."""
+        return _dial_name(self.material.cert_chain)
+
+    def credentials(self) -> grpc.ServerCredentials:
+        return grpc.dynamic_ssl_server_credentials(
+            self._configuration(self.material),
+            self._fetch,  # type: ignore[arg-type]  # grpc documents None as "keep the current one"
+            require_client_authentication=self._require,
+        )
+
+    def _configuration(self, material: TlsMaterial) -> grpc.ServerCertificateConfiguration:
+        return grpc.ssl_server_certificate_configuration(
+            [(material.private_key, material.cert_chain)], root_certificates=material.client_ca
+        )
+
+    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """Called by grpc for each new connection: None = keep the current material."""
+        with self._lock:
+            signature = _signature(self._paths)
+            if signature == self._seen and not self._forced:
+                return None
+            try:
+                material = read_material(*self._files)
+                configuration = self._configuration(material)
+            except (ValueError, RuntimeError) as exc:  # mid-rotation: keep serving the old pair
+                self._seen = signature  # logged once per change of the files, tried again on the next
+                log.warning("tls.reload_failed", detail=str(exc))
+                return None
+            self._seen, self._forced = signature, False
+            if material == self.material:
+                return None
+            self.material = material
+            self.reloads += 1
+        log.info("tls.reloaded", files=list(self._paths), reloads=self.reloads)
+        return configuration
+
+
+def _dial_name(chain: bytes) -> str | None:
+    try:
+        certificate = x509.load_pem_x509_certificate(own_leaf(chain))
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (ValueError, x509.ExtensionNotFound):
+        return None
+    if ipaddress.ip_address("127.0.0.1") in names.get_values_for_type(x509.IPAddress):
+        return None
+    dns = names.get_values_for_type(x509.DNSName)
+    return dns[0] if dns else None
+
+
+def is_loopback(listen: str) -> bool:
+    """Whether HOST of HOST:PORT can only be reached from this machine."""
+    host = listen.rsplit(":", 1)[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name that may resolve to anything: treated as public
+
+
+def exposure_problem(listen: str, *, tls: bool, tokens: bool, allow_insecure: bool) -> str | None:
+    """Why serving `listen` like this is refused (one line), or None when it is fine."""
+    if tls or tokens or allow_insecure or is_loopback(listen):
+        return None
+    return (
+        f"refusing to serve {listen} in plaintext with no tokens: anyone who can reach it may open, watch and "
+        "stop every session, and bearer tokens would cross the network in clear. Give --tls-cert/--tls-key "
+        "and/or --tokens-file, listen on 127.0.0.1, or pass --allow-insecure"
+    )
