@@ -7,6 +7,7 @@ import random
 import signal
 import sys
 import threading
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -20,9 +21,11 @@ from commander.models import ScriptedAgent
 from commander.render import ConsoleRenderer, JsonRenderer
 from commander.session import SessionResult, run_session
 from commander.transport import open_channel
+from shared import tracing
 from shared.log import configure_logging
 from shared.model import SessionState
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, load_cli_config
+from shared.tls import channel_credentials, explain_connect_failure
 
 __all__ = ["main"]
 
@@ -66,12 +69,38 @@ def run(
     """
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
+    _prepare(config)
     renderer = JsonRenderer(quiet=quiet) if as_json else ConsoleRenderer(quiet=quiet)
-    result = anyio.run(_run, config, prompt, session_id, renderer)
+    try:
+        result = anyio.run(_run, config, prompt, session_id, renderer)
+    finally:
+        tracing.shutdown()  # the session's spans go out before the process does
     if result is None:  # a second signal cut the session short: there is no result to print
         sys.exit(EXIT_CANCELLED)
+    result = explain_transport_failure(result, config)
     renderer.result(result)
     sys.exit(exit_code(result))
+
+
+def _prepare(config: CommanderConfig) -> None:
+    """What can fail before any connection, as one usage line: the TLS files, the OTEL_* values."""
+    try:
+        if config.connection.uses_tls:
+            channel_credentials(config.connection.ca_file, config.connection.cert_file, config.connection.key_file)
+        tracing.configure("commander")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def explain_transport_failure(result: SessionResult, config: CommanderConfig) -> SessionResult:
+    """A session that never connected says why in words (a TLS mismatch, an untrusted certificate)."""
+    if result.status_code != "UNAVAILABLE":
+        return result
+    conn = config.connection
+    cause = explain_connect_failure(result.status_details, tls=conn.uses_tls, client_cert=bool(conn.cert_file))
+    if cause is None:
+        return result
+    return replace(result, reason=f"cannot reach dispatcher at {conn.target}: {cause}")
 
 
 async def _run(config: CommanderConfig, prompt: str, session_id: str | None, renderer: Any) -> SessionResult | None:
@@ -120,7 +149,12 @@ def serve(concurrency: int, config_file: str | None, log_level: str, **flags: An
     """  # fmt: skip
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
-    sys.exit(anyio.run(_serve, config, concurrency))
+    _prepare(config)
+    try:
+        status = anyio.run(_serve, config, concurrency)
+    finally:
+        tracing.shutdown()
+    sys.exit(status)
 
 
 async def _serve(config: CommanderConfig, concurrency: int) -> int:

@@ -28,6 +28,7 @@ from pathlib import Path
 import grpc
 import structlog
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from dispatcher.peer_cert import own_leaf
 
@@ -45,23 +46,34 @@ class TlsMaterial:
     client_ca: bytes | None
 
 
-def _check_pem(data: bytes, marker: bytes, path: str, what: str) -> None:
-    if b"-----BEGIN " not in data or marker not in data:
-        raise ValueError(f"{path} is not a PEM {what}")
+def _certificates(data: bytes, path: str) -> list[x509.Certificate]:
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError as exc:
+        raise ValueError(f"{path} is not a PEM certificate file: {exc}") from None
 
 
 def read_material(cert_file: str, key_file: str, client_ca_file: str = "") -> TlsMaterial:
-    """Read the PEM files; ValueError naming the file when one is missing or not PEM."""
+    """Read and check the PEM files: ValueError naming the file when one is missing, is not
+    PEM, or the key is not the certificate's (a rotation caught between two copies)."""
     try:
         chain = Path(cert_file).read_bytes()
         key = Path(key_file).read_bytes()
         roots = Path(client_ca_file).read_bytes() if client_ca_file else None
     except OSError as exc:
         raise ValueError(f"cannot read TLS file {exc.filename}: {exc.strerror or exc}") from exc
-    _check_pem(chain, b"CERTIFICATE", cert_file, "certificate")
-    _check_pem(key, b"PRIVATE KEY", key_file, "private key")
+    leaf = _certificates(chain, cert_file)[0]
+    try:
+        private_key = serialization.load_pem_private_key(key, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(f"{key_file} is not an unencrypted PEM private key: {exc}") from None
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if private_key.public_key().public_bytes(serialization.Encoding.PEM, public) != leaf.public_key().public_bytes(
+        serialization.Encoding.PEM, public
+    ):
+        raise ValueError(f"{key_file} is not the private key of {cert_file}")
     if roots is not None:
-        _check_pem(roots, b"CERTIFICATE", client_ca_file, "CA certificate")
+        _certificates(roots, client_ca_file)
     return TlsMaterial(chain, key, roots)
 
 
