@@ -100,9 +100,8 @@ class Dispatcher:
             _instrument_otel()
         server = self._build_server()
         host = config.server.listen.rsplit(":", 1)[0]
-        credentials = self.tls.credentials() if self.tls is not None else None
         try:
-            port = _add_port(server, config.server.listen, credentials)
+            port = _add_port(server, config.server.listen, self.tls)
         except RuntimeError as exc:  # grpc's word for "address in use / not available"
             raise OSError(f"cannot listen on {config.server.listen}: {exc}") from exc
         if port == 0:
@@ -111,7 +110,7 @@ class Dispatcher:
         # A group member also listens on a port of its own, so that the others can reach
         # *this* process (the shared port goes to whichever member the kernel picks). It
         # speaks TLS like the shared one: forwarded calls carry the callers' tokens.
-        member_address = f"127.0.0.1:{_add_port(server, '127.0.0.1:0', credentials)}" if self.peers else ""
+        member_address = f"127.0.0.1:{_add_port(server, '127.0.0.1:0', self.tls)}" if self.peers else ""
         timers = asyncio.get_running_loop().create_task(self.sessions.timers.run(), name="dispatcher:timers")
         try:
             # The MCP servers' tools are in the registry before the first session can ask for
@@ -210,10 +209,10 @@ async def _bounded(work: object) -> None:
         log.warning("dispatcher.close_timed_out", bound_s=_CLOSE_BOUND_S)
 
 
-def _add_port(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
-    if credentials is None:
+def _add_port(server: grpc.aio.Server, address: str, tls: CertificateReloader | None) -> int:
+    if tls is None:
         return server.add_insecure_port(address)
-    return server.add_secure_port(address, credentials)
+    return server.add_secure_port(address, tls.credentials())  # one credentials object per port
 
 
 def tls_reloader(config: DispatcherConfig) -> CertificateReloader | None:

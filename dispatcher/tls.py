@@ -118,9 +118,22 @@ class CertificateReloader:
         return _dial_name(self.material.cert_chain)
 
     def credentials(self) -> grpc.ServerCredentials:
+        """Credentials for one port (grpc takes each object for one port only); every port's
+        fetcher follows the same material."""
+        served = [self.reloads]  # what this port's grpc has: the reload count it was given
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            """Called by grpc for each new connection: None = keep the current material."""
+            with self._lock:
+                self._refresh()
+                if served[0] == self.reloads:
+                    return None
+                served[0] = self.reloads
+                return self._configuration(self.material)
+
         return grpc.dynamic_ssl_server_credentials(
             self._configuration(self.material),
-            self._fetch,  # type: ignore[arg-type]  # grpc documents None as "keep the current one"
+            fetch,  # type: ignore[arg-type]  # grpc documents None as "keep the current one"
             require_client_authentication=self._require,
         )
 
@@ -129,26 +142,28 @@ class CertificateReloader:
             [(material.private_key, material.cert_chain)], root_certificates=material.client_ca
         )
 
-    def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """Called by grpc for each new connection: None = keep the current material."""
-        with self._lock:
-            signature = _signature(self._paths)
-            if signature == self._seen and not self._forced:
-                return None
-            try:
-                material = read_material(*self._files)
-                configuration = self._configuration(material)
-            except (ValueError, RuntimeError) as exc:  # mid-rotation: keep serving the old pair
-                self._seen = signature  # logged once per change of the files, tried again on the next
-                log.warning("tls.reload_failed", detail=str(exc))
-                return None
-            self._seen, self._forced = signature, False
-            if material == self.material:
-                return None
+    def _refresh(self) -> None:
+        """Reread the files when they changed (or SIGHUP asked); called with the lock held."""
+        signature = _signature(self._paths)
+        if signature == self._seen and not self._forced:
+            return
+        self._seen, self._forced = signature, False
+        try:
+            material = read_material(*self._files)
+        except ValueError as exc:  # mid-rotation: keep serving the old pair, try again on the next change
+            log.warning("tls.reload_failed", detail=str(exc))
+            return
+        if material != self.material:
             self.material = material
             self.reloads += 1
-        log.info("tls.reloaded", files=list(self._paths), reloads=self.reloads)
-        return configuration
+            log.info("tls.reloaded", files=list(self._paths), reloads=self.reloads)
+
+    def check_files(self) -> bool:
+        """Check the files now, as a new connection would; True when the material changed (tests)."""
+        with self._lock:
+            before = self.reloads
+            self._refresh()
+            return self.reloads != before
 
 
 def _dial_name(chain: bytes) -> str | None:

@@ -4,15 +4,20 @@ serve plaintext on a public address, certificate rotation on SIGHUP."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import subprocess
 from pathlib import Path
 
+import grpc
 import pytest
 
+from shared import wire
+from shared.tls import channel_credentials
 from tests.certs import CertFiles, Pki
+from tests.conftest import WAIT_S, RawSession
 from tests.e2e.conftest import (
     BIN,
     DISPATCHER,
@@ -161,3 +166,67 @@ def test_plaintext_without_tokens_on_a_public_address_is_refused(tmp_path: Path)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=EXIT_TIMEOUT_S) == 0
+
+
+@pytest.mark.anyio
+async def test_a_worker_group_forwards_a_certificate_callers_identity_over_mutual_tls(
+    start_dispatcher: DispatcherFactory, pki: Pki, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"operator alice x509:{OPS_ID}\ncommander agent-7 x509:{AGENT_ID}\n")
+    peer_dir = tmp_path / "peers"
+    group = start_dispatcher(
+        "--workers", "2", "--peer-dir", str(peer_dir), *tls_flags(pki.server()),
+        "--tls-client-ca", str(pki.ca_file), "--tls-require-client-cert", "--tokens-file", str(tokens),
+        instance_id="grp",
+    )  # fmt: skip
+    wait_for(lambda: len(list(peer_dir.glob("*.addr"))) == 2, "both workers advertised")
+    members = {path.stem: path.read_text().strip() for path in peer_dir.glob("*.addr")}
+    ops, agent = pki.issue_uri("ops", OPS_ID), pki.issue_uri("agent", AGENT_ID)
+    channels: list[grpc.aio.Channel] = []
+    try:
+        held: dict[str, RawSession] = {}
+        for attempt in range(60):  # each new connection lands on either worker
+            channel = secure_channel(group.address, pki.ca_file, agent)
+            channels.append(channel)
+            raw = RawSession(channel)
+            worker = (await raw.hello(f"tls-{attempt}")).dispatcher_id.removeprefix("dispatcher:")
+            if worker in held:
+                raw.call.cancel()
+            else:
+                held[worker] = raw
+            if len(held) == 2:
+                break
+        assert set(held) == {"grp-w0", "grp-w1"}, held
+        w0_session = dict(await held["grp-w0"].call.initial_metadata())["x-session-id"]
+        # Asked on w1's own port, about w0's session: w1 forwards with its certificate and our identity.
+        async with secure_channel(members["grp-w1"], pki.ca_file, ops) as w1:
+            stub = wire.SessionControlServiceStub(w1)
+            found = await stub.GetSession(wire.ctl.GetSessionRequest(session_id=w0_session), timeout=WAIT_S)
+            assert found.session.dispatcher_id == "dispatcher:grp-w0"
+            listed = await stub.ListSessions(wire.ctl.ListSessionsRequest(), timeout=WAIT_S)
+            assert {s.commander for s in listed.sessions} == {"agent-7"}
+            assert w0_session in {s.session_id for s in listed.sessions}  # merged from both workers
+            stopping = asyncio.ensure_future(
+                stub.StopSession(wire.ctl.StopSessionRequest(session_id=w0_session, reason="from w1"), timeout=WAIT_S)
+            )
+            raw = held["grp-w0"]
+            stop = (await raw.recv_kind("stop")).stop
+            assert list(stop.path) == ["operator:alice", "dispatcher:grp-w0"]  # the caller, not the member
+            await raw.send(wire.pb.UpstreamPacket(seq=2, stop_confirm=wire.pb.StopConfirm(stop_id=stop.stop_id)))
+            assert (await stopping).result == wire.ctl.STOP_RESULT_CONFIRMED
+        # The commander's certificate may not, forwarded or not.
+        async with secure_channel(members["grp-w1"], pki.ca_file, agent) as w1:
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await wire.SessionControlServiceStub(w1).GetSession(
+                    wire.ctl.GetSessionRequest(session_id=w0_session), timeout=WAIT_S
+                )
+            assert caught.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
+def secure_channel(address: str, ca: Path, client: CertFiles) -> grpc.aio.Channel:
+    credentials = channel_credentials(str(ca), str(client.cert), str(client.key))
+    return grpc.aio.secure_channel(address, credentials, options=[("grpc.use_local_subchannel_pool", 1)])

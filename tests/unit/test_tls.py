@@ -23,14 +23,14 @@ def pki(tmp_path: Path) -> Pki:
 def test_the_reloader_hands_grpc_new_material_only_when_the_files_change(pki: Pki) -> None:
     server = pki.server()
     reloader = CertificateReloader(str(server.cert), str(server.key))
-    assert reloader._fetch() is None  # unchanged: grpc keeps what it has
+    assert not reloader.check_files()  # unchanged: grpc keeps what it has
     renewed = pki.server("renewed")
     server.key.write_bytes(renewed.key.read_bytes())  # half-way through a rotation: key and cert disagree
-    assert reloader._fetch() is None and reloader.reloads == 0
+    assert not reloader.check_files() and reloader.reloads == 0
     server.cert.write_bytes(renewed.cert.read_bytes())
-    assert reloader._fetch() is not None and reloader.reloads == 1
+    assert reloader.check_files() and reloader.reloads == 1
     assert reloader.material.cert_chain == renewed.cert.read_bytes()
-    assert reloader._fetch() is None
+    assert not reloader.check_files()
 
 
 def test_sighup_rereads_files_that_look_unchanged(pki: Pki) -> None:
@@ -40,9 +40,9 @@ def test_sighup_rereads_files_that_look_unchanged(pki: Pki) -> None:
     server.cert.write_bytes(renewed.cert.read_bytes())
     server.key.write_bytes(renewed.key.read_bytes())
     reloader._seen = _signature((str(server.cert), str(server.key)))  # as if times and sizes were kept
-    assert reloader._fetch() is None
+    assert not reloader.check_files()
     reloader.request_reload()
-    assert reloader._fetch() is not None and reloader.reloads == 1
+    assert reloader.check_files() and reloader.reloads == 1
 
 
 def test_unreadable_or_mismatched_files_are_one_line_errors(pki: Pki, tmp_path: Path) -> None:
