@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -227,15 +228,18 @@ def tls_reloader(config: DispatcherConfig) -> CertificateReloader | None:
 def peer_dialer(config: DispatcherConfig, reloader: CertificateReloader | None) -> Callable[[str], grpc.aio.Channel]:
     """How this member dials the others: in plaintext, or with TLS (and its own certificate as
     the client certificate under mutual TLS), each member's certificate checked against
-    --tls-client-ca (else the system roots) under the name the certificate itself carries."""
+    --tls-peer-ca, else --tls-client-ca, else the system roots, under the name the certificate
+    itself carries."""
     if reloader is None:
         return grpc.aio.insecure_channel
     require_client_cert = config.tls.require_client_cert
+    peer_roots = Path(config.tls.peer_ca_file).read_bytes() if config.tls.peer_ca_file else None  # OSError: exit 2
 
     def dial(address: str) -> grpc.aio.Channel:
         material = reloader.material  # the current pair, for this new channel
+        roots = peer_roots or material.client_ca
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=material.client_ca,
+            root_certificates=roots,
             private_key=material.private_key if require_client_cert else None,
             certificate_chain=material.cert_chain if require_client_cert else None,
         )

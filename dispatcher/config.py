@@ -308,6 +308,12 @@ class TlsConfig:
         "certificate's identity (SAN) can be a principal in the tokens file",
         flag="tls-require-client-cert",
     )
+    peer_ca_file: str = setting(
+        "",
+        "PEM roots the members of a --workers group verify each other's certificate with (default: "
+        "--tls-client-ca, else the system roots)",
+        flag="tls-peer-ca",
+    )
     allow_insecure: bool = setting(
         False,
         "serve a non-loopback address in plaintext with no tokens anyway (refused otherwise)",

@@ -168,6 +168,49 @@ def test_plaintext_without_tokens_on_a_public_address_is_refused(tmp_path: Path)
         assert proc.wait(timeout=EXIT_TIMEOUT_S) == 0
 
 
+async def sessions_on_both_workers(
+    address: str, ca: Path, client: CertFiles | None, channels: list[grpc.aio.Channel]
+) -> dict[str, RawSession]:
+    held: dict[str, RawSession] = {}
+    for attempt in range(60):  # each new connection lands on either worker: 60 misses cannot happen
+        channel = secure_channel(address, ca, client)
+        channels.append(channel)
+        raw = RawSession(channel)
+        worker = (await raw.hello(f"tls-{attempt}")).dispatcher_id.removeprefix("dispatcher:")
+        if worker in held:
+            raw.call.cancel()
+        else:
+            held[worker] = raw
+        if len(held) == 2:
+            return held
+    raise AssertionError(f"60 connections all went to {list(held)}")
+
+
+@pytest.mark.anyio
+async def test_a_tls_worker_group_forwards_between_members(
+    start_dispatcher: DispatcherFactory, pki: Pki, tmp_path: Path
+) -> None:
+    peer_dir = tmp_path / "peers"
+    group = start_dispatcher(
+        "--workers", "2", "--peer-dir", str(peer_dir), *tls_flags(pki.server()), "--tls-peer-ca", str(pki.ca_file),
+        instance_id="grp",
+    )  # fmt: skip
+    wait_for(lambda: len(list(peer_dir.glob("*.addr"))) == 2, "both workers advertised")
+    members = {path.stem: path.read_text().strip() for path in peer_dir.glob("*.addr")}
+    channels: list[grpc.aio.Channel] = []
+    try:
+        held = await sessions_on_both_workers(group.address, pki.ca_file, None, channels)
+        w0_session = dict(await held["grp-w0"].call.initial_metadata())["x-session-id"]
+        async with secure_channel(members["grp-w1"], pki.ca_file, None) as w1:
+            found = await wire.SessionControlServiceStub(w1).GetSession(
+                wire.ctl.GetSessionRequest(session_id=w0_session), timeout=WAIT_S
+            )
+        assert found.session.dispatcher_id == "dispatcher:grp-w0"
+    finally:
+        for channel in channels:
+            await channel.close()
+
+
 @pytest.mark.anyio
 async def test_a_worker_group_forwards_a_certificate_callers_identity_over_mutual_tls(
     start_dispatcher: DispatcherFactory, pki: Pki, tmp_path: Path
@@ -185,19 +228,7 @@ async def test_a_worker_group_forwards_a_certificate_callers_identity_over_mutua
     ops, agent = pki.issue_uri("ops", OPS_ID), pki.issue_uri("agent", AGENT_ID)
     channels: list[grpc.aio.Channel] = []
     try:
-        held: dict[str, RawSession] = {}
-        for attempt in range(60):  # each new connection lands on either worker
-            channel = secure_channel(group.address, pki.ca_file, agent)
-            channels.append(channel)
-            raw = RawSession(channel)
-            worker = (await raw.hello(f"tls-{attempt}")).dispatcher_id.removeprefix("dispatcher:")
-            if worker in held:
-                raw.call.cancel()
-            else:
-                held[worker] = raw
-            if len(held) == 2:
-                break
-        assert set(held) == {"grp-w0", "grp-w1"}, held
+        held = await sessions_on_both_workers(group.address, pki.ca_file, agent, channels)
         w0_session = dict(await held["grp-w0"].call.initial_metadata())["x-session-id"]
         # Asked on w1's own port, about w0's session: w1 forwards with its certificate and our identity.
         async with secure_channel(members["grp-w1"], pki.ca_file, ops) as w1:
@@ -227,6 +258,6 @@ async def test_a_worker_group_forwards_a_certificate_callers_identity_over_mutua
             await channel.close()
 
 
-def secure_channel(address: str, ca: Path, client: CertFiles) -> grpc.aio.Channel:
-    credentials = channel_credentials(str(ca), str(client.cert), str(client.key))
+def secure_channel(address: str, ca: Path, client: CertFiles | None) -> grpc.aio.Channel:
+    credentials = channel_credentials(str(ca), str(client.cert) if client else "", str(client.key) if client else "")
     return grpc.aio.secure_channel(address, credentials, options=[("grpc.use_local_subchannel_pool", 1)])
