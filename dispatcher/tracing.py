@@ -13,6 +13,7 @@ control service builds) or the commander's (ChatStream metadata); none = a new t
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -34,11 +35,14 @@ _FAILED_STATES = frozenset({"FAILED"})
 class SessionTrace:
     """The span of one session (only built when tracing is on)."""
 
-    __slots__ = ("_tracer", "span")
+    __slots__ = ("_started_ns", "_tracer", "span")
 
-    def __init__(self, tracer: trace.Tracer, span: trace.Span) -> None:
+    def __init__(self, tracer: trace.Tracer, span: trace.Span, started_ns: int) -> None:
         self._tracer = tracer
         self.span = span
+        # The journal's clock has milliseconds: what it recorded before this instant (the OPEN
+        # state change) is shown at the span's start, never before it.
+        self._started_ns = started_ns
 
     @classmethod
     def begin(
@@ -46,13 +50,15 @@ class SessionTrace:
     ) -> SessionTrace | None:
         if tracer is None:
             return None
+        started_ns = time.time_ns()
         span = tracer.start_span(
             "dispatcher.session",
             context=tracing.extract(parent),
             kind=SpanKind.SERVER,
             attributes={"session.id": session_id, **{f"session.{k}": v for k, v in attributes.items() if v}},
+            start_time=started_ns,
         )
-        return cls(tracer, span)
+        return cls(tracer, span, started_ns)
 
     def carrier(self) -> dict[str, str]:
         """This span's W3C context, for the Assignment (the commander's span becomes its child)."""
@@ -91,7 +97,7 @@ class SessionTrace:
             entry = journal.entry(seq)
             if entry is None:
                 continue
-            at_ns = entry.at_ms * _MS
+            at_ns = max(entry.at_ms * _MS, self._started_ns)
             if entry.kind in _EVENT_KINDS:
                 event = journal.event(seq)
                 assert event is not None

@@ -85,11 +85,14 @@ def configure(default_service_name: str, **attributes: str) -> bool:
     return True
 
 
-def install(provider: TracerProvider) -> None:
-    """Use `provider` for our spans (tests install one with an in-memory exporter)."""
+def install(provider: TracerProvider, *, set_global: bool = True) -> None:
+    """Use `provider` for our spans; `set_global` also makes it the process's global provider
+    (for opentelemetry-instrumentation-grpc, `--server-otel`), which can be set once per process.
+    Tests install one with an in-memory exporter, not globally, and `shutdown()` it after."""
     global _provider
     _provider = provider
-    trace.set_tracer_provider(provider)  # also for opentelemetry-instrumentation-grpc (--server-otel)
+    if set_global:
+        trace.set_tracer_provider(provider)
 
 
 def tracer(name: str) -> trace.Tracer | None:
