@@ -78,7 +78,12 @@ async def run_session(
     )
     shell = _Shell(machine, channel, conn, observer or Observer(), metadata, tracer, span)
     with structlog.contextvars.bound_contextvars(session_id=machine.session_id):
-        await shell.run(agent, cancel)
+        try:
+            await shell.run(agent, cancel)
+        except BaseException:  # our caller cancelled us: the span still ends, saying so
+            if shell.span is not None:
+                shell.span.abandon("run_session was cancelled")
+            raise
     result = machine.result(now=time.perf_counter(), packets_sent=shell.link.last_seq)
     if shell.span is not None:
         shell.span.end(result)

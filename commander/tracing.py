@@ -88,6 +88,12 @@ class SessionSpan:
         self.span.end()
 
 
+    def abandon(self, reason: str) -> None:
+        """End the span of a session that was cut short before it had a result."""
+        self.span.set_attribute("session.reason", reason)
+        self.span.end()
+
+
 @contextmanager
 def child_span(name: str, **attributes: Any) -> Iterator[trace.Span | None]:
     """A span under the current one (the session's while the agent runs); None when tracing is off.

@@ -8,7 +8,9 @@ for a direct session the commander's span -> (traceparent metadata) the dispatch
 from __future__ import annotations
 
 import json
+import re
 import secrets
+import shlex
 import signal
 import subprocess
 from collections.abc import AsyncIterator
@@ -24,7 +26,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from shared import wire
 from tests.conftest import WAIT_S, wait_until
-from tests.e2e.conftest import COMMANDER, ENV, DispatcherFactory, run_commander
+from tests.e2e.conftest import COMMANDER, ENV, ROOT, DispatcherFactory, run_commander
 
 pytestmark = pytest.mark.anyio
 
@@ -81,11 +83,27 @@ async def receiver() -> AsyncIterator[tuple[Receiver, str]]:
         await server.stop(grace=None)
 
 
+README_ENDPOINT = "http://127.0.0.1:4317"
+
+
+def readme_exports() -> dict[str, str]:
+    """The variables the README's tracing example exports (its collector endpoint included)."""
+    for block in re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S):
+        first = block.splitlines()[0]
+        if first.startswith("export OTEL_"):
+            words = shlex.split(first.split("#", 1)[0])[1:]
+            return dict(word.split("=", 1) for word in words)
+    raise AssertionError("no bash block starting `export OTEL_` in the README")
+
+
 def otel_env(endpoint: str, **extra: str) -> dict[str, str]:
+    """The README's variables, its endpoint swapped for the receiver's."""
+    exports = readme_exports()
+    assert exports["OTEL_EXPORTER_OTLP_ENDPOINT"] == README_ENDPOINT, exports
     return {
         **ENV,
+        **exports,
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
-        "OTEL_EXPORTER_OTLP_INSECURE": "true",
         "OTEL_BSP_SCHEDULE_DELAY": "50",  # ms: spans go out promptly while the processes run
         **extra,
     }
