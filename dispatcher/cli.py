@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from dispatcher.app import Dispatcher, run_until_signalled
+from dispatcher.app import Dispatcher, peer_dialer, run_until_signalled, tls_reloader
 from dispatcher.auth import AccessPolicy, Role, hash_token
 from dispatcher.cluster.workers import run_workers
 from dispatcher.config import DispatcherConfig
@@ -50,9 +50,10 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     configure_logging(config.log.level, json=None if fmt == "auto" else fmt == "json")
     _refuse_if_exposed(config)
     if config.server.workers > 1:
-        try:  # checked here once, so that a bad --tools is one line, not one per worker
+        try:  # checked here once, so that a bad --tools or TLS file is one line, not one per worker
             served_tools(config.tools.modules, test_tools=config.tools.test_tools)
-        except ValueError as exc:
+            peer_dialer(config, tls_reloader(config))
+        except (ValueError, OSError) as exc:
             click.echo(f"dispatcher: {exc}", err=True)
             sys.exit(2)
         try:

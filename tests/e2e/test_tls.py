@@ -261,3 +261,15 @@ async def test_a_worker_group_forwards_a_certificate_callers_identity_over_mutua
 def secure_channel(address: str, ca: Path, client: CertFiles | None) -> grpc.aio.Channel:
     credentials = channel_credentials(str(ca), str(client.cert) if client else "", str(client.key) if client else "")
     return grpc.aio.secure_channel(address, credentials, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
+def test_a_bad_tls_file_is_one_line_at_start_up(pki: Pki, tmp_path: Path) -> None:
+    server, other = pki.server(), pki.server("other")
+    missing = one_line_error(run_cli(str(DISPATCHER), "serve", "--tls-cert", str(tmp_path / "no.pem"),
+                                     "--tls-key", str(server.key)), 2)  # fmt: skip
+    assert missing == f"dispatcher: cannot read TLS file {tmp_path / 'no.pem'}: No such file or directory", missing
+    flags = ("--workers", "2", "--tls-cert", str(server.cert), "--tls-key", str(other.key))
+    mismatched = one_line_error(run_cli(str(DISPATCHER), "serve", *flags), 2)
+    assert mismatched == f"dispatcher: {other.key} is not the private key of {server.cert}", mismatched
+    lonely = run_cli(str(DISPATCHER), "serve", "--tls-client-ca", str(pki.ca_file))  # a usage error, as for any setting
+    assert lonely.returncode == 2 and "Error: --tls-client-ca needs --tls-require-client-cert" in lonely.stderr
