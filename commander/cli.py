@@ -8,6 +8,7 @@ import random
 import signal
 import sys
 import threading
+from dataclasses import replace
 from typing import Any
 
 import anyio
@@ -23,10 +24,12 @@ from commander.metrics import CommanderMetrics
 from commander.render import ConsoleRenderer, JsonRenderer
 from commander.session import Agent, SessionResult, run_session
 from commander.transport import open_channel
+from shared import tracing
 from shared.console import version_option
 from shared.log import configure_logging
 from shared.model import SessionState
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, load_cli_config
+from shared.tls import channel_credentials, explain_connect_failure
 
 __all__ = ["main"]
 
@@ -73,6 +76,7 @@ def run(
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
     new_agent, config = _agent_or_exit(config)
+    _prepare(config)
     renderer = JsonRenderer(quiet=quiet) if as_json else ConsoleRenderer(quiet=quiet)
     metrics = _start_metrics(config)
     try:
@@ -80,8 +84,10 @@ def run(
     finally:
         if metrics is not None:
             metrics.close()
+        tracing.shutdown()  # the session's spans go out before the process does
     if result is None:  # a second signal cut the session short: there is no result to print
         sys.exit(EXIT_CANCELLED)
+    result = explain_transport_failure(result, config)
     renderer.result(result)
     sys.exit(exit_code(result))
 
@@ -92,6 +98,27 @@ def _agent_or_exit(config: CommanderConfig) -> tuple[Any, CommanderConfig]:
         return agent_factory(config)
     except AgentLoadError as exc:
         raise click.UsageError(str(exc)) from None
+
+
+def _prepare(config: CommanderConfig) -> None:
+    """What can fail before any connection, as one usage line: the TLS files, the OTEL_* values."""
+    try:
+        if config.connection.uses_tls:
+            channel_credentials(config.connection.ca_file, config.connection.cert_file, config.connection.key_file)
+        tracing.configure("commander")
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+
+
+def explain_transport_failure(result: SessionResult, config: CommanderConfig) -> SessionResult:
+    """A session that never connected says why in words (a TLS mismatch, an untrusted certificate)."""
+    if result.status_code != "UNAVAILABLE":
+        return result
+    conn = config.connection
+    cause = explain_connect_failure(result.status_details, tls=conn.uses_tls, client_cert=bool(conn.cert_file))
+    if cause is None:
+        return result
+    return replace(result, reason=f"cannot reach dispatcher at {conn.target}: {cause}")
 
 
 def _start_metrics(config: CommanderConfig) -> CommanderMetrics | None:
@@ -161,12 +188,14 @@ def serve(concurrency: int, config_file: str | None, log_level: str, **flags: An
     configure_logging(log_level)
     config = load_cli_config(CommanderConfig, env_prefix=ENV_PREFIX, config_file=config_file, flags=flags)
     agent, config = _agent_or_exit(config)
+    _prepare(config)
     metrics = _start_metrics(config)
     try:
         status = anyio.run(_serve, config, concurrency, agent, metrics)
     finally:
         if metrics is not None:
             metrics.close()
+        tracing.shutdown()
     sys.exit(status)
 
 

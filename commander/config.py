@@ -18,8 +18,12 @@ MiB = 1024 * KiB
 class ConnectionConfig:
     target: str = setting("127.0.0.1:50051", "dispatcher address HOST:PORT", flag="target")
     tls: bool = setting(False, "use TLS (server certificate checked against --ca-file or the system roots)", flag="tls")
-    ca_file: str = setting("", "PEM file of the CA that signs the dispatcher's certificate", flag="ca-file")
-    cert_file: str = setting("", "PEM client certificate, for mutual TLS", flag="cert-file")
+    ca_file: str = setting(
+        "", "PEM file of the CA that signs the dispatcher's certificate (implies --tls)", flag="ca-file"
+    )
+    cert_file: str = setting(
+        "", "PEM client certificate, for mutual TLS (with --key-file; implies --tls)", flag="cert-file"
+    )
     key_file: str = setting("", "PEM private key of --cert-file", flag="key-file")
     token: str = setting(
         "", "bearer token for a dispatcher with tokens configured (role commander)", flag="token", secret=True
@@ -52,6 +56,10 @@ class ConnectionConfig:
             raise ValueError("coalesce_max_bytes must be at most half of max_send_message_bytes")
         if bool(self.cert_file) != bool(self.key_file):
             raise ValueError("--cert-file and --key-file go together")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.tls or bool(self.ca_file) or bool(self.cert_file)
 
     def channel_options(self, keepalive: KeepaliveConfig) -> list[tuple[str, int]]:
         return [

@@ -12,13 +12,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from opentelemetry.trace import Status, StatusCode
 
 from commander.core import CommanderSession
 from commander.events import ContentEmitted, Observer, ThoughtEmitted, ToolCallSent, UsageReported
+from commander.tracing import child_span, session_tracer
 from shared import wire
 from shared.errors import ToolCallError
 from shared.jsontext import JsonTextError, parse_json
@@ -109,12 +112,32 @@ class AgentContext:
         await self._send(wire.pb.UpstreamPacket(content=wire.pb.ContentChunk(text=text)))
         self._observe(ContentEmitted(text))
 
+    def span(self, name: str, **attributes: Any) -> AbstractContextManager[Any]:
+        """A tracing span under the session's (the model request, a step of the agent's own):
+        `with ctx.span("chat model-x", **{"gen_ai.request.model": "x"}) as span: ...`; `span` is
+        None when tracing is off. The hook for model backends."""
+        return child_span(name, **attributes)
+
     async def call_tool(self, name: str, args: dict[str, Any] | None = None, *, timeout: float | None = None) -> Any:
         """Run a tool on the dispatcher and return its parsed JSON result.
 
         Raises `ToolCallError` when the call comes back with a structured error (unknown
         tool, invalid arguments, timeout, failure) or no result arrives within `timeout`.
+        With tracing on, the call is a span (`execute_tool NAME`) under the session's.
         """
+        if session_tracer() is None:  # tracing off: no span work at all
+            return await self._call_tool(name, args, timeout, None)
+        attributes = {"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": name}
+        with child_span(f"execute_tool {name}", **attributes) as span:
+            try:
+                return await self._call_tool(name, args, timeout, span)
+            except ToolCallError as exc:
+                if span is not None:
+                    span.set_attribute("error.type", exc.code)
+                    span.set_status(Status(StatusCode.ERROR, exc.message))
+                raise
+
+    async def _call_tool(self, name: str, args: dict[str, Any] | None, timeout: float | None, span: Any) -> Any:
         self._next_call += 1
         call_id = f"call-{self._next_call}"
         arguments_json = json.dumps(args or {}, separators=(",", ":"), ensure_ascii=False)
@@ -124,6 +147,8 @@ class AgentContext:
             call_id=call_id,
             timeout_ms=int(timeout * 1000) if timeout else 0,
         )
+        if span is not None:
+            span.set_attribute("gen_ai.tool.call.id", call_id)
         waiter = self._waiting[call_id] = _Waiter()
         # Registered before it is queued: no result can find it missing, and calls are matched
         # by order (compatibility mode) in the order they are queued.

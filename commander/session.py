@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 
 import anyio
 import grpc
 import structlog
+from opentelemetry import trace
 
 from commander import actions, core
 from commander.actions import PendingAtStop, SessionResult  # re-exported: the public API names them here
@@ -23,6 +25,7 @@ from commander.coalesce import Coalescer
 from commander.config import CommanderConfig, ConnectionConfig
 from commander.context import AgentContext
 from commander.events import Observer
+from commander.tracing import SessionSpan, session_tracer
 from commander.transport import Link
 from shared import wire
 
@@ -61,6 +64,10 @@ async def run_session(
     conn = config.connection
     if conn.token:
         metadata = (*metadata, ("authorization", f"Bearer {conn.token}"))
+    tracer = session_tracer()  # None: tracing off, nothing below does any span work
+    span = None if await_assignment else SessionSpan.begin(tracer, session_id or "")
+    if span is not None:  # the dispatcher's session span becomes our child
+        metadata = (*metadata, *span.metadata())
     machine = core.CommanderSession(
         session_id="" if await_assignment else (session_id or str(uuid.uuid4())),
         prompt=prompt,
@@ -70,10 +77,18 @@ async def run_session(
         now=time.perf_counter(),
         tools=config.agent.tools,
     )
-    shell = _Shell(machine, channel, conn, observer or Observer(), metadata)
+    shell = _Shell(machine, channel, conn, observer or Observer(), metadata, tracer, span)
     with structlog.contextvars.bound_contextvars(session_id=machine.session_id):
-        await shell.run(agent, cancel)
-    return machine.result(now=time.perf_counter(), packets_sent=shell.link.last_seq)
+        try:
+            await shell.run(agent, cancel)
+        except BaseException:  # our caller cancelled us: the span still ends, saying so
+            if shell.span is not None:
+                shell.span.abandon("run_session was cancelled")
+            raise
+    result = machine.result(now=time.perf_counter(), packets_sent=shell.link.last_seq)
+    if shell.span is not None:
+        shell.span.end(result)
+    return result
 
 
 class _Shell:
@@ -86,8 +101,12 @@ class _Shell:
         connection: ConnectionConfig,
         observer: Observer,
         metadata: Sequence[tuple[str, str]],
+        tracer: trace.Tracer | None = None,
+        span: SessionSpan | None = None,
     ) -> None:
         self._machine = machine
+        self._tracer = tracer
+        self.span = span  # a pool stream's is begun when its Assignment comes
         self._connection = connection
         self._observer = observer
         # Created up front: a CancelAgent may come before the agent starts (then it never does).
@@ -116,6 +135,9 @@ class _Shell:
                 if machine.assignment is not None:  # bound here: this task's logs are the session's
                     structlog.contextvars.bind_contextvars(session_id=machine.session_id)
                     log.info("session.assigned", started_by=machine.assignment.started_by)
+                    self.span = SessionSpan.begin(
+                        self._tracer, machine.session_id, dict(machine.assignment.trace_context)
+                    )
                 with anyio.move_on_after(conn.handshake_timeout_s):
                     await self._until(lambda: machine.phase is not core.Phase.HANDSHAKE)
                 if machine.phase is core.Phase.HANDSHAKE:
@@ -141,7 +163,7 @@ class _Shell:
         if not machine.start_agent():  # a stop, a cancel or the end came first
             return machine.on_agent_returned(time.perf_counter())
         failure: Exception | None = None
-        with self._agent_scope:
+        with self._agent_scope, self.span.current() if self.span is not None else nullcontext():
             try:
                 await agent(self._ctx, machine.prompt)
             except Exception as exc:  # the agent's own failure: reported upstream

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import anyio
 import grpc
@@ -28,19 +27,19 @@ from commander.config import ConnectionConfig
 from commander.context import stamp
 from shared import wire
 from shared.keepalive import KeepaliveConfig
+from shared.tls import channel_credentials
 
 __all__ = ["Link", "StreamEnd", "open_channel"]
 
 
 def open_channel(connection: ConnectionConfig, keepalive: KeepaliveConfig) -> grpc.aio.Channel:
-    """A channel with keepalive matching the dispatcher's policy; TLS when configured."""
+    """A channel with keepalive matching the dispatcher's policy; TLS when configured (--tls,
+    or implied by --ca-file / --cert-file). ValueError naming the option for a file that does
+    not read."""
     options = connection.channel_options(keepalive)
-    if not connection.tls:
+    if not connection.uses_tls:
         return grpc.aio.insecure_channel(connection.target, options=options)
-    root = Path(connection.ca_file).read_bytes() if connection.ca_file else None
-    key = Path(connection.key_file).read_bytes() if connection.key_file else None
-    chain = Path(connection.cert_file).read_bytes() if connection.cert_file else None
-    credentials = grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=chain)
+    credentials = channel_credentials(connection.ca_file, connection.cert_file, connection.key_file)
     return grpc.aio.secure_channel(connection.target, credentials, options=options)
 
 

@@ -50,6 +50,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
     tls.add_argument("--tls", action="store_true", help="dial with TLS (system roots unless --ca-file)")
     tls.add_argument("--insecure", action="store_true", help="dial in plaintext (the default)")
     parser.add_argument("--ca-file", default="", help="PEM root certificates for --tls")
+    parser.add_argument("--cert-file", default="", help="PEM client certificate for --tls (mutual TLS)")
+    parser.add_argument("--key-file", default="", help="PEM key of --cert-file")
     parser.add_argument(
         "--token",
         default=os.environ.get("CONFORMANCE_TOKEN", ""),
@@ -107,6 +109,10 @@ def pytest_args(args: argparse.Namespace, extra: Sequence[str]) -> list[str]:
         out.append("--conformance-tls")
     if args.ca_file:
         out += ["--conformance-ca-file", args.ca_file]
+    if args.cert_file:
+        out += ["--conformance-cert-file", args.cert_file]
+    if args.key_file:
+        out += ["--conformance-key-file", args.key_file]
     if args.token:
         out += ["--conformance-token", args.token]
     for only in args.only:

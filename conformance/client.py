@@ -13,12 +13,12 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import grpc
 
 from shared import wire
+from shared.tls import channel_credentials
 
 __all__ = [
     "CHAT_STREAM_METHOD",
@@ -47,6 +47,8 @@ class KitOptions:
     target: str
     tls: bool = False
     ca_file: str = ""
+    cert_file: str = ""  # client certificate and key, for a target that requires mutual TLS
+    key_file: str = ""
     token: str = ""
     stop_word: str = DEFAULT_STOP_WORD
     wait_s: float = 10.0
@@ -57,8 +59,10 @@ class KitOptions:
             raise ValueError(f"target must be HOST:PORT, got {self.target!r}")
         if self.wait_s <= 0 or self.keepalive_budget_s <= 0:
             raise ValueError("wait_s and keepalive_budget_s must be positive")
-        if self.ca_file and not self.tls:
-            raise ValueError("--ca-file needs --tls")
+        if (self.ca_file or self.cert_file) and not self.tls:
+            raise ValueError("--ca-file and --cert-file need --tls")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("--cert-file and --key-file go together")
 
     def metadata(self, extra: Iterable[tuple[str, str]] = ()) -> tuple[tuple[str, str], ...]:
         """Call metadata: the bearer token (if any) plus `extra`."""
@@ -68,8 +72,7 @@ class KitOptions:
     def credentials(self) -> grpc.ChannelCredentials | None:
         if not self.tls:
             return None
-        root = Path(self.ca_file).read_bytes() if self.ca_file else None
-        return grpc.ssl_channel_credentials(root_certificates=root)
+        return channel_credentials(self.ca_file, self.cert_file, self.key_file)
 
 
 def open_channel(options: KitOptions, channel_options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Channel:

@@ -94,6 +94,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--conformance-expected-failures", default="", help="file of requirement ids known to fail")
     group.addoption("--conformance-tls", action="store_true", default=False, help="dial with TLS")
     group.addoption("--conformance-ca-file", default="", help="PEM roots for --conformance-tls")
+    group.addoption("--conformance-cert-file", default="", help="PEM client certificate (mutual TLS)")
+    group.addoption("--conformance-key-file", default="", help="PEM key of --conformance-cert-file")
     group.addoption("--conformance-token", default="", help="bearer token sent as `authorization` metadata")
     group.addoption("--conformance-only", action="append", default=[], help="areas (or ids) to run")
     group.addoption("--conformance-strict", action="store_true", default=False, help="SHOULD/MAY failures fail")
@@ -112,6 +114,8 @@ def pytest_configure(config: pytest.Config) -> None:
             target=target,
             tls=config.getoption("--conformance-tls"),
             ca_file=config.getoption("--conformance-ca-file"),
+            cert_file=config.getoption("--conformance-cert-file"),
+            key_file=config.getoption("--conformance-key-file"),
             token=config.getoption("--conformance-token"),
             stop_word=config.getoption("--conformance-stop-word"),
             wait_s=config.getoption("--conformance-wait-s"),

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -28,6 +30,7 @@ from dispatcher.control.service import SessionControlService
 from dispatcher.metrics.exporter import DispatcherMetrics
 from dispatcher.sessions.manager import SessionManager
 from dispatcher.stream.service import AgentInteractionService
+from dispatcher.tls import CertificateReloader
 from dispatcher.tools import ToolRegistry, served_tools
 from dispatcher.tools.mcp import McpConnection, connect_all
 from shared import settings, wire
@@ -67,7 +70,15 @@ class Dispatcher:
         self.address: str | None = None
         self.health = health.aio.HealthServicer()
         self.access = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens)
-        self.peers = PeerGroup(config.server.peer_dir, config.server.instance) if config.server.peer_dir else None
+        # TLS on every port, reloaded on change or SIGHUP; a file that does not read is a ValueError.
+        self.tls = tls_reloader(config)
+        if self.tls is not None and config.tls.require_client_cert:
+            self.access.group_leaf = self.tls.own_leaf
+        self.peers = (
+            PeerGroup(config.server.peer_dir, config.server.instance, dial=peer_dialer(config, self.tls))
+            if config.server.peer_dir
+            else None
+        )
         self._shutdown = asyncio.Event()
         self._shutdown_reason = ""
         self.mcp: list[McpConnection] = []
@@ -94,15 +105,16 @@ class Dispatcher:
         server = self._build_server()
         host = config.server.listen.rsplit(":", 1)[0]
         try:
-            port = server.add_insecure_port(config.server.listen)
+            port = _add_port(server, config.server.listen, self.tls)
         except RuntimeError as exc:  # grpc's word for "address in use / not available"
             raise OSError(f"cannot listen on {config.server.listen}: {exc}") from exc
         if port == 0:
             raise OSError(f"cannot listen on {config.server.listen}")
         self.address = f"{host}:{port}"
         # A group member also listens on a port of its own, so that the others can reach
-        # *this* process (the shared port goes to whichever member the kernel picks).
-        member_address = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}" if self.peers else ""
+        # *this* process (the shared port goes to whichever member the kernel picks). It
+        # speaks TLS like the shared one: forwarded calls carry the callers' tokens.
+        member_address = f"127.0.0.1:{_add_port(server, '127.0.0.1:0', self.tls)}" if self.peers else ""
         if self.metrics is not None:  # OSError (address in use, ...) before anything runs
             self.metrics.start(self.sessions, asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
@@ -152,11 +164,17 @@ class Dispatcher:
             )
         return server
 
+    def reload_tls(self) -> None:
+        """Reread the certificate files for the next connection (SIGHUP); no-op without TLS."""
+        if self.tls is not None:
+            self.tls.request_reload()
+
     def _log_serving(self) -> None:
         log.info(
             "dispatcher.serving",
             address=self.address,
             metrics=f"http://{self.metrics.address}/metrics" if self.metrics else None,
+            tls="mutual" if self.config.tls.require_client_cert else "on" if self.tls is not None else "off",
             instance=self.sessions.hop,
             tools=self.tools.names(),
             tokens=self.access.describe(),
@@ -210,22 +228,60 @@ async def _bounded(work: object) -> None:
         log.warning("dispatcher.close_timed_out", bound_s=_CLOSE_BOUND_S)
 
 
+def _add_port(server: grpc.aio.Server, address: str, tls: CertificateReloader | None) -> int:
+    if tls is None:
+        return server.add_insecure_port(address)
+    return server.add_secure_port(address, tls.credentials())  # one credentials object per port
+
+
+def tls_reloader(config: DispatcherConfig) -> CertificateReloader | None:
+    tls = config.tls
+    if not tls.enabled:
+        return None
+    return CertificateReloader(
+        tls.cert_file, tls.key_file, tls.client_ca_file, require_client_cert=tls.require_client_cert
+    )
+
+
+def peer_dialer(config: DispatcherConfig, reloader: CertificateReloader | None) -> Callable[[str], grpc.aio.Channel]:
+    """How this member dials the others: in plaintext, or with TLS (and its own certificate as
+    the client certificate under mutual TLS), each member's certificate checked against
+    --tls-peer-ca, else --tls-client-ca, else the system roots, under the name the certificate
+    itself carries."""
+    if reloader is None:
+        return grpc.aio.insecure_channel
+    require_client_cert = config.tls.require_client_cert
+    peer_roots = Path(config.tls.peer_ca_file).read_bytes() if config.tls.peer_ca_file else None  # OSError: exit 2
+
+    def dial(address: str) -> grpc.aio.Channel:
+        material = reloader.material  # the current pair, for this new channel
+        roots = peer_roots or material.client_ca
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=roots,
+            private_key=material.private_key if require_client_cert else None,
+            certificate_chain=material.cert_chain if require_client_cert else None,
+        )
+        name = reloader.peer_name()
+        options = [("grpc.ssl_target_name_override", name)] if name else []
+        return grpc.aio.secure_channel(address, credentials, options=options)
+
+    return dial
+
+
 def _write_text(path: str, text: str) -> None:
     with open(path, "w") as file:
         file.write(text)
 
 
 def _instrument_otel() -> None:
-    """Trace every RPC except health checks; spans go to stderr unless OTEL_* says otherwise."""
+    """Also one span per RPC (except health checks), into the tracer provider configured by the
+    OTEL_* variables (shared/tracing.py); with none configured the spans go nowhere, and we say so."""
     from opentelemetry import trace
     from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorServer, filters
     from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
     if not isinstance(trace.get_tracer_provider(), TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
-        trace.set_tracer_provider(provider)
+        log.warning("otel.no_exporter", detail="--server-otel is on but no OTEL_* exporter is configured")
     # Health's aio Watch is a reader/writer handler, which the aio interceptor cannot wrap.
     health_checks = filters.negate(filters.health_check())
     GrpcAioInstrumentorServer(filter_=health_checks).instrument()  # type: ignore[no-untyped-call]
@@ -250,6 +306,7 @@ async def run_until_signalled(dispatcher: Dispatcher) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    loop.add_signal_handler(signal.SIGHUP, dispatcher.reload_tls)  # new connections get the new certificate
     try:
         await dispatcher.serve()
     except asyncio.CancelledError:
@@ -257,6 +314,6 @@ async def run_until_signalled(dispatcher: Dispatcher) -> int:
             raise
         serving.uncancel()
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
     return 1 if forced else 0

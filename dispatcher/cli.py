@@ -11,13 +11,15 @@ from typing import Any
 
 import click
 
-from dispatcher.app import Dispatcher, run_until_signalled
-from dispatcher.auth import Role, hash_token
+from dispatcher.app import Dispatcher, peer_dialer, run_until_signalled, tls_reloader
+from dispatcher.auth import AccessPolicy, Role, hash_token
 from dispatcher.cluster.workers import run_workers
 from dispatcher.config import DispatcherConfig
 from dispatcher.process import run_process
+from dispatcher.tls import exposure_problem
 from dispatcher.tools import ToolRegistry, served_tools
 from dispatcher.tools.mcp import McpStartError, connect_all
+from shared import tracing
 from shared.console import version_option
 from shared.log import configure_logging
 from shared.settings import CLI_CONTEXT, config_file_option, config_options, describe, load_cli_config
@@ -48,10 +50,12 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
         return
     fmt = config.log.format
     configure_logging(config.log.level, json=None if fmt == "auto" else fmt == "json")
+    _refuse_if_exposed(config)
     if config.server.workers > 1:
-        try:  # checked here once, so that a bad --tools is one line, not one per worker
+        try:  # checked here once, so that a bad --tools or TLS file is one line, not one per worker
             served_tools(config.tools.modules, test_tools=config.tools.test_tools)
-        except ValueError as exc:
+            peer_dialer(config, tls_reloader(config))
+        except (ValueError, OSError) as exc:
             click.echo(f"dispatcher: {exc}", err=True)
             sys.exit(2)
         try:
@@ -62,8 +66,10 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
             click.echo(f"dispatcher: {exc}", err=True)
             sys.exit(1)
     try:
+        # Spans over OTLP when OTEL_* says so (each worker of a group exports its own).
+        tracing.configure("dispatcher", service_instance_id=config.server.instance)
         dispatcher = Dispatcher(config)
-    except (ValueError, OSError) as exc:  # a bad tokens file or entry: the operator's to fix
+    except (ValueError, OSError) as exc:  # a bad tokens file or entry, TLS file, OTEL_* value
         click.echo(f"dispatcher: {exc}", err=True)
         sys.exit(2)
     # Everything imported and built so far lives as long as the process: take it out of the
@@ -79,7 +85,24 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     except OSError as exc:
         click.echo(f"dispatcher: {exc}", err=True)
         sys.exit(1)
+    finally:
+        tracing.shutdown()  # what is batched goes out before the process does
     sys.exit(status)
+
+
+def _refuse_if_exposed(config: DispatcherConfig) -> None:
+    """Secure by default: no plaintext without tokens on an address others can reach (exit 2)."""
+    try:
+        tokens = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens).enabled
+    except (ValueError, OSError) as exc:
+        click.echo(f"dispatcher: {exc}", err=True)
+        sys.exit(2)
+    problem = exposure_problem(
+        config.server.listen, tls=config.tls.enabled, tokens=tokens, allow_insecure=config.tls.allow_insecure
+    )
+    if problem is not None:
+        click.echo(f"dispatcher: {problem}", err=True)
+        sys.exit(2)
 
 
 @main.command()

@@ -20,6 +20,7 @@ __all__ = [
     "PoolConfig",
     "ServerConfig",
     "SessionConfig",
+    "TlsConfig",
     "ToolsConfig",
 ]
 
@@ -116,7 +117,7 @@ class ServerConfig:
     reflection: bool = setting(True, "serve gRPC server reflection")
     otel: bool = setting(
         False,
-        "trace RPCs with OpenTelemetry (spans to stderr unless OTEL_* exporters are set)",
+        "also one OpenTelemetry span per RPC (gRPC instrumentation), exported where OTEL_* says",
     )
 
     def __post_init__(self) -> None:
@@ -309,6 +310,56 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS on every port of the dispatcher (dispatcher/tls.py); the files are reread when they change."""
+
+    cert_file: str = setting(
+        "",
+        "PEM certificate chain to serve TLS with (with --tls-key); reloaded for new connections when the "
+        "file changes or on SIGHUP",
+        flag="tls-cert",
+    )
+    key_file: str = setting("", "PEM private key of --tls-cert", flag="tls-key")
+    client_ca_file: str = setting(
+        "",
+        "PEM roots that verify client certificates, for mutual TLS (with --tls-require-client-cert)",
+        flag="tls-client-ca",
+    )
+    require_client_cert: bool = setting(
+        False,
+        "mutual TLS: refuse connections without a client certificate that --tls-client-ca verifies; the "
+        "certificate's identity (SAN) can be a principal in the tokens file",
+        flag="tls-require-client-cert",
+    )
+    peer_ca_file: str = setting(
+        "",
+        "PEM roots the members of a --workers group verify each other's certificate with (default: "
+        "--tls-client-ca, else the system roots)",
+        flag="tls-peer-ca",
+    )
+    allow_insecure: bool = setting(
+        False,
+        "serve a non-loopback address in plaintext with no tokens anyway (refused otherwise)",
+        flag="allow-insecure",
+    )
+
+    def __post_init__(self) -> None:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.client_ca_file and not self.require_client_cert:
+            raise ValueError(
+                "--tls-client-ca needs --tls-require-client-cert (grpc Python cannot ask for an optional "
+                "client certificate)"
+            )
+        if self.require_client_cert and not (self.client_ca_file and self.cert_file):
+            raise ValueError("--tls-require-client-cert needs --tls-client-ca and --tls-cert/--tls-key")
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file)
+
+
+@dataclass(frozen=True, slots=True)
 class ToolsConfig:
     modules: tuple[str, ...] = setting(
         (),
@@ -373,6 +424,7 @@ class DispatcherConfig:
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
 
     @classmethod
     def for_tests(cls, **sections: object) -> DispatcherConfig:

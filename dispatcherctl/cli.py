@@ -128,6 +128,13 @@ def _catch_signals(ctx: click.Context) -> None:
     help="PEM file of the roots that verify the dispatcher's certificate (implies --tls)",
 )
 @click.option(
+    "--cert-file",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="PEM client certificate for a dispatcher that requires mutual TLS (with --key-file; implies --tls)",
+)
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None, help="PEM key of --cert-file")
+@click.option(
     "--timeout",
     "timeout_s",
     type=float,
@@ -136,7 +143,16 @@ def _catch_signals(ctx: click.Context) -> None:
     help="deadline of each unary call (list, show, stop, approve, deny, health); watch and ask have none [default 10]",
 )
 @click.pass_context
-def main(ctx: click.Context, target: str, token: str, tls: bool, ca_file: str | None, timeout_s: float) -> None:
+def main(
+    ctx: click.Context,
+    target: str,
+    token: str,
+    tls: bool,
+    ca_file: str | None,
+    cert_file: str | None,
+    key_file: str | None,
+    timeout_s: float,
+) -> None:
     """Operate a dispatcher through its control API (SessionControlService): list, show, watch and
     stop sessions, approve or deny tool calls waiting for approval, ask a question through a
     pool commander, check health.
@@ -144,7 +160,15 @@ def main(ctx: click.Context, target: str, token: str, tls: bool, ca_file: str | 
     Errors are one line on stderr.
     """
     try:
-        ctx.obj = ClientConfig(target=target, token=token, tls=tls, ca_file=ca_file or "", timeout_s=timeout_s)
+        ctx.obj = ClientConfig(
+            target=target,
+            token=token,
+            tls=tls,
+            ca_file=ca_file or "",
+            cert_file=cert_file or "",
+            key_file=key_file or "",
+            timeout_s=timeout_s,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     _catch_signals(ctx)

@@ -12,15 +12,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from dispatcherctl.errors import EXIT_USAGE, CtlError, error_for_status
+from dispatcherctl.errors import EXIT_UNREACHABLE, EXIT_USAGE, CtlError, error_for_status, is_transport_failure
 from shared import wire
+from shared.tls import channel_credentials as tls_credentials
+from shared.tls import explain_connect_failure
 
 __all__ = [
     "DEFAULT_TARGET",
@@ -48,6 +49,8 @@ class ClientConfig:
     token: str = ""
     tls: bool = False
     ca_file: str = ""
+    cert_file: str = ""  # client certificate and its key, for mutual TLS
+    key_file: str = ""
     timeout_s: float = 10.0  # deadline of each unary call (not of watch, ask or their streams)
 
     def __post_init__(self) -> None:
@@ -57,10 +60,12 @@ class ClientConfig:
             raise ValueError("--timeout must be more than 0 seconds")
         if self.token and not (self.token.isascii() and self.token.isprintable()):
             raise ValueError("--token must be printable ASCII")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("--cert-file and --key-file go together")
 
     @property
     def use_tls(self) -> bool:
-        return self.tls or bool(self.ca_file)
+        return self.tls or bool(self.ca_file) or bool(self.cert_file)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
@@ -130,6 +135,10 @@ class ControlClient:
             code, details = exc.code(), exc.details() or ""
         else:
             code, details = grpc.StatusCode.UNKNOWN, str(exc)
+        if code is grpc.StatusCode.UNAVAILABLE and is_transport_failure(details):
+            cause = explain_connect_failure(details, tls=self.config.use_tls, client_cert=bool(self.config.cert_file))
+            if cause is not None:
+                return CtlError(f"cannot reach dispatcher at {self.config.target}: {cause}", EXIT_UNREACHABLE, code)
         return error_for_status(
             code,
             details,
@@ -274,13 +283,10 @@ def channel_credentials(config: ClientConfig) -> grpc.ChannelCredentials | None:
     """The TLS credentials `config` asks for (None: plaintext); also the HTTP gateway's."""
     if not config.use_tls:
         return None
-    root: bytes | None = None
-    if config.ca_file:
-        try:
-            root = Path(config.ca_file).read_bytes()
-        except OSError as exc:
-            raise CtlError(f"cannot read --ca-file {config.ca_file}: {exc.strerror or exc}", EXIT_USAGE) from exc
-    return grpc.ssl_channel_credentials(root_certificates=root)
+    try:
+        return tls_credentials(config.ca_file, config.cert_file, config.key_file)
+    except ValueError as exc:
+        raise CtlError(str(exc), EXIT_USAGE) from exc
 
 
 def _open_channel(config: ClientConfig) -> grpc.Channel:

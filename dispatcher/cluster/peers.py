@@ -6,14 +6,17 @@ is a directory: every member writes `<instance>.addr` holding a private address 
 the control API on, and removes it when it stops. A control call for a session this
 process does not hold is forwarded to the members, marked `x-dispatcher-forwarded` so it
 is never forwarded twice, with the caller's own credentials (each member checks them
-again). Across machines the same interface would read a shared store instead of a
-directory (docs/architecture.md, "Beyond one process"); nothing else changes.
+again): its bearer token, or under mutual TLS the identities of its client certificate,
+which a member believes only from a peer presenting the group's own certificate
+(dispatcher/peer_cert.py). With TLS the members dial each other with TLS too. Across
+machines the same interface would read a shared store instead of a directory
+(docs/architecture.md, "Beyond one process"); nothing else changes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +24,9 @@ import grpc
 import structlog
 
 from dispatcher.auth import AUTHORIZATION
+from dispatcher.peer_cert import FORWARDED_PEER, caller_identities
 from shared import wire
+from shared.tracing import carrier_from_metadata
 
 __all__ = ["FORWARDED", "PeerGroup", "forward_metadata", "is_forwarded"]
 
@@ -37,19 +42,32 @@ def is_forwarded(context: Any) -> bool:
 
 
 def forward_metadata(context: Any) -> tuple[tuple[str, str], ...]:
-    """The caller's credentials and `x-via` hops (dispatcher/control/via.py) plus the forwarded mark."""
-    kept = tuple(
-        (k, v) for k, v in context.invocation_metadata() or () if k in _FORWARDED_KEYS and isinstance(v, str)
-    )
-    return (*kept, (FORWARDED, "1"))
+    """The caller's credentials and `x-via` hops (dispatcher/control/via.py) plus the forwarded
+    mark: its bearer token, else (mutual TLS) its certificate's identities. Without a client
+    certificate there are none to read."""
+    metadata = context.invocation_metadata() or ()
+    kept = tuple((k, v) for k, v in metadata if k in _FORWARDED_KEYS and isinstance(v, str))
+    if not any(k == AUTHORIZATION for k, _ in kept):
+        identities = caller_identities(context, None)
+        if identities:
+            kept = (*kept, (FORWARDED_PEER, ",".join(identities)))
+    # The caller's trace context too: a session started on a member is still part of its trace.
+    return (*kept, *carrier_from_metadata(metadata).items(), (FORWARDED, "1"))
 
 
 class PeerGroup:
     """This process's membership in a group, and channels to the other members."""
 
-    def __init__(self, directory: str, instance: str) -> None:
+    def __init__(
+        self,
+        directory: str,
+        instance: str,
+        *,
+        dial: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
+    ) -> None:
         self._dir = Path(directory)
         self._own = self._dir / f"{_safe(instance)}{_SUFFIX}"
+        self._dial = dial  # plaintext, or TLS with this member's certificate (dispatcher/app.py)
         self._channels: dict[str, grpc.aio.Channel] = {}
 
     def advertise(self, address: str) -> None:
@@ -81,7 +99,7 @@ class PeerGroup:
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)
         if channel is None:
-            channel = self._channels[address] = grpc.aio.insecure_channel(address)
+            channel = self._channels[address] = self._dial(address)
         return channel
 
     async def close(self) -> None:

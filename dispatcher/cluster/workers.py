@@ -6,8 +6,8 @@ starts N ordinary `dispatcher serve` processes with `--workers 1 --peer-dir DIR`
 kernel spreads incoming connections over them. Each worker advertises a private control
 address in DIR, so an operator's call landing on any worker finds a session held by
 another (dispatcher/peers.py). SIGTERM/SIGINT are passed on (each worker drains as a
-single dispatcher does); if a worker dies on its own, the others are stopped and the
-supervisor exits 1, for the process manager to restart the group.
+single dispatcher does), SIGHUP too (each rereads its certificate files); if a worker
+dies on its own, the others are stopped and the supervisor exits 1, for the process manager to restart the group.
 
 Metrics (`--metrics-listen HOST:PORT`): a port per worker, worker i on PORT+i (each its own
 registry and /metrics; Prometheus scrapes them as N targets). With port 0 every worker picks
@@ -73,7 +73,13 @@ def run_workers(config: DispatcherConfig, cli_args: list[str]) -> int:
             if worker.poll() is None:
                 worker.send_signal(signum)
 
+    def reload_certificates(signum: int, _frame: FrameType | None) -> None:
+        for worker in workers:  # each worker rereads its TLS files for its next connection
+            if worker.poll() is None:
+                worker.send_signal(signum)
+
     previous = {sig: signal.signal(sig, pass_on) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, reload_certificates)
     try:
         readies = []
         for index in range(server.workers):

@@ -36,6 +36,7 @@ from shared import wire
 from shared.errors import AccessDenied, BadRequest, FellBehind, NotFound, OutOfRange
 from shared.jsontext import parse_json_object
 from shared.model import StopCode, StopInfo, now_ms, valid_session_id
+from shared.tracing import carrier_from_metadata
 
 __all__ = ["SessionControlService"]
 
@@ -256,6 +257,8 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             metadata=dict(request.metadata),
             started_by=principal.hop,
             deadline_ms=now_ms() + round(deadline * 1000) if deadline is not None else 0,
+            # The backend's trace context: the session span's parent (then replaced by that span's).
+            trace_context=carrier_from_metadata(context.invocation_metadata()),
         )
         tools: frozenset[str] | None = None
         if request.tools:

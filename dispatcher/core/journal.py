@@ -13,6 +13,7 @@ import asyncio
 import struct
 import time
 from collections import deque
+from collections.abc import Iterator
 from typing import NamedTuple
 
 from google.protobuf.message import Message
@@ -119,6 +120,18 @@ class Journal:
             data = packed[_HEADER.size :]
             return JournalEntry(at_ms, packet_seq, _KINDS[code], data, len(data))
         return None
+
+    def newest(self, kinds: frozenset[str]) -> Iterator[tuple[int, JournalEntry]]:
+        """(seq, entry) of the kept events of these kinds, newest first; the others are skipped
+        by their header's kind byte, unread (the session span reads this once, at the end)."""
+        codes = {_KIND_CODES[kind] for kind in kinds}
+        kind_at = _HEADER.size - 1
+        last = self._first_seq + len(self._entries) - 1
+        for offset, packed in enumerate(reversed(self._entries)):
+            if packed[kind_at] in codes:
+                at_ms, packet_seq, code = _HEADER.unpack_from(packed)
+                data = packed[_HEADER.size :]
+                yield last - offset, JournalEntry(at_ms, packet_seq, _KINDS[code], data, len(data))
 
     def event(self, seq: int) -> wire.ctl.SessionEvent | None:
         entry = self.entry(seq)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Protocol
 
 import structlog
@@ -49,7 +49,13 @@ class StreamSessions(Protocol):
     def hop(self) -> str: ...
 
     def open(
-        self, session_id: str, requests: AsyncIterator[wire.pb.UpstreamPacket], *, peer: str, commander: str = ""
+        self,
+        session_id: str,
+        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        *,
+        peer: str,
+        commander: str = "",
+        trace_parent: Mapping[str, str] | None = None,
     ) -> SessionRunner: ...
 
     def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None: ...
@@ -116,9 +122,11 @@ class SessionManager(SessionDirectory):
         started_by: str = "",
         assignment: wire.pb.Assignment | None = None,
         tools: frozenset[str] | None = None,
+        trace_parent: Mapping[str, str] | None = None,
     ) -> SessionRunner:
         """Build a session and register it (not started: `start` runs it). `tools`: the only
-        tools it may call (None: every tool served)."""
+        tools it may call (None: every tool served). `trace_parent`: the caller's W3C trace
+        context (traceparent metadata), the session span's parent."""
         if self._draining:
             raise ShuttingDown("dispatcher is shutting down and takes no new sessions; retry on another instance")
         if self.loop_lag.overloaded:
@@ -141,6 +149,7 @@ class SessionManager(SessionDirectory):
             commander=commander,
             started_by=started_by,
             assignment=assignment,
+            trace_parent=trace_parent,
         )
         self.registry.claim(session_id, runner)
         return runner

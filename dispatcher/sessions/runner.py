@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
 import grpc
 import structlog
@@ -40,7 +40,8 @@ from dispatcher.sessions.registry import EndedSession
 from dispatcher.sessions.timers import Timers
 from dispatcher.sessions.tool_tasks import ToolTasks
 from dispatcher.tools import PreparedCall, ToolErrorCode, ToolExecutor, ToolOutcome
-from shared import wire
+from dispatcher.tracing import SessionTrace
+from shared import tracing, wire
 from shared.errors import NotFound
 from shared.model import StopInfo
 
@@ -68,7 +69,7 @@ class RunnerSettings:
 
     __slots__ = (
         "abandoned", "approval_timeout_s", "executor", "max_tool_calls", "on_ended", "outbox_size", "stats",
-        "timers", "tool_cancel_grace_s",
+        "timers", "tool_cancel_grace_s", "tracer",
     )  # fmt: skip
 
     def __init__(
@@ -93,6 +94,7 @@ class RunnerSettings:
         self.tool_cancel_grace_s = tool_cancel_grace_s
         self.on_ended = on_ended
         self.abandoned = abandoned
+        self.tracer = tracing.tracer("southwest.dispatcher")  # None = tracing off: no span work at all
 
 
 class SessionRunner:
@@ -102,7 +104,7 @@ class SessionRunner:
     __slots__ = (
         "__weakref__", "_approvals", "_armed", "_cleaning_up", "_ending_self", "_gone_reason", "_requests", "_settings",
         "_task", "_tools", "assignment", "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer",
-        "session_id", "settled", "started_by", "unsent",
+        "session_id", "settled", "started_by", "trace", "unsent",
     )  # fmt: skip
 
     def __init__(
@@ -115,6 +117,7 @@ class SessionRunner:
         commander: str = "",
         started_by: str = "",
         assignment: wire.pb.Assignment | None = None,
+        trace_parent: Mapping[str, str] | None = None,
     ) -> None:
         self.session_id = machine.session_id
         self.machine = machine
@@ -126,7 +129,16 @@ class SessionRunner:
         self.packets_out: dict[str, int] = {}  # by DownstreamPacket signal name, as written
         self.unsent = 0  # downstream packets decided but never written (a stop went first, the stream ended)
         self.outbox = Outbox(settings.outbox_size)
+        # The session's span (tracing on): child of the backend's context (in the Assignment) or
+        # of the commander's (ChatStream metadata); the Assignment then carries ours onward.
+        parent = dict(assignment.trace_context) if assignment is not None and assignment.trace_context else None
+        self.trace = SessionTrace.begin(
+            settings.tracer, self.session_id, parent or trace_parent, commander=commander, started_by=started_by
+        )
         if assignment is not None:  # a pool stream: the assignment goes down before anything else
+            if self.trace is not None:
+                assignment.trace_context.clear()
+                assignment.trace_context.update(self.trace.carrier())
             self.outbox.put_nowait(wire.pb.DownstreamPacket(assignment=assignment))
         self._requests = requests
         self._settings = settings
@@ -323,6 +335,8 @@ class SessionRunner:
                 journal=self.machine.journal,
             )
         )
+        if self.trace is not None:
+            self._end_trace(outcome)
         stop = outcome.stop
         log.info(
             "session.ended",
@@ -337,6 +351,19 @@ class SessionRunner:
             packets_in=sum(self.machine.packets_in.values()),
             dropped=self.machine.dropped_packets,
         )
+
+    def _end_trace(self, outcome: SessionOutcome) -> None:
+        assert self.trace is not None
+        counters = {
+            "session.packets_in": sum(self.machine.packets_in.values()),
+            "session.packets_out": sum(self.packets_out.values()),
+            "session.packets_dropped": self.machine.dropped_packets,
+            "session.tool_calls": self.machine.tools.done_count,
+        }
+        try:
+            self.trace.end(outcome, self.machine.journal, counters)
+        except Exception:  # tracing must never change how a session ends
+            log.exception("trace.failed")
 
     def _end_task(self) -> None:
         """End the session task from another task: cancel it (taken back in `run`)."""

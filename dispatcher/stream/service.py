@@ -26,6 +26,7 @@ from dispatcher.stream.trailers import set_final_status
 from shared import wire
 from shared.errors import ProtocolViolation, ShuttingDown
 from shared.model import valid_session_id
+from shared.tracing import carrier_from_metadata
 from shared.wire import MetadataKey, encode_metadata_value
 
 __all__ = ["AgentInteractionService", "describe_peer"]
@@ -78,7 +79,10 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
             if first.WhichOneof("payload") == "hello" and first.hello.awaits_assignment:
                 return await self._await_assignment(PoolSlot(first, requests, peer, commander), context)
             session_id = _choose_session_id(first, context)
-            runner = self._sessions.open(session_id, requests, peer=peer, commander=commander)
+            runner = self._sessions.open(
+                session_id, requests, peer=peer, commander=commander,
+                trace_parent=carrier_from_metadata(context.invocation_metadata()),
+            )  # fmt: skip
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception as error:

@@ -3,7 +3,10 @@
 // contract from proto/ at run time: no generated code, no Python. It proves the dispatcher speaks
 // the contract to a second gRPC stack.
 //
-// usage: node interop/node/interop.js HOST:PORT [BLOCKED_TEXT]
+// usage: node interop/node/interop.js [--ca-file FILE [--cert-file FILE --key-file FILE]] HOST:PORT [BLOCKED_TEXT]
+//
+// With --ca-file the client speaks TLS and checks the dispatcher's certificate against FILE; with
+// --cert-file/--key-file it also presents a client certificate (mutual TLS).
 //
 // The dispatcher must have been started with a --block-pattern matching BLOCKED_TEXT (default
 // "launch codes"). Two sessions run one after the other:
@@ -220,19 +223,47 @@ async function stopSession(client, blockedText) {
     `stop->confirm ${trailer('x-stop-to-confirm-ms')} ms`);
 }
 
+const USAGE = 'usage: node interop/node/interop.js [--ca-file FILE [--cert-file FILE --key-file FILE]] HOST:PORT [BLOCKED_TEXT]\n';
+
+// Options first, then the positional arguments; null when the command line is wrong.
+function parseArgs(argv) {
+  const options = {};
+  const rest = [...argv];
+  while (rest.length && rest[0].startsWith('--')) {
+    const flag = rest.shift();
+    if (!['--ca-file', '--cert-file', '--key-file'].includes(flag) || !rest.length) return null;
+    options[flag.slice(2)] = rest.shift();
+  }
+  if (rest.length < 1 || rest.length > 2) return null;
+  if (Boolean(options['cert-file']) !== Boolean(options['key-file'])) return null;
+  if (options['cert-file'] && !options['ca-file']) return null;
+  return { options, target: rest[0], blockedText: rest[1] || 'launch codes' };
+}
+
+function credentials(options) {
+  if (!options['ca-file']) return { creds: grpc.credentials.createInsecure(), mode: 'plaintext' };
+  const fs = require('node:fs');
+  const root = fs.readFileSync(options['ca-file']);
+  const key = options['key-file'] ? fs.readFileSync(options['key-file']) : null;
+  const chain = options['cert-file'] ? fs.readFileSync(options['cert-file']) : null;
+  return { creds: grpc.credentials.createSsl(root, key, chain), mode: key ? 'mutual TLS' : 'TLS' };
+}
+
 async function main(argv) {
-  if (argv.length < 1 || argv.length > 2 || argv[0].startsWith('-')) {
-    process.stderr.write('usage: node interop/node/interop.js HOST:PORT [BLOCKED_TEXT]\n');
+  const args = parseArgs(argv);
+  if (args === null) {
+    process.stderr.write(USAGE);
     return 2;
   }
-  const [target, blockedText = 'launch codes'] = argv;
+  const { options, target, blockedText } = args;
   const pkg = loadContract();
-  const client = new pkg.AgentInteraction(target, grpc.credentials.createInsecure());
+  const { creds, mode } = credentials(options);
+  const client = new pkg.AgentInteraction(target, creds);
   try {
     await new Promise((resolve, reject) => {
       client.waitForReady(Date.now() + WAIT_MS, (err) => (err ? reject(new Failure(`cannot reach ${target}: ${err.message}`)) : resolve()));
     });
-    log(`interop: @grpc/grpc-js ${require('@grpc/grpc-js/package.json').version} -> ${target}`);
+    log(`interop: @grpc/grpc-js ${require('@grpc/grpc-js/package.json').version} -> ${target} (${mode})`);
     await fullSession(client);
     await stopSession(client, blockedText);
   } finally {

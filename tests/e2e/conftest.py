@@ -124,7 +124,9 @@ class DispatcherFactory:
     tmp_path: Path
     started: list[DispatcherProcess] = field(default_factory=list)
 
-    def __call__(self, *extra: str, instance_id: str = "e2e", cwd: Path | None = None) -> DispatcherProcess:
+    def __call__(
+        self, *extra: str, instance_id: str = "e2e", cwd: Path | None = None, env: dict[str, str] | None = None
+    ) -> DispatcherProcess:
         """Start `dispatcher serve` on a free loopback port and wait until it reports ready."""
         n = len(self.started)
         ready = self.tmp_path / f"dispatcher-{n}.ready"
@@ -140,7 +142,7 @@ class DispatcherFactory:
         ]  # fmt: skip
         with log_path.open("wb") as log_file:  # the child keeps its own descriptor
             proc = subprocess.Popen(
-                args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=ENV, cwd=cwd
+                args, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env or ENV, cwd=cwd
             )
         dispatcher = DispatcherProcess(proc=proc, log_path=log_path, ready_path=ready, args=args)
         self.started.append(dispatcher)
@@ -189,7 +191,7 @@ def dispatcher(start_dispatcher: DispatcherFactory) -> DispatcherProcess:
 
 
 def run_commander(
-    target: str, prompt: str, *extra: str, timeout: float = COMMANDER_TIMEOUT_S
+    target: str, prompt: str, *extra: str, timeout: float = COMMANDER_TIMEOUT_S, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """`commander run` to completion; stdout and stderr together in `.stdout`."""
     return subprocess.run(
@@ -200,7 +202,7 @@ def run_commander(
         encoding="utf-8",
         errors="replace",
         timeout=timeout,
-        env=ENV,
+        env=env or ENV,
         check=False,
     )
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conformance.requirements import BY_ID
+from tests.certs import Pki
 from tests.e2e.conftest import ENV, ROOT, DispatcherFactory, wait_for
 
 STOP_WORD = "CONFORMANCE-STOP"
@@ -167,3 +168,18 @@ def test_an_unknown_id_in_the_expected_failures_file_is_a_usage_error(tmp_path: 
     done = run_kit("127.0.0.1:1", "--expected-failures", str(listed))
     assert done.returncode == 4, output(done)
     assert "unknown requirement id 'STOP-999'" in done.stderr, output(done)
+
+
+def test_the_kit_grades_a_dispatcher_over_mutual_tls(start_dispatcher: DispatcherFactory, tmp_path: Path) -> None:
+    pki = Pki(tmp_path / "pki")
+    server, client = pki.server(), pki.issue("kit", "conformance-kit.example.org")
+    dispatcher = start_dispatcher(
+        "--block-pattern", STOP_WORD, "--tls-cert", str(server.cert), "--tls-key", str(server.key),
+        "--tls-client-ca", str(pki.ca_file), "--tls-require-client-cert",
+    )  # fmt: skip
+    junit = tmp_path / "conformance.xml"
+    tls = ["--tls", "--ca-file", str(pki.ca_file), "--cert-file", str(client.cert), "--key-file", str(client.key)]
+    done = run_kit(dispatcher.address, *tls, "--junit-xml", str(junit))
+    assert done.returncode == 0, output(done)
+    assert "CONFORMANT" in done.stdout, output(done)
+    assert sorted(r for r, o in outcomes(junit).items() if o != "passed") == [], output(done)

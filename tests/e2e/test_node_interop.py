@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from tests.certs import Pki
 from tests.e2e.conftest import ENV, ROOT, DispatcherFactory
 
 INTEROP_DIR = ROOT / "interop" / "node"
@@ -72,3 +74,32 @@ def test_node_client_full_session_and_policy_stop(start_dispatcher: DispatcherFa
     assert stopped["stop_code"] == "POLICY_VIOLATION", stopped
     assert stopped["stop_confirmed"] is True, stopped
     assert stopped["stop_path"] == ["policy:content_blocklist", "dispatcher:node-interop"], stopped
+
+
+@pytest.mark.parametrize("mutual", [False, True], ids=["tls", "mutual-tls"])
+def test_node_client_over_tls(start_dispatcher: DispatcherFactory, tmp_path: Path, mutual: bool) -> None:
+    """The same two sessions from grpc-js over TLS; with mutual TLS its certificate is its credential."""
+    node = _node_or_skip()
+    pki = Pki(tmp_path / "pki")
+    server = pki.server()
+    flags = ["--tls-cert", str(server.cert), "--tls-key", str(server.key), "--block-pattern", f"(?i){BLOCKED}"]
+    client_flags = ["--ca-file", str(pki.ca_file)]
+    if mutual:
+        client = pki.issue_uri("node", "spiffe://example.org/node-agent")
+        tokens = tmp_path / "tokens"
+        tokens.write_text("commander node-agent x509:spiffe://example.org/node-agent\n")
+        flags += ["--tls-client-ca", str(pki.ca_file), "--tls-require-client-cert", "--tokens-file", str(tokens)]
+        client_flags += ["--cert-file", str(client.cert), "--key-file", str(client.key)]
+    dispatcher = start_dispatcher(*flags, instance_id="node-interop")
+
+    result = subprocess.run(
+        [node, str(INTEROP_DIR / "interop.js"), *client_flags, dispatcher.address, BLOCKED],
+        capture_output=True, stdin=subprocess.DEVNULL, encoding="utf-8", errors="replace",
+        timeout=NODE_TIMEOUT_S, env=ENV, cwd=ROOT, check=False,
+    )  # fmt: skip
+    report = f"node exited {result.returncode}\n{result.stdout}\n{result.stderr}\n{dispatcher.describe()}"
+    assert result.returncode == 0, report
+    assert f"({'mutual TLS' if mutual else 'TLS'})" in result.stdout.splitlines()[0], report
+    assert result.stdout.rstrip().endswith("interop: PASS (full, stop)"), report
+    stopped = dispatcher.wait_for_event("session.ended", state="STOPPED")
+    assert stopped["stop_confirmed"] is True, stopped

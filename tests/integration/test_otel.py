@@ -7,7 +7,8 @@ Two process-wide side effects are handled here:
   the original function is back, so later tests build plain servers.
 - The global TracerProvider can be set once per process: the fixture reuses an SDK provider if one
   is already installed (adding its in-memory processor once), else installs its own. Either way the
-  dispatcher's `_instrument_otel` sees an SDK provider and does not add its console exporter.
+  dispatcher's `_instrument_otel` sees an SDK provider (without one it warns: the spans would go
+  nowhere). The session spans exported over OTLP are tested in tests/e2e/test_tracing.py.
 """
 
 from __future__ import annotations
