@@ -182,7 +182,11 @@ class OpenAIChatAgent:
         while True:
             turn = _Turn()
             try:
-                await self._stream(client, url, body, ctx, turn)
+                # The model request is a span under the session's (OTel GenAI names); None when off.
+                with ctx.span(f"chat {s.model}", **_span_attributes(s.model, attempt)) as span:
+                    await self._stream(client, url, body, ctx, turn)
+                    if span is not None and turn.usage is not None:
+                        span.set_attributes(_usage_attributes(turn.usage))
                 return turn
             except _Retryable as exc:
                 if turn.deltas or attempt >= s.retries:
@@ -478,3 +482,18 @@ async def _run_call(ctx: AgentContext, call: _ToolCall, by_function: Mapping[str
 
 def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _span_attributes(model: str, attempt: int) -> dict[str, Any]:
+    return {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.system": "openai",
+        "gen_ai.request.model": model,
+        "model.attempt": attempt + 1,
+    }
+
+
+def _usage_attributes(usage: dict[str, Any]) -> dict[str, int]:
+    """The usage chunk's counts as the GenAI span attributes (only the integers it carried)."""
+    names = {"prompt_tokens": "gen_ai.usage.input_tokens", "completion_tokens": "gen_ai.usage.output_tokens"}
+    return {names[key]: value for key, value in usage.items() if key in names and isinstance(value, int)}
