@@ -63,10 +63,10 @@ model-stop-latency: $(STAMP)  ## a stop aborting a model request: stop->abort p5
 
 BENCH_ARGS ?=
 
-bench: $(STAMP)  ## dispatcher vs a bare grpc.aio server, real processes (~15 min): bench/results/latest.md
+bench: $(STAMP)  ## dispatcher vs a bare grpc.aio server, real processes (~20 min): bench/results/latest.md
 	$(PY) -m scripts.bench $(BENCH_ARGS)
 
-bench-quick: $(STAMP)  ## the same benchmark with small sizes, under two minutes: bench/results/latest-quick.md
+bench-quick: $(STAMP)  ## the same benchmark with small sizes, about three minutes: bench/results/latest-quick.md
 	$(PY) -m scripts.bench --quick $(BENCH_ARGS)
 
 serve: $(STAMP)  ## run a dispatcher on 127.0.0.1:50051

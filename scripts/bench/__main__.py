@@ -25,7 +25,7 @@ from scripts.bench.report import HEADER, machine_info, write_results
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="the small plan: finishes in under two minutes")
+    parser.add_argument("--quick", action="store_true", help="the small plan: about three minutes")
     parser.add_argument("--reps", type=int, help="override the plan's repetitions")
     parser.add_argument(
         "--only", nargs="+", choices=sorted(CASES), help="run only these cases (the results are then not `latest`)"

@@ -1,4 +1,4 @@
-"""How big each case is: `QUICK` (make bench-quick, under two minutes) and `FULL` (make bench)."""
+"""How big each case is: `QUICK` (make bench-quick, about three minutes) and `FULL` (make bench)."""
 
 from __future__ import annotations
 
