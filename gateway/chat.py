@@ -5,9 +5,11 @@ the input, earlier messages go along as context (`input_json` `{"messages": [...
 answer is Chat Completions: `chat.completion` objects, or with `"stream": true`
 `chat.completion.chunk`s with `delta.content` for the answer and `delta.reasoning_content`
 for thoughts, then `data: [DONE]`. The session's tool calls run on the dispatcher, so they
-are not `tool_calls` (a client would think it has to run them). Token usage is not known
-to the control API yet, so `usage` is left out. A client that goes away, streaming or not,
-stops the session (USER_CANCEL, the path starting at the client).
+are not `tool_calls` (a client would think it has to run them). `usage` is the sum of the
+session's Usage events (what the commander reported): in the whole answer, and in a last chunk
+with no choices when the request asks for it (`stream_options.include_usage`), as OpenAI does.
+A client that goes away, streaming or not, stops the session (USER_CANCEL, the path starting
+at the client).
 """
 
 from __future__ import annotations
@@ -38,7 +40,36 @@ __all__ = ["chat_completions", "finish_reason", "list_models", "split_messages"]
 
 log = structlog.get_logger("gateway")
 
-_CHAT_KINDS = (wire.ctl.EVENT_KIND_THOUGHT, wire.ctl.EVENT_KIND_CONTENT, wire.ctl.EVENT_KIND_STATE_CHANGE)
+_CHAT_KINDS = (
+    wire.ctl.EVENT_KIND_THOUGHT,
+    wire.ctl.EVENT_KIND_CONTENT,
+    wire.ctl.EVENT_KIND_STATE_CHANGE,
+    wire.ctl.EVENT_KIND_USAGE,
+)
+
+
+class _Usage:
+    """The session's Usage events summed, in the Chat Completions `usage` shape."""
+
+    def __init__(self) -> None:
+        self.prompt = self.completion = self.reasoning = 0
+        self.seen = False
+
+    def add(self, usage: Any) -> None:
+        self.seen = True
+        self.prompt += usage.prompt_tokens
+        self.completion += usage.completion_tokens
+        self.reasoning += usage.reasoning_tokens
+
+    def as_json(self) -> dict[str, Any] | None:
+        if not self.seen:
+            return None
+        return {
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning},
+        }
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 
 
@@ -108,10 +139,22 @@ class _Completion:
         }
         return ServerSentEvent(data=json.dumps(data, ensure_ascii=False, separators=(",", ":")))
 
-    def whole(self, answer: str, thoughts: str, outcome: Any) -> dict[str, Any]:
+    def usage_chunk(self, usage: dict[str, Any]) -> ServerSentEvent:
+        data = {
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        }
+        return ServerSentEvent(data=json.dumps(data, ensure_ascii=False, separators=(",", ":")))
+
+    def whole(self, answer: str, thoughts: str, outcome: Any, usage: dict[str, Any] | None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": answer}
         if thoughts:
             message["reasoning_content"] = thoughts
+        extra = {"usage": usage} if usage is not None else {}
         return {
             "id": self.id,
             "object": "chat.completion",
@@ -119,6 +162,7 @@ class _Completion:
             "model": self.model,
             "choices": [{"index": 0, "message": message, "finish_reason": finish_reason(outcome), "logprobs": None}],
             "session_outcome": message_to_dict(outcome) if outcome is not None else None,
+            **extra,
         }
 
 
@@ -130,6 +174,10 @@ async def chat_completions(request: Request) -> Response:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise bad_request("'stream' must be true or false")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise bad_request("'stream_options' must be an object")
+    include_usage = options.get("include_usage", False) is True
     start = wire.ctl.StartSessionRequest(
         input_text=text,
         input_json=json.dumps({"messages": context}, ensure_ascii=False) if context else "",
@@ -149,11 +197,14 @@ async def chat_completions(request: Request) -> Response:
         raise
     completion = _Completion(first.session_id, model)
     if stream:
-        return event_stream(state, _chunks(call, completion, state), first.session_id)
+        return event_stream(state, _chunks(call, completion, state, include_usage), first.session_id)
     return await _whole(request, call, completion, state)
 
 
-async def _chunks(call: Any, completion: _Completion, state: GatewayState) -> AsyncIterator[ServerSentEvent]:
+async def _chunks(
+    call: Any, completion: _Completion, state: GatewayState, include_usage: bool
+) -> AsyncIterator[ServerSentEvent]:
+    usage = _Usage()
     try:
         yield completion.chunk({"role": "assistant", "content": ""})
         outcome = None
@@ -164,10 +215,14 @@ async def _chunks(call: Any, completion: _Completion, state: GatewayState) -> As
                 yield completion.chunk({"content": event.content.text})
             elif kind == "thought" and event.thought.delta:
                 yield completion.chunk({"reasoning_content": event.thought.delta})
+            elif kind == "usage":
+                usage.add(event.usage)
             elif (outcome := outcome_of(event)) is not None:
                 break
         extra = {"session_outcome": message_to_dict(outcome)} if outcome is not None else {}
         yield completion.chunk({}, finish_reason(outcome), **extra)
+        if include_usage and (summed := usage.as_json()) is not None:
+            yield completion.usage_chunk(summed)
     except grpc.aio.AioRpcError as exc:
         error = state.upstream.error(exc)
         log.info("gateway.stream_failed", session_id=completion.session_id, code=error.code)
@@ -188,6 +243,7 @@ async def _whole(request: Request, call: Any, completion: _Completion, state: Ga
     answer: list[str] = []
     thoughts: list[str] = []
     outcome: Any = None
+    usage = _Usage()
     finished = False
     failed: grpc.aio.AioRpcError | None = None
 
@@ -201,6 +257,8 @@ async def _whole(request: Request, call: Any, completion: _Completion, state: Ga
                     answer.append(event.content.text)
                 elif kind == "thought":
                     thoughts.append(event.thought.delta)
+                elif kind == "usage":
+                    usage.add(event.usage)
                 elif (ended := outcome_of(event)) is not None:
                     outcome = ended
                     break
@@ -225,7 +283,7 @@ async def _whole(request: Request, call: Any, completion: _Completion, state: Ga
         raise state.upstream.error(failed) from failed
     if not finished:
         raise GatewayError(499, "CANCELLED", "the client went away")  # nobody reads this answer
-    return JSONResponse(completion.whole("".join(answer), "".join(thoughts), outcome))
+    return JSONResponse(completion.whole("".join(answer), "".join(thoughts), outcome, usage.as_json()))
 
 
 async def list_models(request: Request) -> Response:

@@ -266,7 +266,7 @@ async def test_a_call_waiting_for_approval_is_decided_over_http() -> None:
 async def test_the_official_openai_sdk_streams_and_gets_whole_answers() -> None:
     async with (
         running_dispatcher() as d,
-        pool_commanders(d, 2),
+        pool_commanders(d, 3),  # each serves one session: stream, whole answer, stream with usage
         running_gateway(d.address) as gw,
     ):
         sdk = openai.AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="not-checked-in-development-mode")
@@ -292,6 +292,19 @@ async def test_the_official_openai_sdk_streams_and_gets_whole_answers() -> None:
         assert whole.object == "chat.completion" and whole.model == "any-name"
         assert "7" in (whole.choices[0].message.content or "") and whole.choices[0].finish_reason == "stop"
         assert "calculator" in (whole.choices[0].message.model_extra or {})["reasoning_content"]
+        # Usage: what the commander reported (the scripted agent counts its own), summed.
+        assert whole.usage is not None and whole.usage.completion_tokens > 0
+        assert whole.usage.total_tokens == whole.usage.prompt_tokens + whole.usage.completion_tokens
+        counted = await sdk.chat.completions.create(
+            model=DEFAULT_MODEL,
+            messages=[{"role": "user", "content": "What is 2 + 2?"}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in counted]
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None  # OpenAI's usage chunk, last
+        assert chunks[-1].usage.completion_tokens > 0
+        assert all(chunk.usage is None for chunk in chunks[:-1])
         with pytest.raises(openai.BadRequestError) as bad:
             await sdk.chat.completions.create(model="m", messages=[{"role": "assistant", "content": "hi"}])
         assert "last message must be a user message" in str(bad.value)
