@@ -39,6 +39,12 @@ def _listen(value: str) -> tuple[str, int]:
 @click.option("--tls", is_flag=True, help="connect to the dispatcher with TLS (system roots unless --ca-file)")
 @click.option("--ca-file", type=click.Path(exists=True, dir_okay=False), default=None,
               help="PEM roots that verify the dispatcher's certificate (implies --tls)")
+@click.option("--cert-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM client certificate for mutual TLS (with --key-file; implies --tls). A certificate "
+              "principal in the dispatcher's tokens file is the gateway's identity only for calls "
+              "that carry no bearer token of their own")
+@click.option("--key-file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="PEM private key of --cert-file")
 @click.option("--id", "gateway_id", envvar="GATEWAY_ID", default=None,
               help="this gateway's name in stop paths (gateway:ID) [env GATEWAY_ID; default the host name]")
 @click.option("--keepalive-s", envvar="GATEWAY_KEEPALIVE_S", type=float, default=15.0, show_default=True,
@@ -59,7 +65,8 @@ def _listen(value: str) -> tuple[str, int]:
 @click.option("--log-level", default="info", type=click.Choice(["debug", "info", "warning", "error"]),
               show_default=True)
 @click.option("--log-format", default="auto", type=click.Choice(["auto", "json", "console"]), show_default=True)
-def main(target: str, listen: str, tls: bool, ca_file: str | None, gateway_id: str | None, keepalive_s: float,
+def main(target: str, listen: str, tls: bool, ca_file: str | None, cert_file: str | None, key_file: str | None,
+         gateway_id: str | None, keepalive_s: float,
          send_timeout_s: float, list_refresh_s: float, cors_origins: tuple[str, ...], models: tuple[str, ...],
          max_kept_sessions: int, wait_for_commander_ms: int, log_level: str, log_format: str) -> None:  # fmt: skip
     """Serve the HTTP/SSE gateway: sessions as Server-Sent Events (/v1/sessions), an
@@ -72,7 +79,9 @@ def main(target: str, listen: str, tls: bool, ca_file: str | None, gateway_id: s
     host, port = _listen(listen)
     try:
         config = GatewayConfig(
-            upstream=ClientConfig(target=target, tls=tls, ca_file=ca_file or ""),
+            upstream=ClientConfig(
+                target=target, tls=tls, ca_file=ca_file or "", cert_file=cert_file or "", key_file=key_file or ""
+            ),
             host=host,
             port=port,
             keepalive_s=keepalive_s,

@@ -21,10 +21,12 @@ from gateway.errors import GatewayError, from_rpc_error
 from shared import wire
 from shared.keepalive import KeepaliveConfig
 
-__all__ = ["VIA", "Metadata", "Upstream", "client_hop", "responses"]
+__all__ = ["TRACE_HEADERS", "VIA", "Metadata", "Upstream", "client_hop", "responses"]
 
 VIA = "x-via"  # dispatcher/control/via.py reads it
 Metadata = tuple[tuple[str, str], ...]
+TRACE_HEADERS = ("traceparent", "tracestate")
+_MAX_TRACE_HEADER = 512  # W3C: tracestate is at most 32 members; anything longer is not a trace header
 _MAX_PAGES = 1000
 
 
@@ -55,14 +57,20 @@ class Upstream:
         await self._channel.close(grace=None)
 
     def metadata(self, connection: HTTPConnection) -> Metadata:
-        """The caller's bearer token (if any) and the hops in front of us."""
-        via = (VIA, f"{client_hop(connection)},{self.config.hop}")
+        """The caller's bearer token (if any), the hops in front of us, and the caller's W3C trace
+        context (`traceparent`/`tracestate`), so the dispatcher's session span joins its trace."""
+        metadata: list[tuple[str, str]] = [(VIA, f"{client_hop(connection)},{self.config.hop}")]
         authorization = connection.headers.get("authorization", "")
-        if not authorization:
-            return (via,)
-        if not (authorization.isascii() and authorization.isprintable()):
-            raise GatewayError(401, "UNAUTHENTICATED", "the Authorization header must be printable ASCII")
-        return (("authorization", authorization), via)
+        if authorization:
+            if not (authorization.isascii() and authorization.isprintable()):
+                raise GatewayError(401, "UNAUTHENTICATED", "the Authorization header must be printable ASCII")
+            metadata.insert(0, ("authorization", authorization))
+        for header in TRACE_HEADERS:
+            value = connection.headers.get(header, "")
+            # A malformed trace header is dropped, not refused: tracing must never fail a request.
+            if value and len(value) <= _MAX_TRACE_HEADER and value.isascii() and value.isprintable():
+                metadata.append((header, value))
+        return tuple(metadata)
 
     def error(self, exc: grpc.RpcError) -> GatewayError:
         return from_rpc_error(exc, self.target)

@@ -24,9 +24,11 @@ from gateway.config import DEFAULT_MODEL, GatewayConfig
 from gateway.server import GatewayServer
 from shared import wire
 from shared.model import SessionState, StopCode
+from tests.certs import Pki
 from tests.conftest import WAIT_S, Gate, RawSession, running_dispatcher, test_config, wait_until
 from tests.integration.test_approval import approval_tools
 from tests.integration.test_control import pool_commanders
+from tests.integration.test_tls import tls_config
 
 pytestmark = pytest.mark.anyio
 
@@ -34,9 +36,12 @@ GATEWAY_ID = "gw-test"
 
 
 @asynccontextmanager
-async def running_gateway(target: str, **settings: Any) -> AsyncIterator[GatewayServer]:
-    """A real gateway (uvicorn) on a free loopback port in front of `target`."""
-    config = GatewayConfig(upstream=ClientConfig(target=target), port=0, gateway_id=GATEWAY_ID, **settings)
+async def running_gateway(
+    target: str, upstream: ClientConfig | None = None, **settings: Any
+) -> AsyncIterator[GatewayServer]:
+    """A real gateway (uvicorn) on a free loopback port in front of `target` (`upstream`: how it dials)."""
+    upstream = upstream or ClientConfig(target=target)
+    config = GatewayConfig(upstream=upstream, port=0, gateway_id=GATEWAY_ID, **settings)
     server = GatewayServer(config)
     task = asyncio.get_running_loop().create_task(server.run())
     try:
@@ -470,3 +475,26 @@ async def test_a_malformed_via_header_is_refused_by_the_dispatcher() -> None:
         assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
         assert d.sessions.registry.get_open("via") is not None  # untouched
         raw.call.cancel()
+
+
+async def test_the_gateway_dials_a_mutual_tls_dispatcher_with_its_certificate(tmp_path: Any) -> None:
+    pki = Pki(tmp_path / "pki")
+    gateway_cert = pki.issue_uri("gateway", "spiffe://example.org/gateway")
+    config = tls_config(
+        pki.server(), client_ca=pki.ca_file, auth={"tokens": "operator gw x509:spiffe://example.org/gateway"}
+    )
+    async with running_dispatcher(config) as d:
+        assert d.address is not None
+        upstream = ClientConfig(
+            target=d.address, ca_file=str(pki.ca_file), cert_file=str(gateway_cert.cert), key_file=str(gateway_cert.key)
+        )
+        async with running_gateway(d.address, upstream) as gw, gateway_client(gw) as client:
+            # No bearer token: the gateway's certificate is the principal (operator gw).
+            listed = await client.get("/v1/sessions")
+            assert listed.status_code == 200, listed.text
+            assert listed.json()["sessions"] == []
+        plain = ClientConfig(target=d.address, ca_file=str(pki.ca_file))  # TLS without a client certificate
+        async with running_gateway(d.address, plain) as gw, gateway_client(gw) as client:
+            refused = await client.get("/v1/sessions")
+            assert refused.status_code == 503, refused.text  # the dispatcher is unreachable for it: a JSON error
+            assert refused.json()["error"]["code"] == "UNAVAILABLE"

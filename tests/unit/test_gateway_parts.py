@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from starlette.requests import HTTPConnection
 
 from dispatcher.auth import Principal, Role
 from dispatcher.control.via import caller_path, via_hops
@@ -17,6 +18,7 @@ from gateway.chat import finish_reason, split_messages
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError, from_rpc_error, http_status
 from gateway.events import end_event, error_event, sse_event, sse_kind
+from gateway.upstream import Upstream
 from shared import wire
 from shared.errors import BadRequest
 
@@ -162,3 +164,25 @@ def test_via_hops_go_in_front_of_the_callers_own_hop() -> None:
     for bad in ("a b", "a,,b", "é", "x" * 129, "a,b,c,d,e"):
         with pytest.raises(BadRequest, match="x-via"):
             via_hops(_Context(("x-via", bad)))
+
+
+async def test_the_callers_token_and_trace_context_go_upstream_malformed_trace_headers_do_not() -> None:
+    upstream = Upstream(GatewayConfig(upstream=ClientConfig(target="127.0.0.1:1"), gateway_id="gw-1"))
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+    def request(*headers: tuple[str, str]) -> HTTPConnection:
+        raw = [(name.encode(), value.encode("utf-8")) for name, value in headers]
+        return HTTPConnection({"type": "http", "headers": raw, "client": ("10.0.0.7", 5123)})
+
+    try:
+        sent = upstream.metadata(request(("authorization", "Bearer t"), ("traceparent", parent), ("tracestate", "a=1")))
+        assert sent == (
+            ("authorization", "Bearer t"),
+            ("x-via", "http:10.0.0.7:5123,gateway:gw-1"),
+            ("traceparent", parent),
+            ("tracestate", "a=1"),
+        )
+        dropped = upstream.metadata(request(("traceparent", "x" * 600), ("tracestate", "é=1")))
+        assert dropped == (("x-via", "http:10.0.0.7:5123,gateway:gw-1"),)  # tracing never fails a request
+    finally:
+        await upstream.close()
