@@ -59,6 +59,7 @@ class SessionState(enum.Enum):
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
     EXPIRED = "EXPIRED"
+    DETACHED = "DETACHED"  # the stream broke; waiting for the commander to resume (not terminal)
 
 
 TERMINAL_STATES = frozenset(

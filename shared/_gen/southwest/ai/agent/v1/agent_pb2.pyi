@@ -55,7 +55,7 @@ TOOL_ERROR_CODE_RESULT_TOO_LARGE: ToolErrorCode
 TOOL_ERROR_CODE_DENIED: ToolErrorCode
 
 class UpstreamPacket(_message.Message):
-    __slots__ = ("session_id", "timestamp", "thought", "content", "tool_call", "error", "hello", "stop_confirm", "usage", "seq")
+    __slots__ = ("session_id", "timestamp", "thought", "content", "tool_call", "error", "hello", "stop_confirm", "usage", "seq", "downstream_ack")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     THOUGHT_FIELD_NUMBER: _ClassVar[int]
@@ -66,6 +66,7 @@ class UpstreamPacket(_message.Message):
     STOP_CONFIRM_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
+    DOWNSTREAM_ACK_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     timestamp: int
     thought: ThoughtChain
@@ -76,7 +77,8 @@ class UpstreamPacket(_message.Message):
     stop_confirm: StopConfirm
     usage: Usage
     seq: int
-    def __init__(self, session_id: _Optional[str] = ..., timestamp: _Optional[int] = ..., thought: _Optional[_Union[ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallRequest, _Mapping]] = ..., error: _Optional[_Union[ErrorSignal, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., stop_confirm: _Optional[_Union[StopConfirm, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+    downstream_ack: int
+    def __init__(self, session_id: _Optional[str] = ..., timestamp: _Optional[int] = ..., thought: _Optional[_Union[ThoughtChain, _Mapping]] = ..., content: _Optional[_Union[ContentChunk, _Mapping]] = ..., tool_call: _Optional[_Union[ToolCallRequest, _Mapping]] = ..., error: _Optional[_Union[ErrorSignal, _Mapping]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., stop_confirm: _Optional[_Union[StopConfirm, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., seq: _Optional[int] = ..., downstream_ack: _Optional[int] = ...) -> None: ...
 
 class ThoughtChain(_message.Message):
     __slots__ = ("step_name", "delta")
@@ -119,20 +121,30 @@ class ErrorSignal(_message.Message):
     def __init__(self, code: _Optional[str] = ..., message: _Optional[str] = ..., seq: _Optional[int] = ..., call_id: _Optional[str] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("session_id", "agent_name", "agent_version", "features", "awaits_assignment", "tools")
+    __slots__ = ("session_id", "agent_name", "agent_version", "features", "awaits_assignment", "tools", "resume")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     AWAITS_ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     agent_name: str
     agent_version: str
     features: _containers.RepeatedScalarFieldContainer[str]
     awaits_assignment: bool
     tools: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, session_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., awaits_assignment: _Optional[bool] = ..., tools: _Optional[_Iterable[str]] = ...) -> None: ...
+    resume: Resume
+    def __init__(self, session_id: _Optional[str] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., awaits_assignment: _Optional[bool] = ..., tools: _Optional[_Iterable[str]] = ..., resume: _Optional[_Union[Resume, _Mapping]] = ...) -> None: ...
+
+class Resume(_message.Message):
+    __slots__ = ("last_downstream_seq", "last_upstream_seq")
+    LAST_DOWNSTREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPSTREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    last_downstream_seq: int
+    last_upstream_seq: int
+    def __init__(self, last_downstream_seq: _Optional[int] = ..., last_upstream_seq: _Optional[int] = ...) -> None: ...
 
 class Usage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "model", "estimated")
@@ -173,20 +185,22 @@ class PendingToolCall(_message.Message):
     def __init__(self, call_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., fate: _Optional[_Union[ToolCallFate, str]] = ...) -> None: ...
 
 class DownstreamPacket(_message.Message):
-    __slots__ = ("ack", "stop", "tool_result", "welcome", "error", "assignment")
+    __slots__ = ("ack", "stop", "tool_result", "welcome", "error", "assignment", "seq")
     ACK_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     TOOL_RESULT_FIELD_NUMBER: _ClassVar[int]
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     ack: Ack
     stop: StopSignal
     tool_result: ToolCallResult
     welcome: Welcome
     error: ErrorSignal
     assignment: Assignment
-    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., stop: _Optional[_Union[StopSignal, _Mapping]] = ..., tool_result: _Optional[_Union[ToolCallResult, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., error: _Optional[_Union[ErrorSignal, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+    seq: int
+    def __init__(self, ack: _Optional[_Union[Ack, _Mapping]] = ..., stop: _Optional[_Union[StopSignal, _Mapping]] = ..., tool_result: _Optional[_Union[ToolCallResult, _Mapping]] = ..., welcome: _Optional[_Union[Welcome, _Mapping]] = ..., error: _Optional[_Union[ErrorSignal, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
 
 class Assignment(_message.Message):
     __slots__ = ("session_id", "input_text", "input_json", "metadata", "started_by", "deadline_ms", "trace_context")
@@ -267,18 +281,24 @@ class ToolError(_message.Message):
     def __init__(self, code: _Optional[_Union[ToolErrorCode, str]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("session_id", "dispatcher_id", "features", "limits", "tools")
+    __slots__ = ("session_id", "dispatcher_id", "features", "limits", "tools", "resumed", "last_upstream_seq", "resume_window_s")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DISPATCHER_ID_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     TOOLS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
+    LAST_UPSTREAM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    RESUME_WINDOW_S_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     dispatcher_id: str
     features: _containers.RepeatedScalarFieldContainer[str]
     limits: SessionLimits
     tools: _containers.RepeatedCompositeFieldContainer[ToolSpec]
-    def __init__(self, session_id: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ...) -> None: ...
+    resumed: bool
+    last_upstream_seq: int
+    resume_window_s: int
+    def __init__(self, session_id: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., features: _Optional[_Iterable[str]] = ..., limits: _Optional[_Union[SessionLimits, _Mapping]] = ..., tools: _Optional[_Iterable[_Union[ToolSpec, _Mapping]]] = ..., resumed: _Optional[bool] = ..., last_upstream_seq: _Optional[int] = ..., resume_window_s: _Optional[int] = ...) -> None: ...
 
 class ToolSpec(_message.Message):
     __slots__ = ("name", "description", "parameters_json_schema", "requires_approval")

@@ -20,6 +20,7 @@ class SessionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SESSION_STATE_FAILED: _ClassVar[SessionState]
     SESSION_STATE_CANCELLED: _ClassVar[SessionState]
     SESSION_STATE_EXPIRED: _ClassVar[SessionState]
+    SESSION_STATE_DETACHED: _ClassVar[SessionState]
 
 class StopResult(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -60,6 +61,7 @@ SESSION_STATE_STOPPED: SessionState
 SESSION_STATE_FAILED: SessionState
 SESSION_STATE_CANCELLED: SessionState
 SESSION_STATE_EXPIRED: SessionState
+SESSION_STATE_DETACHED: SessionState
 STOP_RESULT_UNSPECIFIED: StopResult
 STOP_RESULT_CONFIRMED: StopResult
 STOP_RESULT_NOT_CONFIRMED: StopResult
@@ -83,7 +85,7 @@ DECIDE_RESULT_ALREADY_DECIDED: DecideResult
 DECIDE_RESULT_NOT_AWAITING: DecideResult
 
 class SessionInfo(_message.Message):
-    __slots__ = ("session_id", "state", "commander", "commander_peer", "started_by", "dispatcher_id", "started_at_ms", "last_activity_ms", "packets_in", "packets_out", "tool_calls_running", "tool_calls_done", "packets_dropped", "first_event_seq", "last_event_seq", "outcome", "agent_name", "agent_version", "usage")
+    __slots__ = ("session_id", "state", "commander", "commander_peer", "started_by", "dispatcher_id", "started_at_ms", "last_activity_ms", "packets_in", "packets_out", "tool_calls_running", "tool_calls_done", "packets_dropped", "first_event_seq", "last_event_seq", "outcome", "agent_name", "agent_version", "usage", "resumes", "detached_at_ms")
     class PacketsInEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -117,6 +119,8 @@ class SessionInfo(_message.Message):
     AGENT_NAME_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    RESUMES_FIELD_NUMBER: _ClassVar[int]
+    DETACHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     state: SessionState
     commander: str
@@ -136,7 +140,9 @@ class SessionInfo(_message.Message):
     agent_name: str
     agent_version: str
     usage: SessionUsage
-    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., commander: _Optional[str] = ..., commander_peer: _Optional[str] = ..., started_by: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., last_activity_ms: _Optional[int] = ..., packets_in: _Optional[_Mapping[str, int]] = ..., packets_out: _Optional[_Mapping[str, int]] = ..., tool_calls_running: _Optional[int] = ..., tool_calls_done: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., first_event_seq: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., outcome: _Optional[_Union[SessionOutcome, _Mapping]] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., usage: _Optional[_Union[SessionUsage, _Mapping]] = ...) -> None: ...
+    resumes: int
+    detached_at_ms: int
+    def __init__(self, session_id: _Optional[str] = ..., state: _Optional[_Union[SessionState, str]] = ..., commander: _Optional[str] = ..., commander_peer: _Optional[str] = ..., started_by: _Optional[str] = ..., dispatcher_id: _Optional[str] = ..., started_at_ms: _Optional[int] = ..., last_activity_ms: _Optional[int] = ..., packets_in: _Optional[_Mapping[str, int]] = ..., packets_out: _Optional[_Mapping[str, int]] = ..., tool_calls_running: _Optional[int] = ..., tool_calls_done: _Optional[int] = ..., packets_dropped: _Optional[int] = ..., first_event_seq: _Optional[int] = ..., last_event_seq: _Optional[int] = ..., outcome: _Optional[_Union[SessionOutcome, _Mapping]] = ..., agent_name: _Optional[str] = ..., agent_version: _Optional[str] = ..., usage: _Optional[_Union[SessionUsage, _Mapping]] = ..., resumes: _Optional[int] = ..., detached_at_ms: _Optional[int] = ...) -> None: ...
 
 class SessionUsage(_message.Message):
     __slots__ = ("prompt_tokens", "completion_tokens", "reasoning_tokens", "total_tokens", "model_requests", "model", "estimated")
