@@ -110,6 +110,7 @@ def test_states_are_case_insensitive_with_or_without_prefix() -> None:
 
 def test_live_and_ended_are_the_non_terminal_and_terminal_states() -> None:
     live = ["SESSION_STATE_OPEN", "SESSION_STATE_ACTIVE", "SESSION_STATE_AWAITING_TOOL", "SESSION_STATE_STOPPING"]
+    live.append("SESSION_STATE_DETACHED")
     assert parse_states(["live"]) == live
     assert parse_states(["ENDED"]) == [
         "SESSION_STATE_FINISHED",
