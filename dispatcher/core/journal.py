@@ -13,7 +13,7 @@ import asyncio
 import struct
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import NamedTuple
 
 from google.protobuf.message import Message
@@ -55,7 +55,10 @@ class JournalEntry(NamedTuple):
 class Journal:
     """Append-only, bounded, readable from any kept seq."""
 
-    __slots__ = ("_bytes", "_changed", "_entries", "_first_seq", "_max_bytes", "_max_events", "closed", "session_id")
+    __slots__ = (
+        "_bytes", "_changed", "_entries", "_first_seq", "_max_bytes", "_max_events", "closed", "dirty", "session_id",
+        "sink",
+    )  # fmt: skip
 
     def __init__(self, session_id: str, *, max_events: int, max_bytes: int) -> None:
         self.session_id = session_id
@@ -71,6 +74,11 @@ class Journal:
         self._max_bytes = max(1, max_bytes)
         self._changed: asyncio.Event | None = None
         self.closed = False
+        # A store that follows this journal (dispatcher/store): told once when the journal gets
+        # events it has not committed yet (`dirty`), so the packet path does one flag test,
+        # not a call or an allocation per event. The store clears `dirty` when it takes them.
+        self.sink: Callable[[Journal], None] | None = None
+        self.dirty = False
 
     @property
     def first_seq(self) -> int:
@@ -98,6 +106,34 @@ class Journal:
             self._evict()
         if self._changed is not None:
             self._wake()
+        if not self.dirty and self.sink is not None:
+            self.dirty = True
+            self.sink(self)
+
+    def packed(self, seq: int) -> bytes | None:
+        """The stored form of the event at `seq` (header and message), for a session store."""
+        index = seq - self._first_seq
+        if 0 <= index < len(self._entries):
+            return self._entries[index]
+        return None
+
+    @classmethod
+    def restore(
+        cls, session_id: str, events: Iterable[tuple[int, bytes]], *, max_events: int, max_bytes: int
+    ) -> Journal:
+        """A journal rebuilt from a store's (seq, packed) pairs, dense and oldest first: reading
+        it gives the same events, seqs and times as the journal that was stored."""
+        journal = cls(session_id, max_events=max_events, max_bytes=max_bytes)
+        first = True
+        for seq, packed in events:
+            if first:
+                journal._first_seq = seq
+                first = False
+            journal._entries.append(packed)
+            journal._bytes += len(packed) - _HEADER.size
+        if journal._entries:
+            journal._evict()
+        return journal
 
     def _evict(self) -> None:
         # Always keep the newest event, even one bigger than the byte budget.
