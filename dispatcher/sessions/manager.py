@@ -22,6 +22,7 @@ from dispatcher.core.policies import Policy
 from dispatcher.core.session import Session
 from dispatcher.metrics.stats import RuntimeStats
 from dispatcher.sessions.directory import SessionDirectory
+from dispatcher.sessions.outbox import Outbox
 from dispatcher.sessions.overload import LoopLag
 from dispatcher.sessions.pool import CommanderPool, PoolSlot
 from dispatcher.sessions.registry import EndedSession, SessionHandle, SessionRegistry
@@ -31,7 +32,16 @@ from dispatcher.sessions.timers import Timers
 from dispatcher.tools import ToolExecutor, ToolRegistry
 from dispatcher.tools.catalog import ToolCatalog
 from shared import wire
-from shared.errors import AgentRuntimeError, AtCapacity, NoFreeCommander, SessionConflict, ShuttingDown
+from shared.errors import (
+    AccessDenied,
+    AgentRuntimeError,
+    AtCapacity,
+    NoFreeCommander,
+    NotFound,
+    SessionConflict,
+    SessionEnded,
+    ShuttingDown,
+)
 from shared.model import StopInfo
 
 __all__ = ["SessionManager", "StreamSessions"]
@@ -59,6 +69,16 @@ class StreamSessions(Protocol):
     ) -> SessionRunner: ...
 
     def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None: ...
+
+    def resume(
+        self,
+        session_id: str,
+        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        hello: wire.pb.Hello,
+        *,
+        peer: str,
+        commander: str = "",
+    ) -> tuple[SessionRunner, Outbox]: ...
 
     def park(self, slot: PoolSlot) -> None: ...
 
@@ -98,6 +118,8 @@ class SessionManager(SessionDirectory):
             on_ended=self._ended,
             abandoned=self.abandoned,
             stats=self.stats,
+            replay_max_packets=config.session.replay_max_packets,
+            replay_max_bytes=config.session.replay_max_bytes,
         )
         self._draining = False
         self._none_open = asyncio.Event()  # set whenever the last open session ends
@@ -156,6 +178,33 @@ class SessionManager(SessionDirectory):
 
     def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None:
         self._tasks.start(runner.run(first), name=f"session:{runner.session_id}")
+
+    def resume(
+        self,
+        session_id: str,
+        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        hello: wire.pb.Hello,
+        *,
+        peer: str,
+        commander: str = "",
+    ) -> tuple[SessionRunner, Outbox]:
+        """Hand a new stream to the open session it resumes (Hello.resume): the runner and the
+        stream's outbox. NotFound / SessionEnded / ResumeRefused / AccessDenied otherwise."""
+        if self._draining:
+            raise ShuttingDown("dispatcher is shutting down; the session cannot be resumed here")
+        handle = self.registry.get_open(session_id)
+        if not isinstance(handle, SessionRunner):
+            ended = self.registry.get_ended(session_id)
+            if ended is not None:
+                outcome = ended.outcome
+                raise SessionEnded(
+                    f"session {session_id!r} has ended {outcome.state.value} ({outcome.reason}); it cannot be resumed"
+                )
+            raise NotFound(f"session {session_id!r} is not held by this dispatcher; it cannot be resumed")
+        if handle.commander and commander != handle.commander:
+            raise AccessDenied(f"session {session_id!r} belongs to another commander; it cannot be resumed by this one")
+        outbox = handle.attach(requests, hello.resume, peer=peer)
+        return handle, outbox
 
     # -- the commander pool ---------------------------------------------------------------
 
