@@ -125,6 +125,11 @@ class Outbox:
         self._queue.extend(packets)
         self._wake_reader()
 
+    def seal(self) -> None:
+        """Take no more in-order packets (a resumed stream whose stop is already queued)."""
+        self._sealed = True
+        self._wake_all_writers()
+
     def push_ack(self, packet: Packet) -> None:
         """Queue a cumulative ack; one still queued takes its seq instead. Never waits."""
         if self._closed or self._finished:

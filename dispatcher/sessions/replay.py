@@ -24,7 +24,9 @@ _KEPT_KINDS = frozenset({"tool_result", "error", "stop"})
 
 
 class Replay:
-    __slots__ = ("_bytes", "_kept", "_max_bytes", "_max_packets", "keeps", "lost_through", "next_seq", "released")
+    __slots__ = (
+        "_bytes", "_kept", "_max_bytes", "_max_packets", "_written", "keeps", "lost_through", "next_seq", "released",
+    )  # fmt: skip
 
     def __init__(self, *, keeps: bool, max_packets: int, max_bytes: int) -> None:
         self.keeps = keeps  # False until the session turns out resumable (its Hello)
@@ -33,6 +35,7 @@ class Replay:
         self.lost_through = 0  # packets up to this seq were evicted unacknowledged
         self._kept: deque[tuple[int, Packet, int]] = deque()
         self._bytes = 0
+        self._written: set[int] = set()  # kept packets already written once (on any stream)
         self._max_packets = max_packets
         self._max_bytes = max_bytes
 
@@ -48,6 +51,7 @@ class Replay:
             while kept and (len(kept) > self._max_packets or self._bytes > self._max_bytes):
                 lost, _, lost_size = kept.popleft()
                 self._bytes -= lost_size
+                self._written.discard(lost)
                 self.lost_through = lost
 
     def release_through(self, seq: int) -> None:
@@ -57,7 +61,9 @@ class Replay:
         self.released = seq
         kept = self._kept
         while kept and kept[0][0] <= seq:
-            self._bytes -= kept.popleft()[2]
+            released, _, size = kept.popleft()
+            self._bytes -= size
+            self._written.discard(released)
 
     def after(self, seq: int) -> list[Packet] | None:
         """The kept packets after `seq`, oldest first; None when one of them was evicted."""
@@ -66,5 +72,15 @@ class Replay:
         self.release_through(seq)
         return [packet for _, packet, _ in self._kept]
 
-    def unacknowledged(self) -> list[Packet]:
-        return [packet for _, packet, _ in self._kept]
+    def first_write(self, seq: int) -> bool:
+        """The packet numbered `seq` was written: True unless it was written before (a kept
+        packet re-sent after a resume is journaled once)."""
+        if not self.keeps or seq in self._written:
+            return not self.keeps
+        if self._kept and self._kept[0][0] <= seq:
+            self._written.add(seq)
+        return True
+
+    def never_written(self) -> list[Packet]:
+        """Kept packets no stream has written: at the session's end, they were dropped."""
+        return [packet for seq, packet, _ in self._kept if seq not in self._written]

@@ -108,7 +108,7 @@ class SessionRunner:
     # `__weakref__`: the process's Timers hold runners weakly.
     __slots__ = (
         "__weakref__", "_approvals", "_armed", "_cleaning_up", "_ending_self", "_gone_reason", "_idle", "_reading",
-        "_requests", "_settings", "_switching", "_task", "_tools", "_written_seq", "assignment", "commander", "done",
+        "_requests", "_settings", "_switching", "_task", "_tools", "assignment", "commander", "done",
         "machine", "outbox", "outcome", "packets_out", "peer", "replay", "session_id", "settled", "started_by", "trace",
         "unsent",
     )  # fmt: skip
@@ -136,10 +136,7 @@ class SessionRunner:
         self.unsent = 0  # downstream packets decided but never written (a stop went first, the stream ended)
         self.outbox = Outbox(settings.outbox_size)  # the current stream's (a resume brings a new one)
         # Downstream numbering, and what a resumable session keeps for a resume (replay.py).
-        self.replay = Replay(
-            keeps=False, max_packets=settings.replay_max_packets, max_bytes=settings.replay_max_bytes
-        )
-        self._written_seq = 0  # the newest numbered packet written on any stream
+        self.replay = Replay(keeps=False, max_packets=settings.replay_max_packets, max_bytes=settings.replay_max_bytes)
         # The session's span (tracing on): child of the backend's context (in the Assignment) or
         # of the commander's (ChatStream metadata); the Assignment then carries ours onward.
         parent = dict(assignment.trace_context) if assignment is not None and assignment.trace_context else None
@@ -230,9 +227,7 @@ class SessionRunner:
             return
         self.peer_gone(reason)
 
-    def attach(
-        self, requests: AsyncIterator[wire.pb.UpstreamPacket], resume: wire.pb.Resume, *, peer: str
-    ) -> Outbox:
+    def attach(self, requests: AsyncIterator[wire.pb.UpstreamPacket], resume: wire.pb.Resume, *, peer: str) -> Outbox:
         """A new stream resumes this session (Hello.resume): its outbox, which starts with the
         Welcome and the packets the commander missed. Raises a domain error when it cannot."""
         machine = self.machine
@@ -240,7 +235,7 @@ class SessionRunner:
             raise SessionEnded(f"session {self.session_id!r} has ended; it cannot be resumed")
         if not machine.resumable:
             raise ResumeRefused(
-                f"session {self.session_id!r} was not opened with the \"resume\" feature; it cannot be resumed"
+                f'session {self.session_id!r} was not opened with the "resume" feature; it cannot be resumed'
             )
         missed = self.replay.after(resume.last_downstream_seq)
         if missed is None:
@@ -258,13 +253,14 @@ class SessionRunner:
         welcome = machine.on_resume(resume, _clock())
         self.replay.number(welcome)
         outbox = self.outbox = Outbox(self._settings.outbox_size)
-        outbox.put_nowait(welcome)
         stop = next((p for p in missed if p.HasField("stop")), None) if machine.pending_stop else None
-        if stop is not None:  # the stop overtakes whatever is queued, as it always does
-            self._dropped(tuple(p for p in missed if p is not stop and p.seq > self._written_seq))
-            outbox.push_urgent(stop)
+        if stop is not None:  # the stop overtakes whatever is queued, as it always does (after the Welcome)
+            unwritten = self.replay.never_written()
+            self._dropped(tuple(p for p in missed if p is not stop and p in unwritten))
+            outbox.preload([welcome, stop])
+            outbox.seal()
         else:
-            outbox.preload(missed)
+            outbox.preload([welcome, *missed])
         self.peer = peer
         self._requests = requests
         idle = self._idle
@@ -301,11 +297,8 @@ class SessionRunner:
         if self.done.is_set():  # already folded into the metrics (the last Ack, the stop)
             self._settings.stats.packet_written_after_end(kind)
         self.packets_out[kind] = self.packets_out.get(kind, 0) + 1
-        seq = packet.seq
-        if seq > self._written_seq:
-            self._written_seq = seq
-            if kind == "tool_result":
-                self.machine.journal.append("tool_result", packet.tool_result)
+        if self.replay.first_write(packet.seq) and kind == "tool_result":
+            self.machine.journal.append("tool_result", packet.tool_result)
 
     def writer_gone(self, in_flight: wire.pb.DownstreamPacket | None, outbox: Outbox | None = None) -> None:
         """The handler stopped writing (the stream ends): what it never wrote is dropped, or
@@ -443,7 +436,7 @@ class SessionRunner:
         outcome = self.machine.outcome or self.machine.on_peer_gone(self._gone_reason or "stream closed")
         self.outcome = outcome
         if self.replay.keeps:  # kept for a resume that never came: never written, so dropped
-            self._dropped(tuple(p for p in self.replay.unacknowledged() if p.seq > self._written_seq))
+            self._dropped(tuple(self.replay.never_written()))
         self._settings.timers.disarm(self)
         self._armed = -math.inf  # never again
         self.settled.set()
