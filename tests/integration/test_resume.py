@@ -147,7 +147,7 @@ async def test_a_stop_issued_while_detached_is_delivered_on_resume() -> None:
         assert stop.stop.code == wire.pb.STOP_CODE_OPERATOR
         await again.send(wire.pb.UpstreamPacket(seq=3, stop_confirm=wire.pb.StopConfirm(stop_id=stop.stop.stop_id)))
         await again.call.done_writing()
-        code, _, trailers = await again.status()
+        _, _, trailers = await again.status()
         ended = dispatcher.sessions.get_ended("stopped-while-detached")
     assert trailers[wire.MetadataKey.STOP_CONFIRMED] == "true"
     assert ended.outcome.state is SessionState.STOPPED and ended.outcome.stop_confirmed
