@@ -29,6 +29,7 @@ from dispatcher.sessions.registry import EndedSession, SessionHandle, SessionReg
 from dispatcher.sessions.runner import RunnerSettings, SessionRunner
 from dispatcher.sessions.tasks import SessionTasks
 from dispatcher.sessions.timers import Timers
+from dispatcher.store import MemoryStore, SessionStore
 from dispatcher.tools import ToolExecutor, ToolRegistry
 from dispatcher.tools.catalog import ToolCatalog
 from shared import wire
@@ -88,8 +89,15 @@ class StreamSessions(Protocol):
 class SessionManager(SessionDirectory):
     """Implements `StreamSessions` and `SessionDirectory` for one dispatcher process."""
 
-    def __init__(self, config: DispatcherConfig, tools: ToolRegistry, stats: RuntimeStats | None = None) -> None:
+    def __init__(
+        self,
+        config: DispatcherConfig,
+        tools: ToolRegistry,
+        stats: RuntimeStats | None = None,
+        store: SessionStore | None = None,
+    ) -> None:
         self._config = config
+        self.store: SessionStore = store or MemoryStore()  # where sessions outlive the process
         self.stats = stats or RuntimeStats()  # what ended sessions leave behind for the metrics
         self.hop = f"dispatcher:{config.server.instance}"
         self.registry = SessionRegistry(
@@ -120,7 +128,9 @@ class SessionManager(SessionDirectory):
             stats=self.stats,
             replay_max_packets=config.session.replay_max_packets,
             replay_max_bytes=config.session.replay_max_bytes,
+            store=self.store,
         )
+        self.store.on_durable(self._durable)
         self._draining = False
         self._none_open = asyncio.Event()  # set whenever the last open session ends
 
@@ -270,6 +280,11 @@ class SessionManager(SessionDirectory):
 
     def ended_sessions(self) -> Iterator[EndedSession]:
         return self.registry.ended_sessions()
+
+    def _durable(self, session_id: str, upstream_seq: int) -> None:
+        handle = self.registry.get_open(session_id)
+        if isinstance(handle, SessionRunner):
+            handle.durable(upstream_seq)
 
     def _ended(self, ended: EndedSession) -> None:
         self.registry.release(ended)

@@ -19,6 +19,7 @@ Cancellation discipline (asyncio throughout, written down in docs/architecture.m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -40,6 +41,7 @@ from dispatcher.sessions.registry import EndedSession
 from dispatcher.sessions.replay import Replay
 from dispatcher.sessions.timers import Timers
 from dispatcher.sessions.tool_tasks import ToolTasks
+from dispatcher.store import MemoryStore, SessionStore
 from dispatcher.tools import PreparedCall, ToolErrorCode, ToolExecutor, ToolOutcome
 from dispatcher.tracing import SessionTrace
 from shared import tracing, wire
@@ -70,7 +72,7 @@ class RunnerSettings:
 
     __slots__ = (
         "abandoned", "approval_timeout_s", "executor", "max_tool_calls", "on_ended", "outbox_size", "replay_max_bytes",
-        "replay_max_packets", "stats", "timers", "tool_cancel_grace_s", "tracer",
+        "replay_max_packets", "stats", "store", "timers", "tool_cancel_grace_s", "tracer",
     )  # fmt: skip
 
     def __init__(
@@ -87,8 +89,10 @@ class RunnerSettings:
         stats: RuntimeStats | None = None,
         replay_max_packets: int = 1024,
         replay_max_bytes: int = 16 * 1024 * 1024,
+        store: SessionStore | None = None,
     ) -> None:
         self.executor = executor
+        self.store: SessionStore = store or MemoryStore()
         self.replay_max_packets = replay_max_packets
         self.replay_max_bytes = replay_max_bytes
         self.stats = stats or RuntimeStats()
@@ -107,10 +111,10 @@ class SessionRunner:
 
     # `__weakref__`: the process's Timers hold runners weakly.
     __slots__ = (
-        "__weakref__", "_approvals", "_armed", "_cleaning_up", "_ending_self", "_gone_reason", "_idle", "_reading",
-        "_requests", "_settings", "_switching", "_task", "_tools", "assignment", "commander", "done",
-        "machine", "outbox", "outcome", "packets_out", "peer", "replay", "session_id", "settled", "started_by", "trace",
-        "unsent",
+        "__weakref__", "_approvals", "_armed", "_cleaning_up", "_durable", "_durable_seq", "_ending_self",
+        "_gone_reason", "_idle", "_reading", "_requests", "_settings", "_switching", "_task", "_tools", "assignment",
+        "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer", "replay", "session_id", "settled",
+        "started_by", "trace", "unsent",
     )  # fmt: skip
 
     def __init__(
@@ -162,6 +166,9 @@ class SessionRunner:
         self._reading = False  # the session task awaits the stream's next packet (safe to interrupt)
         self._switching = False  # it was interrupted because its stream was lost or replaced
         self._idle: asyncio.Future[None] | None = None  # it waits for a stream (detached) or for the end
+        # A durable store: acks cover only what it has committed (`durable`, from its callback).
+        self._durable_seq = 0
+        self._durable: asyncio.Event | None = None
         self.settled = Latch()  # the outcome is decided (EndStream): the stream can end
         self.done = Latch()  # the outcome is recorded and every task of the session has ended
 
@@ -327,6 +334,7 @@ class SessionRunner:
                 if self._gone_reason is None:
                     await self._apply(self.machine.on_packet(first, _clock()))
                     self.replay.keeps = self.machine.resumable
+                    self._record_opened(first)
                     self._rearm_timer()
                     await self._serve()
             except asyncio.CancelledError:
@@ -361,6 +369,42 @@ class SessionRunner:
                     await self._idle
                 finally:
                     self._idle = None
+
+    def _record_opened(self, first: wire.pb.UpstreamPacket) -> None:
+        hello = first.hello.SerializeToString() if first.WhichOneof("payload") == "hello" else b""
+        self._settings.store.session_opened(
+            self.session_id, opened=self.info().SerializeToString(), hello=hello, journal=self.machine.journal
+        )
+
+    def durable(self, upstream_seq: int) -> None:
+        """The store has committed everything up to this upstream seq: the ack may go out."""
+        if upstream_seq <= self._durable_seq:
+            return
+        self._durable_seq = upstream_seq
+        self.outbox.push_ack(wire.pb.DownstreamPacket(ack=wire.pb.Ack(seq=upstream_seq)))
+        if self._durable is not None:
+            self._durable.set()
+
+    def _push_ack(self, packet: wire.pb.DownstreamPacket) -> None:
+        """An ack the machine decided: at once, or (a durable store) once what it covers is committed."""
+        store = self._settings.store
+        seq = packet.ack.seq
+        if store.durable and seq > self._durable_seq:
+            store.checkpoint(self.session_id, seq, self.info().SerializeToString())
+            return
+        self.outbox.push_ack(packet)
+
+    async def _until_durable(self, upstream_seq: int, timeout_s: float) -> None:
+        """Wait (bounded) until the store has committed up to `upstream_seq` (a durable store)."""
+        if not self._settings.store.durable:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._durable_seq < upstream_seq:
+                    if self._durable is None:
+                        self._durable = asyncio.Event()
+                    self._durable.clear()
+                    await self._durable.wait()
 
     def _interrupt_read(self) -> None:
         """Make the session task leave the stream it reads (lost, or replaced by a resume)."""
@@ -416,6 +460,7 @@ class SessionRunner:
         if self._requests is not requests:
             return  # left for a resumed stream
         await self._apply(machine.on_upstream_eof())
+        await self._until_durable(machine.last_seq, machine.stop_grace_s)  # the final ack goes out then
         if not await self._stream_alive():
             self.stream_lost("grpc ended the call (transport error or a message over the size limit)")
             return
@@ -526,6 +571,11 @@ class SessionRunner:
                 delivery = action.delivery
                 if delivery is Delivery.IN_ORDER:
                     self.replay.number(action.packet)
+                    if action.packet.HasField("tool_result") and self._settings.store.durable:
+                        packet = action.packet
+                        self._settings.store.tool_result(
+                            self.session_id, packet.tool_result.call_id, packet.SerializeToString()
+                        )
                     try:
                         if not await self.outbox.put(action.packet):
                             self._dropped((action.packet,))
@@ -536,7 +586,7 @@ class SessionRunner:
                         self.peer_gone("the stream ended while the session was still sending")
                         return
                 elif delivery is Delivery.ACK:
-                    self.outbox.push_ack(action.packet)
+                    self._push_ack(action.packet)
                 else:
                     self.replay.number(action.packet)
                     self._dropped(self.outbox.push_urgent(action.packet))
@@ -551,7 +601,7 @@ class SessionRunner:
         for action in actions:
             if type(action) is Send:
                 if action.delivery is Delivery.ACK:
-                    self.outbox.push_ack(action.packet)
+                    self._push_ack(action.packet)
                     continue
                 self.replay.number(action.packet)
                 if action.delivery is Delivery.URGENT:
