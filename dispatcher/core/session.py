@@ -73,6 +73,7 @@ class Session:
         journal: Journal | None = None,
         catalog: ToolCatalog | None = None,
         allowed_tools: frozenset[str] | None = None,
+        opened: bool = True,
     ) -> None:
         self.session_id = session_id
         self.state = SessionState.OPEN
@@ -83,7 +84,8 @@ class Session:
         self.journal = journal or Journal(
             session_id, max_events=config.journal_max_events, max_bytes=config.journal_max_bytes
         )
-        self.journal.append("state_change", state_change(SessionState.OPEN, "stream opened"))
+        if opened:  # False: a session adopted from a store, whose journal has its history
+            self.journal.append("state_change", state_change(SessionState.OPEN, "stream opened"))
         self.tools = ToolCallBook()
         self.wake_at: float | None = None  # when on_timer wants to run next (monotonic seconds)
         self.packets_in: dict[str, int] = {}
@@ -277,6 +279,57 @@ class Session:
         )
         self._recompute_wake(now)
         return True
+
+    def adopt(
+        self,
+        *,
+        hello: wire.pb.Hello,
+        info: wire.ctl.SessionInfo,
+        last_seq: int,
+        results: dict[str, wire.pb.ToolCallResult],
+        now: float,
+        reason: str,
+    ) -> list[wire.pb.ToolCallResult]:
+        """Take over a session an earlier process held (its store's records) and hold it
+        DETACHED for its commander's resume. `results`: the answered calls by id (never run
+        again); the calls the journal shows started and never answered died with that process:
+        their answers (CANCELLED, "not run again") are returned, to be sent on resume."""
+        self.hello = hello
+        self.resumable = True
+        self.last_seq = last_seq
+        self._sequenced = True
+        self._received = max(1, last_seq)
+        self.started_at_ms = info.started_at_ms or self.started_at_ms
+        self.packets_in = dict(info.packets_in)
+        self.dropped_packets = info.packets_dropped
+        if info.HasField("usage"):
+            self.usage = wire.ctl.SessionUsage()
+            self.usage.CopyFrom(info.usage)
+        state = wire.session_state_from_wire(info.state)
+        self.state = state if state in (SessionState.ACTIVE, SessionState.AWAITING_TOOL) else SessionState.OPEN
+        interrupted = []
+        started = {}
+        for seq in range(self.journal.first_seq, self.journal.next_seq):
+            entry = self.journal.entry(seq)
+            if entry is not None and entry.kind == "tool_call":
+                call = wire.pb.ToolCallRequest.FromString(entry.data)
+                started[call.call_id] = call
+        for call_id, call in started.items():
+            self.tools.mark_seen(call_id)
+            if call_id not in results:
+                error = wire.pb.ToolError(
+                    code=wire.pb.TOOL_ERROR_CODE_CANCELLED,
+                    message="the call was running when the dispatcher restarted; it is not run again",
+                )
+                results[call_id] = wire.pb.ToolCallResult(tool_name=call.tool_name, call_id=call_id, error=error)
+                interrupted.append(results[call_id])
+        for call_id in results:
+            self.tools.mark_seen(call_id)
+        self._results = dict(results)
+        if self.state is SessionState.AWAITING_TOOL:
+            self.state = SessionState.ACTIVE
+        self.on_detached(reason, now)
+        return interrupted
 
     def on_resume(self, resume: wire.pb.Resume, now: float) -> wire.pb.DownstreamPacket:
         """The commander resumed the session on a new stream: the Welcome that answers it. The

@@ -29,7 +29,7 @@ from dispatcher.sessions.registry import EndedSession, SessionHandle, SessionReg
 from dispatcher.sessions.runner import RunnerSettings, SessionRunner
 from dispatcher.sessions.tasks import SessionTasks
 from dispatcher.sessions.timers import Timers
-from dispatcher.store import MemoryStore, SessionStore
+from dispatcher.store import LiveRecord, MemoryStore, SessionStore
 from dispatcher.tools import ToolExecutor, ToolRegistry
 from dispatcher.tools.catalog import ToolCatalog
 from shared import wire
@@ -186,8 +186,70 @@ class SessionManager(SessionDirectory):
         self.registry.claim(session_id, runner)
         return runner
 
-    def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None:
+    def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket | None) -> None:
         self._tasks.start(runner.run(first), name=f"session:{runner.session_id}")
+
+    def adopt(self, record: LiveRecord, *, reason: str) -> bool:
+        """Hold a session an earlier process held when it died (the store's live record) DETACHED
+        for the resume window, as if its stream had just broken: its commander may resume it here.
+        False when it cannot be resumed (no "resume" in its Hello, or no window): the caller records
+        it as ended by the crash."""
+        if self._config.session.resume_window_s <= 0 or not record.hello or self._draining:
+            return False
+        hello = wire.pb.Hello.FromString(record.hello)
+        if "resume" not in hello.features or self.registry.get_open(record.session_id) is not None:
+            return False
+        info = wire.ctl.SessionInfo.FromString(record.checkpoint_info or record.opened)
+        last_seq = max(record.checkpoint_seq, 1)  # the Hello (seq 1) is in the record
+        # The journal up to the first event of a packet the store never acked: the commander
+        # re-sends those packets, and they are journaled again, once.
+        config = self._config.session
+        prefix = []
+        for event in record.events:
+            if Journal.packet_seq_of(event.packed) > last_seq:
+                break
+            prefix.append((event.seq, event.packed))
+        journal = Journal.restore(
+            record.session_id, prefix, max_events=config.journal_max_events, max_bytes=config.journal_max_bytes
+        )
+        machine = Session(
+            session_id=record.session_id,
+            dispatcher_hop=self.hop,
+            config=config,
+            policy=self._policy,
+            limits=self._limits,
+            now=time.monotonic(),
+            journal=journal,
+            catalog=self._catalog,
+            allowed_tools=frozenset(hello.tools) if hello.tools else None,
+            opened=False,
+        )
+        kept = sorted((wire.pb.DownstreamPacket.FromString(data) for data in record.tool_results.values()),
+                      key=lambda packet: packet.seq)  # fmt: skip
+        answered = {journal_result.call_id for journal_result in _journaled_results(journal)}
+        written = {packet.seq for packet in kept if packet.tool_result.call_id in answered}
+        interrupted = machine.adopt(
+            hello=hello,
+            info=info,
+            last_seq=last_seq,
+            results={packet.tool_result.call_id: packet.tool_result for packet in kept},
+            now=time.monotonic(),
+            reason=reason,
+        )
+        runner = SessionRunner(
+            machine=machine,
+            requests=None,
+            settings=self._settings,
+            peer=info.commander_peer,
+            commander=info.commander,
+            started_by=info.started_by,
+        )
+        runner.adopted(interrupted, kept, written)
+        self.registry.claim(record.session_id, runner)
+        self.store.session_opened(record.session_id, opened=record.opened, hello=record.hello, journal=journal)
+        self.start(runner, None)
+        log.info("session.adopted", session_id=record.session_id, last_seq=last_seq, window_s=config.resume_window_s)
+        return True
 
     def resume(
         self,
@@ -326,6 +388,13 @@ class SessionManager(SessionDirectory):
         if left:
             log.warning("dispatcher.tasks_abandoned", tasks=left[:20], count=len(left))
         return left
+
+
+def _journaled_results(journal: Journal) -> Iterator[wire.pb.ToolCallResult]:
+    for seq in range(journal.first_seq, journal.next_seq):
+        entry = journal.entry(seq)
+        if entry is not None and entry.kind == "tool_result":
+            yield wire.pb.ToolCallResult.FromString(entry.data)
 
 
 def _limits(config: DispatcherConfig) -> wire.pb.SessionLimits:

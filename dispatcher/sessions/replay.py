@@ -54,6 +54,21 @@ class Replay:
                 self._written.discard(lost)
                 self.lost_through = lost
 
+    def restore(self, packets: list[Packet], *, written: set[int]) -> None:
+        """Packets an earlier process of this session numbered (its store's tool results), oldest
+        first; `written`: the seqs its journal shows were written. Numbering goes on after them."""
+        for packet in packets:
+            size = packet.ByteSize()
+            self._kept.append((packet.seq, packet, size))
+            self._bytes += size
+            if packet.seq in written:
+                self._written.add(packet.seq)
+            self.next_seq = max(self.next_seq, packet.seq + 1)
+
+    def skip_to(self, seq: int) -> None:
+        """Number from above `seq` on (a commander that saw packets this process never numbered)."""
+        self.next_seq = max(self.next_seq, seq + 1)
+
     def release_through(self, seq: int) -> None:
         """The commander has processed every downstream packet up to `seq`."""
         if seq <= self.released:

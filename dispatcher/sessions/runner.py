@@ -112,16 +112,16 @@ class SessionRunner:
     # `__weakref__`: the process's Timers hold runners weakly.
     __slots__ = (
         "__weakref__", "_approvals", "_armed", "_cleaning_up", "_durable", "_durable_seq", "_ending_self",
-        "_gone_reason", "_idle", "_reading", "_requests", "_settings", "_switching", "_task", "_tools", "assignment",
-        "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer", "replay", "session_id", "settled",
-        "started_by", "trace", "unsent",
+        "_gone_reason", "_idle", "_interrupted", "_reading", "_requests", "_settings", "_switching", "_task", "_tools",
+        "assignment", "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer", "replay",
+        "session_id", "settled", "started_by", "trace", "unsent",
     )  # fmt: skip
 
     def __init__(
         self,
         *,
         machine: Session,
-        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        requests: AsyncIterator[wire.pb.UpstreamPacket] | None,
         settings: RunnerSettings,
         peer: str,
         commander: str = "",
@@ -169,6 +169,8 @@ class SessionRunner:
         # A durable store: acks cover only what it has committed (`durable`, from its callback).
         self._durable_seq = 0
         self._durable: asyncio.Event | None = None
+        # Adopted after a restart: answers for the calls that died with the earlier process.
+        self._interrupted: list[wire.pb.ToolCallResult] = []
         self.settled = Latch()  # the outcome is decided (EndStream): the stream can end
         self.done = Latch()  # the outcome is recorded and every task of the session has ended
 
@@ -244,6 +246,7 @@ class SessionRunner:
             raise ResumeRefused(
                 f'session {self.session_id!r} was not opened with the "resume" feature; it cannot be resumed'
             )
+        self.replay.skip_to(resume.last_downstream_seq)
         missed = self.replay.after(resume.last_downstream_seq)
         if missed is None:
             raise ResumeRefused(
@@ -259,6 +262,11 @@ class SessionRunner:
         old.close()  # its handler ends (ABORTED: resumed elsewhere); what it held is in the replay
         welcome = machine.on_resume(resume, _clock())
         self.replay.number(welcome)
+        for result in self._interrupted:  # adopted after a restart: those calls died with it
+            answer = wire.pb.DownstreamPacket(tool_result=result)
+            self.replay.number(answer)
+            missed.append(answer)
+        self._interrupted = []
         outbox = self.outbox = Outbox(self._settings.outbox_size)
         stop = next((p for p in missed if p.HasField("stop")), None) if machine.pending_stop else None
         if stop is not None:  # the stop overtakes whatever is queued, as it always does (after the Welcome)
@@ -322,7 +330,17 @@ class SessionRunner:
 
     # -- the session task ------------------------------------------------------------
 
-    async def run(self, first: wire.pb.UpstreamPacket) -> None:
+    def adopted(
+        self, interrupted: list[wire.pb.ToolCallResult], kept: list[wire.pb.DownstreamPacket], written: set[int]
+    ) -> None:
+        """This runner holds a session an earlier process held (a store's live record), DETACHED:
+        `kept` its stored tool results (numbered then; `written`: the seqs its journal shows were
+        written), `interrupted` the answers for calls that died with that process."""
+        self.replay.keeps = True
+        self.replay.restore(kept, written=written)
+        self._interrupted = interrupted
+
+    async def run(self, first: wire.pb.UpstreamPacket | None) -> None:
         # The session task runs in its own copy of the context: binding here tags every log
         # line of this task and of the tool tasks it starts, with nothing to unbind.
         structlog.contextvars.bind_contextvars(session_id=self.session_id)
@@ -332,9 +350,10 @@ class SessionRunner:
         try:
             try:
                 if self._gone_reason is None:
-                    await self._apply(self.machine.on_packet(first, _clock()))
-                    self.replay.keeps = self.machine.resumable
-                    self._record_opened(first)
+                    if first is not None:  # None: adopted after a restart, detached (`adopted`)
+                        await self._apply(self.machine.on_packet(first, _clock()))
+                        self.replay.keeps = self.machine.resumable
+                        self._record_opened(first)
                     self._rearm_timer()
                     await self._serve()
             except asyncio.CancelledError:
