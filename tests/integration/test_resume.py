@@ -248,3 +248,16 @@ async def test_a_resume_needing_packets_no_longer_kept_is_refused() -> None:
         result = await again.recv_kind("tool_result")
         assert result.tool_result.call_id == "e2"
         again.call.cancel()
+
+
+async def test_a_stop_already_sent_keeps_its_grace_when_the_stream_then_breaks() -> None:
+    async with running_dispatcher() as dispatcher, grpc.aio.insecure_channel(dispatcher.address) as channel:
+        raw, _ = await open_session(channel, "stopped-then-lost")
+        handle = dispatcher.sessions.get_open("stopped-then-lost")
+        handle.request_stop(StopInfo(StopCode.OPERATOR, "operator stop", path=("operator:test",)))
+        await raw.recv_kind("stop")  # it went out on this stream...
+        raw.call.cancel()  # ...and the stream broke before any confirm
+        await wait_until(lambda: dispatcher.sessions.get_ended("stopped-then-lost") is not None, "ended by the grace")
+        ended = dispatcher.sessions.get_ended("stopped-then-lost")
+    assert ended.outcome.state is SessionState.STOPPED and not ended.outcome.stop_confirmed
+    assert "grace" in ended.outcome.reason
