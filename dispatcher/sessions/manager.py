@@ -28,6 +28,8 @@ from dispatcher.sessions.registry import EndedSession, SessionHandle, SessionReg
 from dispatcher.sessions.runner import RunnerSettings, SessionRunner
 from dispatcher.sessions.tasks import SessionTasks
 from dispatcher.sessions.timers import Timers
+from dispatcher.store.base import SessionStore
+from dispatcher.store.memory import MemoryStore
 from dispatcher.tools import ToolExecutor, ToolRegistry
 from dispatcher.tools.catalog import ToolCatalog
 from shared import wire
@@ -68,8 +70,15 @@ class StreamSessions(Protocol):
 class SessionManager(SessionDirectory):
     """Implements `StreamSessions` and `SessionDirectory` for one dispatcher process."""
 
-    def __init__(self, config: DispatcherConfig, tools: ToolRegistry, stats: RuntimeStats | None = None) -> None:
+    def __init__(
+        self,
+        config: DispatcherConfig,
+        tools: ToolRegistry,
+        stats: RuntimeStats | None = None,
+        store: SessionStore | None = None,
+    ) -> None:
         self._config = config
+        self.store: SessionStore = store if store is not None else MemoryStore()  # where sessions outlive us
         self.stats = stats or RuntimeStats()  # what ended sessions leave behind for the metrics
         self.hop = f"dispatcher:{config.server.instance}"
         self.registry = SessionRegistry(
@@ -224,6 +233,12 @@ class SessionManager(SessionDirectory):
 
     def _ended(self, ended: EndedSession) -> None:
         self.registry.release(ended)
+        if ended.info is not None:  # the outcome and the journal's last events, to the store
+            info = ended.info.SerializeToString()
+            journal = ended.journal
+            if journal is not None and journal.sink is None:  # a store follows the journals it was given
+                self.store.session_opened(ended.session_id, opened=info, hello=b"", journal=journal)
+            self.store.session_ended(ended.session_id, info)
         if not self.registry.open_count:
             self._none_open.set()
 
