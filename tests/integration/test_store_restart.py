@@ -74,7 +74,7 @@ async def test_a_session_live_at_the_crash_is_recorded_cancelled_and_its_journal
     recovered = await store.open()
     await store.aclose()
     assert recovered.live == []
-    assert [s.session_id for s in recovered.ended][0] == "was-live" and len(recovered.ended) == 2
+    assert [s.session_id for s in recovered.ended[:1]] == ["was-live"] and len(recovered.ended) == 2
     assert wire.ctl.SessionInfo.FromString(recovered.ended[0].info).outcome.reason == CRASHED_REASON
     assert len(recovered.ended[0].events) == 3
     finished = wire.ctl.SessionInfo.FromString(recovered.ended[1].info)
