@@ -194,7 +194,7 @@ class SqliteStore:
                 self._pending.waiters.append(waiter)
                 self._wake(urgent=True)
                 try:
-                    await asyncio.wait_for(asyncio.shield(waiter), self._close_timeout_s)
+                    await asyncio.wait_for(waiter, self._close_timeout_s)
                 except TimeoutError:
                     log.warning("store.close_timed_out", url=self.url, bound_s=self._close_timeout_s)
             committer.cancel()
