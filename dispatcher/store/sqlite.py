@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import sqlite3
 import time
 from collections.abc import Callable, Iterable
@@ -513,9 +514,24 @@ class _Counts:
     events: int = 0
 
 
+_ROWS_PER_INSERT = 256  # 768 parameters, far below SQLite's limit (32 766)
+_INSERT_EVENTS = "INSERT OR REPLACE INTO events (session_id, seq, packed) VALUES "
+
+
+@functools.cache
+def _insert_events(rows: int) -> str:
+    return _INSERT_EVENTS + ", ".join(["(?, ?, ?)"] * rows)
+
+
 def _write_events(con: sqlite3.Connection, rows: list[tuple[str, int, bytes]], counts: _Counts) -> None:
-    # INSERT OR REPLACE: a batch written again after a failed commit changes nothing.
-    con.executemany("INSERT OR REPLACE INTO events (session_id, seq, packed) VALUES (?, ?, ?)", rows)
+    # INSERT OR REPLACE: a batch written again after a failed commit changes nothing. Many rows
+    # per statement, not executemany: every statement step lets go of the GIL and takes it back,
+    # and those hand-overs slow the event loop's thread. Probe (100 journals x 200 events in one
+    # commit, a spinning loop, 6 alternated runs on the shared 2-core machine, noisy): the loop
+    # kept a median 0.70 of its pace during the commit with executemany, 0.84 with this.
+    for start in range(0, len(rows), _ROWS_PER_INSERT):
+        chunk = rows[start : start + _ROWS_PER_INSERT]
+        con.execute(_insert_events(len(chunk)), [value for row in chunk for value in row])
     counts.events += len(rows)
 
 

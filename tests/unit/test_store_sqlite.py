@@ -80,6 +80,18 @@ async def test_group_commit_writes_many_journals_in_one_transaction(tmp_path: Pa
     await store.aclose()
 
 
+async def test_a_long_journal_is_written_in_several_statements_of_one_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "s.db"
+    store = await opened(path, commit_interval_ms=1000)
+    j = journal("long", [f"token {n}" for n in range(1, 601)])  # more rows than one INSERT carries
+    store.session_opened("long", opened=info("long"), hello=b"", journal=j)
+    await store.flush()
+    assert (store.commits, store.events_written) == (1, 600)
+    rows = db_rows(path, "SELECT seq, packed FROM events ORDER BY seq")
+    assert rows == [(seq, j.packed(seq)) for seq in range(1, 601)]
+    await store.aclose()
+
+
 async def test_the_committer_commits_by_itself_after_the_interval(tmp_path: Path) -> None:
     store = await opened(tmp_path / "s.db", commit_interval_ms=5)
     j = journal("s1")
