@@ -29,6 +29,8 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.control.service import SessionControlService
 from dispatcher.metrics.exporter import DispatcherMetrics
 from dispatcher.sessions.manager import SessionManager
+from dispatcher.store.loading import open_store
+from dispatcher.store.recovery import RESTARTED_REASON, end_crashed_sessions, ended_session
 from dispatcher.stream.service import AgentInteractionService
 from dispatcher.tls import CertificateReloader
 from dispatcher.tools import ToolRegistry, served_tools
@@ -66,7 +68,11 @@ class Dispatcher:
         self.tools = tools
         # --metrics-listen: built first, the session manager counts into its stats.
         self.metrics = DispatcherMetrics(config.metrics.listen) if config.metrics.listen else None
-        self.sessions = SessionManager(config, self.tools, self.metrics.stats if self.metrics else None)
+        # --store: a URL it does not know is a ValueError here (exit 2); the file opens in serve().
+        self.store = open_store(config.store.url, config)
+        self.sessions = SessionManager(
+            config, self.tools, self.metrics.stats if self.metrics else None, store=self.store
+        )
         self.address: str | None = None
         self.health = health.aio.HealthServicer()
         self.access = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens)
@@ -123,6 +129,8 @@ class Dispatcher:
             loop.create_task(self.sessions.loop_lag.run(), name="dispatcher:loop-lag"),
         ]
         try:
+            # What an earlier process left (StoreOpenError, a start-up error, if it cannot open).
+            await self._restore_sessions()
             # The MCP servers' tools are in the registry before the first session can ask for
             # them; one that cannot be reached is a start-up error (McpStartError).
             self.mcp = await connect_all(config.tools.mcp, self.tools)
@@ -139,6 +147,31 @@ class Dispatcher:
             await self._drain()  # a second signal cancels this wait: see run_until_signalled
         finally:
             await self._close(server, background)
+
+    async def _restore_sessions(self) -> None:
+        """Open the store; its ended sessions go back into the registry, and the sessions that
+        were live when the last process died are held for their commanders' resume, or recorded
+        as ended by that crash."""
+        recovered = await self.store.open()
+        limits = {
+            "max_events": self.config.session.journal_max_events,
+            "max_bytes": self.config.session.journal_max_bytes,
+        }
+        ended = [ended_session(stored, **limits) for stored in recovered.ended]
+        self.sessions.registry.restore(ended)
+        # A live one whose commander can resume it is held DETACHED for the resume window;
+        # the others are recorded as ended by the crash.
+        crashed = [record for record in recovered.live if not self.sessions.adopt(record, reason=RESTARTED_REASON)]
+        restored_crashed = end_crashed_sessions(self.store, crashed, hop=self.sessions.hop, **limits)
+        self.sessions.registry.restore(restored_crashed)
+        if recovered.ended or recovered.live:
+            log.info(
+                "store.restored",
+                url=self.store.url,
+                ended=len(recovered.ended),
+                crashed=len(crashed),
+                held_for_resume=len(recovered.live) - len(crashed),
+            )
 
     def _build_server(self) -> grpc.aio.Server:
         config = self.config
@@ -177,6 +210,7 @@ class Dispatcher:
             tls="mutual" if self.config.tls.require_client_cert else "on" if self.tls is not None else "off",
             instance=self.sessions.hop,
             tools=self.tools.names(),
+            store=self.store.url,
             tokens=self.access.describe(),
             config=settings.describe(self.config),
         )
@@ -210,6 +244,8 @@ class Dispatcher:
         # Whatever is still open is cut now; grpc cancels the remaining calls.
         await _bounded(server.stop(grace=None))
         await self.sessions.aclose(_CLOSE_BOUND_S)
+        # After the sessions, whose ends it records: it commits what is queued (bounded), then closes.
+        await self.store.aclose()
         # After the sessions: no call is left to need them. Each close is bounded.
         await asyncio.gather(*(connection.aclose(_CLOSE_BOUND_S) for connection in self.mcp))
         for task in background:

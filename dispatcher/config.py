@@ -20,6 +20,7 @@ __all__ = [
     "PoolConfig",
     "ServerConfig",
     "SessionConfig",
+    "StoreConfig",
     "TlsConfig",
     "ToolsConfig",
 ]
@@ -415,6 +416,38 @@ class ToolsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where sessions outlive the process (dispatcher/store): outcomes, journals, the directory."""
+
+    url: str = setting(
+        "memory://",
+        "where ended sessions' outcomes and journals (and the live sessions' directory) are kept: "
+        "memory:// (nothing survives the process) or sqlite:///PATH (an SQLite file in WAL mode; "
+        "sqlite:///relative.db, sqlite:////absolute.db)",
+        flag="store",
+    )
+    # 5 ms: at most that much is added to an ack's delay, and at an LLM's pace it batches every
+    # session's events of a few ms into one transaction (README, Durability).
+    commit_interval_ms: float = setting(
+        5.0,
+        "group commit: after the first write, how long the store gathers more before one transaction",
+        flag="store-commit-interval-ms",
+    )
+    sync: str = setting(
+        "normal",
+        "SQLite synchronous mode: normal (a commit survives kill -9 of the process, not a power loss) "
+        "or full (an fsync per commit: survives an OS crash too)",
+        flag="store-sync",
+    )
+
+    def __post_init__(self) -> None:
+        if not self.commit_interval_ms >= 0:  # also NaN
+            raise ValueError(f"--store-commit-interval-ms must be >= 0, got {self.commit_interval_ms!r}")
+        if self.sync not in {"normal", "full"}:
+            raise ValueError(f"--store-sync must be normal or full, got {self.sync!r}")
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = setting("info", "log level: debug, info, warning, error", flag="log-level")
     format: str = setting(
@@ -442,6 +475,7 @@ class DispatcherConfig:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
     @classmethod
     def for_tests(cls, **sections: object) -> DispatcherConfig:
