@@ -51,6 +51,10 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     fmt = config.log.format
     configure_logging(config.log.level, json=None if fmt == "auto" else fmt == "json")
     _refuse_if_exposed(config)
+    if config.server.workers > 1 and config.replicas.store:
+        click.echo("dispatcher: --workers with --store redis://: run one replica per process, each with its own "
+                   "--listen (and --replica-advertise), behind the balancer", err=True)  # fmt: skip
+        sys.exit(2)
     if config.server.workers > 1:
         try:  # checked here once, so that a bad --tools or TLS file is one line, not one per worker
             served_tools(config.tools.modules, test_tools=config.tools.test_tools)

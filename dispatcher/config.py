@@ -7,6 +7,7 @@ import re
 import socket
 from dataclasses import dataclass, field, replace
 
+from dispatcher.cluster.store_url import parse_redis_url
 from shared.keepalive import KeepaliveConfig
 from shared.metrics import MetricsConfig
 from shared.settings import setting
@@ -18,6 +19,7 @@ __all__ = [
     "MetricsConfig",
     "PolicyConfig",
     "PoolConfig",
+    "ReplicasConfig",
     "ServerConfig",
     "SessionConfig",
     "TlsConfig",
@@ -414,6 +416,44 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicasConfig:
+    """Replicas on several machines sharing a Redis (docs/architecture.md, "Replicas")."""
+
+    store: str = setting(
+        "",
+        "redis://HOST:PORT/DB: replicas share a session directory, membership and free capacity in this "
+        "Redis (empty: this process alone, or its --workers group)",
+        flag="store",
+    )
+    advertise: str = setting(
+        "",
+        "HOST:PORT other replicas dial for control calls about sessions this one holds (default: --listen)",
+        flag="replica-advertise",
+    )
+    lease_ms: int = setting(
+        3000,
+        "replica and session leases in Redis; a replica silent this long is lost and its sessions end "
+        'CANCELLED "replica lost"',
+        flag="replica-lease-ms",
+    )
+    ended_ttl_s: float = setting(
+        3600.0,
+        "how long Redis keeps ended sessions' outcomes (and lost replicas' sessions)",
+        flag="store-ended-ttl-s",
+    )
+
+    def __post_init__(self) -> None:
+        if self.store:
+            parse_redis_url(self.store)  # ValueError with the reason
+        if self.advertise and not re.fullmatch(r"\[?[\w.:-]+\]?:\d+", self.advertise):
+            raise ValueError(f"replica-advertise must be HOST:PORT, got {self.advertise!r}")
+        if not 300 <= self.lease_ms <= 600_000:
+            raise ValueError("replica-lease-ms must be between 300 and 600000")
+        if not self.ended_ttl_s >= 1:  # also NaN
+            raise ValueError("store-ended-ttl-s must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
 class DispatcherConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
@@ -425,6 +465,7 @@ class DispatcherConfig:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
 
     @classmethod
     def for_tests(cls, **sections: object) -> DispatcherConfig:

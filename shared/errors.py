@@ -21,6 +21,7 @@ __all__ = [
     "ProtocolViolation",
     "SessionConflict",
     "ShuttingDown",
+    "StoreUnavailable",
     "ToolCallError",
     "describe_exception",
 ]
@@ -60,6 +61,10 @@ class SessionConflict(AgentRuntimeError):
 
 class ShuttingDown(AgentRuntimeError):
     """The dispatcher is draining and takes no new sessions: retry elsewhere."""
+
+
+class StoreUnavailable(AgentRuntimeError):
+    """The replicas' shared store (Redis) does not answer: no new session until it does."""
 
 
 class NoFreeCommander(AgentRuntimeError):

@@ -22,6 +22,7 @@ from shared.errors import (
     ProtocolViolation,
     SessionConflict,
     ShuttingDown,
+    StoreUnavailable,
 )
 from shared.jsontext import JsonTextError
 from shared.model import StopCode
@@ -38,6 +39,7 @@ ERROR_STATUS: Mapping[type[Exception], str] = MappingProxyType(
         SessionConflict: "ALREADY_EXISTS",
         ShuttingDown: "UNAVAILABLE",
         NoFreeCommander: "UNAVAILABLE",
+        StoreUnavailable: "UNAVAILABLE",
         NotFound: "NOT_FOUND",
         AccessDenied: "PERMISSION_DENIED",
         OutOfRange: "OUT_OF_RANGE",
