@@ -254,7 +254,9 @@ class RedisReplicas:
         free = self._sessions.free_commanders
         live = {handle.session_id: handle for handle in self._sessions.open_sessions()}
         fresh = live.keys() if full else self._new & live.keys()
-        gone = self._published - live.keys() if full else set()
+        # Ended since: every published one at a full step; one opened and ended between two
+        # steps at once (it never had a lease, its outcome is still worth recording).
+        gone = (self._published | self._new) - live.keys() if full else self._new - live.keys()
         pipe = self._redis.pipeline(transaction=False)
         self._replica_key(pipe, free)
         held = f"{_PREFIX}held:{self._instance}"

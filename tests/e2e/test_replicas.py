@@ -52,13 +52,10 @@ def commanders() -> Iterator[list[subprocess.Popen[bytes]]]:
 
 def slow_session(target: str, session_id: str, commanders: list[subprocess.Popen[bytes]]) -> None:
     """A `commander run` answering slowly (about 40 s): there to be listed and stopped."""
-    commanders.append(
-        subprocess.Popen(
-            [str(COMMANDER), "run", "--target", target, "--prompt", "hello", "--session-id", session_id,
-             "--tokens-per-s", "5", "--answer-words", "200", "--quiet"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
-        )  # fmt: skip
-    )
+    command = [str(COMMANDER), "run", "--target", target, "--prompt", "hello", "--session-id", session_id,
+               "--tokens-per-s", "5", "--answer-words", "200", "--quiet"]  # fmt: skip
+    quiet = subprocess.DEVNULL
+    commanders.append(subprocess.Popen(command, stdin=quiet, stdout=quiet, stderr=quiet, env=ENV))
 
 
 def three_replicas(start: DispatcherFactory, redis: RedisServer) -> dict[str, DispatcherProcess]:
@@ -130,3 +127,17 @@ def test_a_killed_replica_s_sessions_are_reported_lost_within_the_lease(
     watch = ctl(group["a"].address, "watch", "doomed-0")
     assert watch.returncode != 0 and "replica was lost" in watch.stderr, watch.stdout + watch.stderr
     print(f"replica kill -9 -> sessions reported lost on another replica: {took_ms:.0f} ms (lease {LEASE_MS} ms)")
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--store", "memcached://cache:11211"], "Error: store must be redis://HOST:PORT/DB"),
+        (["--store", "redis://127.0.0.1:6379/0", "--workers", "2"], "dispatcher: --workers with --store redis://"),
+        (["--replica-lease-ms", "10"], "replica-lease-ms must be between 300 and 600000"),
+    ],
+)
+def test_bad_replica_flags_are_refused_with_the_reason_and_exit_2(flags: list[str], message: str) -> None:
+    result = run_cli(str(BIN / "dispatcher"), "serve", "--listen", "127.0.0.1:0", *flags)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr and message in result.stderr, result.stderr

@@ -6,14 +6,17 @@ tests/e2e/test_replicas.py.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import grpc
 import pytest
+from redis.asyncio import Redis
 
 from dispatcher.app import Dispatcher
+from dispatcher.auth import hash_token
 from dispatcher.cluster.redis_replicas import RedisReplicas
 from shared import wire
 from tests.conftest import WAIT_S, RawSession, running_dispatcher, test_config, wait_until
@@ -121,22 +124,21 @@ async def test_asks_through_a_replica_without_pools_go_to_the_pools_of_others(re
         (a, _), (_, b), (c, _) = group["a"], group["b"], group["c"]
         async with pool_commanders(a, 2), pool_commanders(c, 2):
 
-            def published() -> bool:
-                others = membership(group["b"][0])._known  # noqa: SLF001 - what B last read of the others
-                return {name: r.free for name, r in others.items()} == {"a": 2, "c": 2}
+            client = Redis.from_url(redis_server.url)
 
-            async def read_others() -> bool:
-                await membership(group["b"][0]).others()
-                return published()
+            async def published() -> dict[str, int]:
+                values = await client.mget(["sw:replica:a", "sw:replica:c"])
+                return {name: json.loads(v)["free"] for name, v in zip("ac", values, strict=True) if v is not None}
 
             deadline = asyncio.get_running_loop().time() + WAIT_S
-            while not await read_others():
+            while await published() != {"a": 2, "c": 2}:
                 assert asyncio.get_running_loop().time() < deadline, "free commanders never published"
                 await asyncio.sleep(0.02)  # sleep-ok: bounded poll of what the other replicas published
+            await client.aclose()
             answers = await asyncio.gather(
                 *(b.Ask(wire.ctl.AskRequest(input_text=f"question {i}", wait_for_commander_ms=2000)) for i in range(4))
             )
-            held = [(await b.GetSession(wire.ctl.GetSessionRequest(session_id=r.session_id))).session for r in answers]
+            held = [(await found(b, r.session_id)).session for r in answers]
         assert all(r.outcome.state == wire.ctl.SESSION_STATE_FINISHED and r.answer for r in answers)
         assert sorted(info.dispatcher_id for info in held) == ["dispatcher:a"] * 2 + ["dispatcher:c"] * 2
         # None left anywhere: B has no pool, and says so as it does alone.
@@ -179,3 +181,113 @@ async def test_redis_down_refuses_new_sessions_runs_the_others_and_recovers(redi
             await again.content(2, "done", is_finish=True)
             await again.call.done_writing()
             await again.status()
+
+
+# -- lost replicas, bad entries, access, a Redis down at start-up --------------------------------
+
+
+async def ghost_replica(redis: RedisServer, session_id: str, started_by: str) -> None:
+    """What a replica killed mid-session leaves in Redis: its index entry, its held set and the
+    session's info, and no lease (it ran out)."""
+    client = Redis.from_url(redis.url)
+    info = wire.ctl.SessionInfo(
+        session_id=session_id, state=wire.ctl.SESSION_STATE_ACTIVE, started_by=started_by,
+        dispatcher_id="dispatcher:ghost", started_at_ms=1, tool_calls_running=1,
+    )  # fmt: skip
+    await client.sadd("sw:replicas", "ghost")
+    await client.sadd("sw:held:ghost", session_id)
+    await client.set(f"sw:info:{session_id}", info.SerializeToString())
+    await client.aclose()
+
+
+async def test_a_lost_replica_s_sessions_end_cancelled_once_and_only_for_those_who_may_see_them(
+    redis_server: RedisServer,
+) -> None:
+    tokens = {"alice": ("operator", "op-secret"), "web": ("backend", "web-secret"), "other": ("backend", "x-secret")}
+    auth = {"tokens": ";".join(f"{role} {name} {hash_token(token)}" for name, (role, token) in tokens.items())}
+    await ghost_replica(redis_server, "ghosted", "backend:web")
+    async with AsyncExitStack() as stack:
+        stubs = []
+        for name in ("a", "b"):
+            config = test_config(
+                server={"instance_id": name}, replicas={"store": redis_server.url, "lease_ms": LEASE_MS}, auth=auth
+            )
+            d = await stack.enter_async_context(running_dispatcher(config))
+            channel = await stack.enter_async_context(grpc.aio.insecure_channel(d.address))
+            stubs.append(wire.SessionControlServiceStub(channel))
+        a, b = stubs
+
+        def bearer(name: str) -> tuple[tuple[str, str], ...]:
+            return (("authorization", f"Bearer {tokens[name][1]}"),)
+
+        shown = await a.GetSession(wire.ctl.GetSessionRequest(session_id="ghosted"), metadata=bearer("web"))
+        info = shown.session
+        assert (info.state, info.outcome.state) == (wire.ctl.SESSION_STATE_CANCELLED,) * 2
+        assert (info.outcome.reason, info.outcome.error_code) == ("replica lost", "REPLICA_LOST")
+        assert info.tool_calls_running == 0 and info.dispatcher_id == "dispatcher:ghost"
+        listed = await b.ListSessions(wire.ctl.ListSessionsRequest(), metadata=bearer("alice"))
+        assert [s.session_id for s in listed.sessions] == ["ghosted"]
+        assert listed.sessions[0].outcome.ended_at_ms == info.outcome.ended_at_ms  # written once, by one replica
+        hidden = await b.ListSessions(wire.ctl.ListSessionsRequest(), metadata=bearer("other"))
+        assert list(hidden.sessions) == []
+        with pytest.raises(grpc.aio.AioRpcError) as denied:
+            await b.GetSession(wire.ctl.GetSessionRequest(session_id="ghosted"), metadata=bearer("other"))
+        assert denied.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        stop = await b.StopSession(
+            wire.ctl.StopSessionRequest(session_id="ghosted", reason="late"), metadata=bearer("alice")
+        )
+        assert stop.result == wire.ctl.STOP_RESULT_ALREADY_ENDED and stop.outcome.reason == "replica lost"
+        with pytest.raises(grpc.aio.AioRpcError) as gone:
+            async for _ in a.WatchSession(wire.ctl.WatchSessionRequest(session_id="ghosted"), metadata=bearer("web")):
+                pass
+        assert gone.value.code() is grpc.StatusCode.OUT_OF_RANGE
+        assert "replica was lost" in (gone.value.details() or "")
+
+
+async def test_a_malformed_entry_in_redis_is_skipped(redis_server: RedisServer) -> None:
+    client = Redis.from_url(redis_server.url)
+    await client.sadd("sw:replicas", "junk")
+    await client.set("sw:replica:junk", b"not json")
+    await client.aclose()
+    async with replicas(redis_server, "a") as group:
+        (_, a) = group["a"]
+        listed = await a.ListSessions(wire.ctl.ListSessionsRequest())
+        assert list(listed.sessions) == []
+        assert await membership(group["a"][0]).placements() == []
+
+
+async def test_a_malformed_forwarded_by_hop_is_the_caller_s_error(redis_server: RedisServer) -> None:
+    async with replicas(redis_server, "a") as group:
+        (d, a) = group["a"]
+        async with grpc.aio.insecure_channel(d.address) as channel:
+            raw = RawSession(channel)
+            await raw.hello("s")
+            metadata = (("x-dispatcher-forwarded", "1"), ("x-dispatcher-forwarded-by", "not a hop"))
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await a.StopSession(wire.ctl.StopSessionRequest(session_id="s", reason="x"), metadata=metadata)
+            assert bad.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+            assert "x-dispatcher-forwarded-by hop 'not a hop'" in (bad.value.details() or "")
+            assert d.sessions.get_open("s") is not None  # nothing happened to the session
+            await raw.call.done_writing()
+            await raw.status()
+
+
+async def test_a_replica_started_while_redis_is_down_refuses_sessions_until_it_answers(
+    redis_server: RedisServer,
+) -> None:
+    redis_server.stop()
+    async with replicas(redis_server, "a") as group:
+        (d, _) = group["a"]
+        assert (membership(d).refusal() or "").startswith("session store unavailable: ")
+        async with grpc.aio.insecure_channel(d.address) as channel:
+            refused = RawSession(channel)
+            await refused.send(wire.pb.UpstreamPacket(seq=1, hello=wire.pb.Hello(session_id="early")))
+            code, details, _ = await refused.status()
+            assert code is grpc.StatusCode.UNAVAILABLE and "session store unavailable" in details
+            assert d.sessions.get_ended("early") is None  # refused before it was a session
+            redis_server.start()
+            await wait_until(lambda: membership(d).refusal() is None, "the replica reached Redis", WAIT_S)
+            accepted = RawSession(channel)
+            await accepted.hello("later")
+            await accepted.call.done_writing()
+            await accepted.status()
