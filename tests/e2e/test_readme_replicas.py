@@ -4,6 +4,7 @@ for free ones (and the Redis for the test's own); nothing else changes."""
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shlex
@@ -85,7 +86,8 @@ def test_the_readme_replicas_example_runs_as_written(
         else:
             assert program == "dispatcherctl", argv
             if argv[3] == "sessions":  # what the example shows needs the session and the pool there first
-                wait_for(lambda: _ready(argv[2], redis_server), "the story session listed and the pool published")
+                ready = functools.partial(_ready, argv[2], redis_server)
+                wait_for(ready, "the story session listed and the pool published")
             ctl_results.append(run_cli(*argv))
     listed, asked, stopped = ctl_results
     assert listed.returncode == 0, listed.stdout + listed.stderr
