@@ -424,6 +424,7 @@ class ReplicasConfig:
         "redis://HOST:PORT/DB: replicas share a session directory, membership and free capacity in this "
         "Redis (empty: this process alone, or its --workers group)",
         flag="store",
+        secret=True,  # may carry a password; the serving line shows it without (`replicas=`)
     )
     advertise: str = setting(
         "",

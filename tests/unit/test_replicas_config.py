@@ -62,3 +62,11 @@ def test_a_lost_session_ends_cancelled_replica_lost_with_nothing_running() -> No
     assert (outcome.state, outcome.reason, outcome.error_code, outcome.status, outcome.ended_at_ms) == (
         wire.ctl.SESSION_STATE_CANCELLED, "replica lost", "REPLICA_LOST", "UNAVAILABLE", 1234,
     )  # fmt: skip
+
+
+def test_the_store_url_is_not_printed_with_the_configuration() -> None:
+    from dispatcher.config import DispatcherConfig
+    from shared.settings import describe
+
+    shown = describe(DispatcherConfig(replicas=ReplicasConfig(store="redis://:s3cret@cache:6379/0")))
+    assert shown["replicas"]["store"] == "***"
