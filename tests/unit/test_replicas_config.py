@@ -6,8 +6,9 @@ import pytest
 
 from dispatcher.cluster.redis_replicas import _lost
 from dispatcher.cluster.store_url import parse_redis_url
-from dispatcher.config import ReplicasConfig
+from dispatcher.config import DispatcherConfig, ReplicasConfig
 from shared import wire
+from shared.settings import describe
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -65,8 +66,5 @@ def test_a_lost_session_ends_cancelled_replica_lost_with_nothing_running() -> No
 
 
 def test_the_store_url_is_not_printed_with_the_configuration() -> None:
-    from dispatcher.config import DispatcherConfig
-    from shared.settings import describe
-
     shown = describe(DispatcherConfig(replicas=ReplicasConfig(store="redis://:s3cret@cache:6379/0")))
     assert shown["replicas"]["store"] == "***"
