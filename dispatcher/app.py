@@ -33,6 +33,7 @@ from dispatcher.config import DispatcherConfig
 from dispatcher.control.service import SessionControlService
 from dispatcher.metrics.exporter import DispatcherMetrics
 from dispatcher.sessions.manager import SessionManager
+from dispatcher.store.redis import RedisStore
 from dispatcher.stream.service import AgentInteractionService
 from dispatcher.tls import CertificateReloader
 from dispatcher.tools import ToolRegistry, served_tools
@@ -79,6 +80,16 @@ class Dispatcher:
         if self.tls is not None and config.tls.require_client_cert:
             self.access.group_leaf = self.tls.own_leaf
         self.peers: Membership | None = None
+        # With replicas, the sessions' journals and outcomes also go into their Redis (streams).
+        self.journals = (
+            RedisStore(
+                config.replicas.store,
+                ended_ttl_s=config.replicas.ended_ttl_s,
+                max_events=config.session.journal_max_events,
+            )
+            if config.replicas.store
+            else None
+        )
         if config.replicas.store:  # replicas on any machines, sharing a Redis
             self.peers = RedisReplicas(
                 config.replicas,
@@ -86,6 +97,7 @@ class Dispatcher:
                 instance=config.server.instance,
                 hop=self.sessions.hop,
                 dial=peer_dialer(config, self.tls),
+                journals=self.journals,
             )
         elif config.server.peer_dir:  # a --workers group on this host
             self.peers = PeerGroup(config.server.peer_dir, config.server.instance, dial=peer_dialer(config, self.tls))
@@ -142,6 +154,8 @@ class Dispatcher:
             # them; one that cannot be reached is a start-up error (McpStartError).
             self.mcp = await connect_all(config.tools.mcp, self.tools)
             await server.start()
+            if self.journals is not None:
+                await self.journals.open()
             if self.peers is not None:
                 await self.peers.join(member_address)
                 membership = loop.create_task(self.peers.run(), name="dispatcher:membership")
@@ -231,6 +245,8 @@ class Dispatcher:
             await asyncio.wait([membership], timeout=_CLOSE_BOUND_S)
         if self.peers is not None:
             await _bounded(self.peers.close())
+        if self.journals is not None:  # after the withdrawal, which hands it the last outcomes
+            await _bounded(self.journals.aclose())
         # Whatever is still open is cut now; grpc cancels the remaining calls.
         await _bounded(server.stop(grace=None))
         await self.sessions.aclose(_CLOSE_BOUND_S)

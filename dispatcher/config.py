@@ -439,7 +439,7 @@ class ReplicasConfig:
     )
     ended_ttl_s: float = setting(
         3600.0,
-        "how long Redis keeps ended sessions' outcomes (and lost replicas' sessions)",
+        "how long Redis keeps ended sessions' outcomes and journals (and lost replicas' sessions)",
         flag="store-ended-ttl-s",
     )
 

@@ -14,6 +14,7 @@ The control plane (dispatcher/control/members.py) asks only through this Protoco
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Collection
 from typing import Protocol
 
 from shared import wire
@@ -59,6 +60,13 @@ class Membership(Protocol):
 
     async def recorded_lost(self) -> list[wire.ctl.SessionInfo]:
         """Every such session still kept (ListSessions shows them)."""
+        ...
+
+    def stored_events(
+        self, session_id: str, from_seq: int, kinds: Collection[int]
+    ) -> AsyncIterator[wire.ctl.SessionEvent] | None:
+        """The journal of a session no live member holds, as the shared store kept it (from
+        `from_seq`, of `kinds`), or None when the store keeps no journals."""
         ...
 
     async def close(self) -> None:

@@ -16,7 +16,7 @@ Redis instead (dispatcher/cluster/redis_replicas.py); nothing else changes.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +128,11 @@ class PeerGroup:
 
     async def recorded_lost(self) -> list[wire.ctl.SessionInfo]:
         return []
+
+    def stored_events(
+        self, session_id: str, from_seq: int, kinds: Collection[int]
+    ) -> AsyncIterator[wire.ctl.SessionEvent] | None:
+        return None  # journals live in their worker only
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)

@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from dataclasses import dataclass
 
 import grpc
@@ -48,7 +48,9 @@ from redis.retry import Retry
 
 from dispatcher.cluster.store_url import RedisUrl, parse_redis_url
 from dispatcher.config import ReplicasConfig
+from dispatcher.core.journal import Journal
 from dispatcher.sessions.directory import SessionDirectory
+from dispatcher.store.redis import RedisStore, follow_stream, journal_key
 from shared import wire
 from shared.model import now_ms
 
@@ -70,7 +72,7 @@ _TICK_S = 0.1
 def redis_client(url: RedisUrl, lease_ms: int) -> Redis:
     """A client whose every wait is a fraction of the lease: a Redis that does not answer is
     noticed within one lease interval, not after the OS's TCP timeout."""
-    timeout_s = max(0.05, min(2.0, lease_ms / 6000))
+    timeout_s = _timeout_s(lease_ms)
     return Redis.from_url(
         url.url,
         socket_timeout=timeout_s,
@@ -82,6 +84,10 @@ def redis_client(url: RedisUrl, lease_ms: int) -> Redis:
         health_check_interval=max(1, lease_ms // 1000),
         decode_responses=False,
     )
+
+
+def _timeout_s(lease_ms: int) -> float:
+    return max(0.05, min(2.0, lease_ms / 6000))
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,10 +110,13 @@ class RedisReplicas:
         hop: str,
         dial: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel,
         client: Redis | None = None,
+        journals: RedisStore | None = None,
     ) -> None:
         self._url = parse_redis_url(config.store)
         self._redis = client or redis_client(self._url, config.lease_ms)
+        self._block_ms = max(10, round(_timeout_s(config.lease_ms) * 500))  # half the socket timeout
         self._sessions = sessions
+        self._journals = journals  # the sessions' journals into Redis Streams, when given
         self._instance = instance
         self._hop = hop
         self._dial = dial
@@ -226,6 +235,15 @@ class RedisReplicas:
         found = [_raw(value) for value in values]
         return [wire.ctl.SessionInfo.FromString(v.partition(b"\n")[2]) for v in found if v is not None]
 
+    def stored_events(
+        self, session_id: str, from_seq: int, kinds: Collection[int]
+    ) -> AsyncIterator[wire.ctl.SessionEvent] | None:
+        """The session's journal as Redis keeps it (a lost replica's session), or None without one."""
+        if self._journals is None:
+            return None
+        ended = (f"{_PREFIX}ended:{session_id}",)
+        return follow_stream(self._redis, session_id, from_seq, kinds, end_keys=ended, block_ms=self._block_ms)
+
     async def close(self) -> None:
         """Withdraw: the replica key goes at once (its sessions ended in the drain before)."""
         try:
@@ -261,6 +279,7 @@ class RedisReplicas:
         self._replica_key(pipe, free)
         held = f"{_PREFIX}held:{self._instance}"
         for session_id in fresh:
+            self._follow(session_id, live[session_id].journal)
             pipe.set(f"{_PREFIX}session:{session_id}", self._instance, px=self._lease_ms)
             pipe.set(f"{_PREFIX}info:{session_id}", live[session_id].info().SerializeToString(), px=self._ttl_ms)
         if fresh:
@@ -295,10 +314,21 @@ class RedisReplicas:
         """The session ended here: its outcome is kept for the TTL, its lease goes."""
         ended = self._sessions.get_ended(session_id)
         if ended is not None and ended.info is not None:
-            value = self._instance.encode() + b"\n" + ended.info.SerializeToString()
-            pipe.set(f"{_PREFIX}ended:{session_id}", value, px=self._ttl_ms)
+            info = ended.info.SerializeToString()
+            pipe.set(f"{_PREFIX}ended:{session_id}", self._instance.encode() + b"\n" + info, px=self._ttl_ms)
+            if self._journals is not None:
+                journal = self._sessions.ended_journal(session_id)
+                if journal is not None:
+                    self._follow(session_id, journal)  # one that ended before a step saw it open
+                self._journals.session_ended(session_id, info)
         pipe.delete(f"{_PREFIX}session:{session_id}", f"{_PREFIX}info:{session_id}")
         pipe.srem(f"{_PREFIX}held:{self._instance}", session_id)
+
+    def _follow(self, session_id: str, journal: Journal) -> None:
+        """Hand a session's journal to the store once (unless something else already follows it)."""
+        journals = self._journals
+        if journals is not None and journal.sink is None and not journals.follows(session_id):
+            journals.session_opened(session_id, opened=b"", hello=b"", journal=journal)
 
     def _unmark_lost(self, pipe: Pipeline, session_ids: Iterable[str]) -> None:
         ids = list(session_ids)
@@ -361,6 +391,7 @@ class RedisReplicas:
             pipe.set(f"{_PREFIX}ended:{session_id}", value, px=self._ttl_ms, nx=True)
             pipe.zadd(_LOST, {session_id: at})
             pipe.delete(f"{_PREFIX}info:{session_id}", f"{_PREFIX}session:{session_id}")
+            pipe.pexpire(journal_key(session_id), self._ttl_ms)  # its replica never will
         pipe.delete(held)
         pipe.srem(_REPLICAS, instance)
         await pipe.execute()

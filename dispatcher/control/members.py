@@ -10,7 +10,7 @@ forwarded twice. A member's refusal other than NOT_FOUND ends the caller's call 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any, TypeVar
 
 import grpc
@@ -60,6 +60,13 @@ class Members:
         if self._peers is None or is_forwarded(context):
             return []
         return await self._peers.recorded_lost()
+
+    def stored_events(
+        self, session_id: str, from_seq: int, kinds: Collection[int], context: Context
+    ) -> AsyncIterator[wire.ctl.SessionEvent] | None:
+        if self._peers is None or is_forwarded(context):
+            return None
+        return self._peers.stored_events(session_id, from_seq, kinds)
 
     def refusal(self) -> str | None:
         """Why new sessions are refused now (the replicas' store is down), or None."""

@@ -190,9 +190,14 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             holder = await self._members.holder_of(session_id, context)
             if holder is None:
                 await self._recorded(session_id, principal, context)  # NotFound when no one knows it
-                raise OutOfRange(
-                    f"session {session_id!r} ended when its replica was lost; its events are not kept"
-                ) from None
+                stored = self._members.stored_events(session_id, request.from_seq, set(request.kinds), context)
+                if stored is None:
+                    raise OutOfRange(
+                        f"session {session_id!r} ended when its replica was lost; its events are not kept"
+                    ) from None
+                async for event in stored:  # its journal as the shared store kept it, up to the loss
+                    yield wire.ctl.WatchSessionResponse(event=event)
+                return
             call = holder.WatchSession(request, metadata=self._members.metadata(context))
             async for response in relay(call, context):
                 yield response
