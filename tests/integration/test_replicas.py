@@ -241,7 +241,7 @@ async def test_a_lost_replica_s_sessions_end_cancelled_once_and_only_for_those_w
             async for _ in a.WatchSession(wire.ctl.WatchSessionRequest(session_id="ghosted"), metadata=bearer("web")):
                 pass
         assert gone.value.code() is grpc.StatusCode.OUT_OF_RANGE
-        assert "replica was lost" in (gone.value.details() or "")
+        assert "no events of it are kept" in (gone.value.details() or "")
 
 
 async def test_a_malformed_entry_in_redis_is_skipped(redis_server: RedisServer) -> None:
