@@ -131,15 +131,10 @@ class RedisReplicas:
         self._free_published = -1
         self._wake = asyncio.Event()
         self._down: str | None = "not yet connected"
-        self._lost_marked = False  # this replica's own sessions may carry a wrong "replica lost"
 
     @property
     def url(self) -> str:
         return self._url.shown
-
-    @property
-    def available(self) -> bool:
-        return self._down is None
 
     # -- Membership ---------------------------------------------------------------------
 
@@ -162,7 +157,10 @@ class RedisReplicas:
                 next_full = now + self._interval_s
             # O(1) unless there is something to write: the pool's count is read, not hooked.
             if full or self._new or self._sessions.free_commanders != self._free_published:
-                await self._step(full=full)
+                try:
+                    await self._step(full=full)
+                except Exception:  # a bug of ours: logged, and the leases go on being refreshed
+                    log.exception("replicas.step_failed")
             await asyncio.sleep(_MIN_GAP_S)  # the bound on the publish rate, not a synchronisation
 
     def refusal(self) -> str | None:

@@ -34,10 +34,6 @@ class Members:
         self._peers = peers
         self._hop = hop  # this member in the paths of the stops it forwards
 
-    @property
-    def membership(self) -> Membership | None:
-        return self._peers
-
     def metadata(self, context: Context) -> tuple[tuple[str, str], ...]:
         return forward_metadata(context, self._hop)
 
