@@ -81,10 +81,16 @@ class RedisStore:
         self._committed = asyncio.Event()
         self._committer: asyncio.Task[None] | None = None
         self._failing = False
+        self._committing = False  # a pipeline is in flight: what it took is in no queue
 
     @property
     def url(self) -> str:
         return self._shown
+
+    @property
+    def failing(self) -> bool:
+        """True from a failed commit until the next one succeeds."""
+        return self._failing
 
     async def open(self) -> Recovered:
         self._committer = asyncio.get_running_loop().create_task(self._run(), name="store:redis-committer")
@@ -117,8 +123,8 @@ class RedisStore:
         self._on_durable = callback
 
     async def flush(self) -> None:
-        """Wait for a commit that started after everything queued so far."""
-        while self._dirty or self._results or self._ended or self._checkpoints:
+        """Wait until nothing is queued and no commit is in flight (a failed one queues again)."""
+        while self._dirty or self._results or self._ended or self._checkpoints or self._committing:
             self._committed.clear()
             self._wake.set()
             await self._committed.wait()
@@ -144,6 +150,7 @@ class RedisStore:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            self._committing = True
             try:
                 await self._commit()
             except RedisError as exc:
@@ -152,6 +159,10 @@ class RedisStore:
                               effect="journals stay in memory and are written when Redis answers")  # fmt: skip
                 self._failing = True
                 self._wake.set()  # retried after the interval, nothing dropped
+            except Exception:  # a bug of ours: logged; the committer goes on with the next batch
+                log.exception("store.redis_commit_bug", store=self._shown)
+            finally:
+                self._committing = False
             self._committed.set()
             await asyncio.sleep(_COMMIT_INTERVAL_S)  # the group-commit interval, not a synchronisation
 

@@ -12,7 +12,7 @@ from dispatcher.core.journal import Journal
 from dispatcher.store.redis import RedisStore, follow_stream, journal_key, outcome_key
 from shared import wire
 from shared.errors import OutOfRange, StoreUnavailable
-from tests.conftest import WAIT_S
+from tests.conftest import WAIT_S, wait_until
 from tests.redis_server import RedisServer, redis_server
 
 __all__ = ["redis_server"]  # the fixture, used by name
@@ -93,9 +93,10 @@ async def test_a_commit_that_fails_while_redis_is_down_is_written_when_it_answer
         await store.flush()
         redis_server.stop()
         journal.append("content", content("two"))  # the commit fails: it stays queued
-        await asyncio.sleep(0.1)  # sleep-ok: let the committer try (and fail) at least once
+        await wait_until(lambda: store.failing, "the committer tried and failed")
         redis_server.start()  # empty: "one" is gone with the old Redis, "two" is not
         await asyncio.wait_for(store.flush(), WAIT_S)
+        assert not store.failing
         client = Redis.from_url(redis_server.url)
         assert [entry_id for entry_id, _ in await client.xrange(journal_key("s2"))] == [b"2-1"]
         await client.aclose()
