@@ -56,6 +56,10 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
         # Each worker would open the one file and take the others' live sessions for crashed.
         click.echo(f"dispatcher: --store {config.store.url} serves one process; use --workers 1", err=True)
         sys.exit(2)
+    if config.server.workers > 1 and config.store.redis_url:
+        click.echo("dispatcher: --workers with --store redis://: run one replica per process, each with its own "
+                   "--listen (and --replica-advertise), behind the balancer", err=True)  # fmt: skip
+        sys.exit(2)
     if config.server.workers > 1:
         try:  # checked here once, so that a bad --tools or TLS file is one line, not one per worker
             served_tools(config.tools.modules, test_tools=config.tools.test_tools)

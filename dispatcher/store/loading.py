@@ -3,6 +3,8 @@
 - `memory://`: nothing outlives the process (the default; tests and demos).
 - `sqlite:///PATH`: an SQLite file, SQLAlchemy's convention: `sqlite:///relative/path.db` is
   relative to the working directory, `sqlite:////absolute/path.db` (four slashes) absolute.
+- `redis://HOST:PORT/DB` (`rediss://` for TLS): replicas' shared Redis (dispatcher/store/redis.py;
+  the membership and directory on it are dispatcher/cluster/redis_replicas.py).
 
 Another backend adds one entry to `_SCHEMES`.
 """
@@ -45,10 +47,18 @@ def _sqlite(url: str, rest: str, config: DispatcherConfig) -> SessionStore:
     )
 
 
+def _redis(url: str, rest: str, config: DispatcherConfig) -> SessionStore:
+    from dispatcher.store.redis import RedisStore  # redis-py only for those who use it
+
+    return RedisStore(url, ended_ttl_s=config.replicas.ended_ttl_s, max_events=config.session.journal_max_events)
+
+
 # scheme -> builder(url, what follows "scheme://", config)
 _SCHEMES: dict[str, Callable[[str, str, DispatcherConfig], SessionStore]] = {
     "memory": _memory,
     "sqlite": _sqlite,
+    "redis": _redis,
+    "rediss": _redis,
 }
 
 

@@ -18,6 +18,7 @@ from scripts.bench.procs import (
     run_loaders,
     split_spec,
 )
+from scripts.bench.replicas import REPLICAS_METHOD, replicas_case
 from scripts.bench.report import Figure, Target
 from scripts.bench.runner import (
     Budget,
@@ -96,6 +97,7 @@ METHODS = [
     "call_id, timeout, execution time; Ack without seq). The ratio prices the added fields only.",
     SEED_METHOD,
     GATEWAY_METHOD,
+    REPLICAS_METHOD,
 ]
 
 
@@ -373,4 +375,5 @@ CASES: dict[str, Callable[[Context], None]] = {
     "serialization": serialization,
     "seed": seed_capacity,
     "gateway": gateway_case,
+    "replicas": replicas_case,
 }
