@@ -16,10 +16,14 @@ from dispatcher.sessions.manager import StreamSessions
 from dispatcher.sessions.outbox import Outbox
 from dispatcher.sessions.pool import PoolSlot
 from dispatcher.sessions.runner import SessionRunner
+from dispatcher.store.base import LiveRecord
 from shared import wire
 from shared.errors import StoreUnavailable
 
-__all__ = ["AdmittingSessions"]
+__all__ = ["REPLICA_LOST_REASON", "AdmittingSessions"]
+
+# Why an adopted session lost its stream (held DETACHED on this replica until its resume).
+REPLICA_LOST_REASON = "its replica was lost"
 
 
 class AdmittingSessions:
@@ -55,6 +59,17 @@ class AdmittingSessions:
 
     def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None:
         self._sessions.start(runner, first)
+
+    def adopt(self, record: LiveRecord, *, reason: str) -> bool:
+        return self._sessions.adopt(record, reason=reason)
+
+    async def take_over(self, session_id: str) -> bool:
+        """A session this replica does not hold, resumed here: adopt it when its replica died."""
+        record = await self._membership.take_over(session_id)
+        if record is None or not self._sessions.adopt(record, reason=REPLICA_LOST_REASON):
+            return False
+        self._membership.opened(session_id)
+        return True
 
     def resume(
         self,

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection
 from typing import Protocol
 
+from dispatcher.store.base import LiveRecord
 from shared import wire
 
 __all__ = ["Membership"]
@@ -34,6 +35,12 @@ class Membership(Protocol):
 
     def refusal(self) -> str | None:
         """Why new sessions must be refused now (the shared store is down), or None."""
+        ...
+
+    async def take_over(self, session_id: str) -> LiveRecord | None:
+        """A commander resumes here a session this process does not hold: the record of one whose
+        holder died, claimed for this process to adopt; None when there is nothing to take over.
+        StoreUnavailable (UNAVAILABLE: the commander retries) while its holder may still live."""
         ...
 
     def opened(self, session_id: str) -> None:

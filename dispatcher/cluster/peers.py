@@ -26,6 +26,7 @@ import structlog
 from dispatcher.auth import AUTHORIZATION
 from dispatcher.control.via import FORWARDED_BY
 from dispatcher.peer_cert import FORWARDED_PEER, caller_identities
+from dispatcher.store.base import LiveRecord
 from shared import wire
 from shared.tracing import carrier_from_metadata
 
@@ -113,6 +114,9 @@ class PeerGroup:
 
     def opened(self, session_id: str) -> None:
         return None
+
+    async def take_over(self, session_id: str) -> LiveRecord | None:
+        return None  # a worker's sessions die with its process and the host: nothing to adopt
 
     async def others(self) -> list[wire.SessionControlServiceStub]:
         return self.stubs()

@@ -50,8 +50,10 @@ from dispatcher.cluster.store_url import RedisUrl, parse_redis_url
 from dispatcher.config import ReplicasConfig
 from dispatcher.core.journal import Journal
 from dispatcher.sessions.directory import SessionDirectory
+from dispatcher.store.base import LiveRecord
 from dispatcher.store.redis import RedisStore, follow_stream, journal_key
 from shared import wire
+from shared.errors import StoreUnavailable
 from shared.model import now_ms
 
 __all__ = ["LOST_REASON", "RedisReplicas", "redis_client"]
@@ -172,6 +174,40 @@ class RedisReplicas:
     def opened(self, session_id: str) -> None:
         self._new.add(session_id)
         self._wake.set()
+
+    async def take_over(self, session_id: str) -> LiveRecord | None:
+        journals = self._journals
+        if journals is None:
+            return None
+        if self._down is not None:
+            raise StoreUnavailable(self.refusal() or "session store unavailable")
+        lease = f"{_PREFIX}session:{session_id}"
+        try:
+            await self._sweep()  # a dead holder's sessions are recorded lost first, never after the claim
+            holder = _raw(await self._redis.get(lease))
+            if holder is not None and holder.decode() != self._instance:
+                raise StoreUnavailable(
+                    f"session {session_id!r} is held by replica {holder.decode()!r} until its lease expires; "
+                    "retry shortly"
+                )
+            record = await journals.live_record(session_id)
+            if record is None:
+                return None
+            ended = _raw(await self._redis.get(f"{_PREFIX}ended:{session_id}"))
+            if ended is not None:
+                info = wire.ctl.SessionInfo.FromString(ended.partition(b"\n")[2])
+                if info.outcome.error_code != "REPLICA_LOST":
+                    return None  # it really ended
+            if not await self._redis.set(lease, self._instance, nx=True, px=self._lease_ms):
+                raise StoreUnavailable(f"another replica is taking session {session_id!r} over; retry shortly")
+            pipe = self._redis.pipeline(transaction=False)
+            self._unmark_lost(pipe, [session_id])
+            await pipe.execute()
+        except RedisError as exc:
+            self._mark_down(exc)
+            raise StoreUnavailable(self.refusal() or f"session store unavailable: {exc}") from exc
+        log.info("replicas.taking_over", session_id=session_id, checkpoint_seq=record.checkpoint_seq)
+        return record
 
     async def others(self) -> list[wire.SessionControlServiceStub]:
         replicas = await self._live_replicas()

@@ -81,6 +81,10 @@ class StreamSessions(Protocol):
         commander: str = "",
     ) -> tuple[SessionRunner, Outbox]: ...
 
+    async def take_over(self, session_id: str) -> bool: ...
+
+    def adopt(self, record: LiveRecord, *, reason: str) -> bool: ...
+
     def park(self, slot: PoolSlot) -> None: ...
 
     def unpark(self, slot: PoolSlot) -> None: ...
@@ -188,6 +192,11 @@ class SessionManager(SessionDirectory):
 
     def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket | None) -> None:
         self._tasks.start(runner.run(first), name=f"session:{runner.session_id}")
+
+    async def take_over(self, session_id: str) -> bool:
+        """A resume for a session not held here: one process has nothing else to adopt from
+        (a restart adopted what its store kept, at start). Replicas: cluster/admission.py."""
+        return False
 
     def adopt(self, record: LiveRecord, *, reason: str) -> bool:
         """Hold a session an earlier process held when it died (the store's live record) DETACHED

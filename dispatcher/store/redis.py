@@ -8,8 +8,12 @@
   entries in one pipeline per commit interval (group commit).
 - An ended session's outcome (`sw:outcome:{sid}`, its last `SessionInfo`) and its stream are
   kept `--store-ended-ttl-s`; tool results by call id in `sw:results:{sid}` likewise.
-- Not durable in the store's sense (`durable = False`): a Redis that saves nothing, or saves every
-  second, loses what it had in memory; acks do not wait for it.
+- Live sessions' records (`sw:live:{sid}`: the open's SessionInfo, the Hello, the last checkpoint
+  and its info), written in the same pipelines, deleted at the end: another replica adopts a
+  session from them when its replica died and its commander resumes there (`live_record`).
+- Durable against a replica's death (`durable = True`): an ack waits for the pipeline holding
+  its checkpoint, so a commander keeps, for its resume on another replica, everything this
+  Redis does not have. A Redis that itself restarts without persistence loses what it held.
 - `follow_stream`: a WatchSession for a session whose replica is gone reads its stream (XRANGE,
   then XREAD BLOCK for what comes), resumable by seq exactly as a journal is; a Redis that does
   not answer ends the watcher with UNAVAILABLE, to resume from its next seq.
@@ -31,11 +35,11 @@ from redis.exceptions import RedisError
 
 from dispatcher.cluster.store_url import parse_redis_url
 from dispatcher.core.journal import EVENT_KINDS, Journal
-from dispatcher.store.base import Recovered
+from dispatcher.store.base import LiveRecord, Recovered, StoredEvent
 from shared import wire
 from shared.errors import OutOfRange, StoreUnavailable
 
-__all__ = ["RedisStore", "follow_stream", "journal_key", "outcome_key"]
+__all__ = ["RedisStore", "follow_stream", "journal_key", "live_key", "outcome_key"]
 
 log = structlog.get_logger("dispatcher.store.redis")
 
@@ -51,6 +55,10 @@ def journal_key(session_id: str) -> str:
     return f"{_PREFIX}journal:{session_id}"
 
 
+def live_key(session_id: str) -> str:
+    return f"{_PREFIX}live:{session_id}"
+
+
 def outcome_key(session_id: str) -> str:
     return f"{_PREFIX}outcome:{session_id}"
 
@@ -64,7 +72,7 @@ class _Followed:
 class RedisStore:
     """`redis://HOST:PORT/DB` as a `SessionStore`: journals in streams, outcomes with a TTL."""
 
-    durable = False
+    durable = True
 
     def __init__(self, url: str, *, ended_ttl_s: float, max_events: int, client: Redis | None = None) -> None:
         self._shown = parse_redis_url(url).shown
@@ -75,7 +83,8 @@ class RedisStore:
         self._dirty: dict[str, Journal] = {}
         self._results: list[tuple[str, str, bytes]] = []
         self._ended: list[tuple[str, bytes]] = []
-        self._checkpoints: list[tuple[str, int]] = []
+        self._checkpoints: list[tuple[str, int, bytes]] = []
+        self._opened: list[tuple[str, bytes, bytes]] = []
         self._on_durable: Callable[[str, int], None] | None = None
         self._wake = asyncio.Event()
         self._committed = asyncio.Event()
@@ -97,15 +106,36 @@ class RedisStore:
         return Recovered()  # a replica adopts no other replica's live sessions
 
     def session_opened(self, session_id: str, *, opened: bytes, hello: bytes, journal: Journal) -> None:
+        if hello:  # a session its commander may resume (the manager's own hand-off at the end has none)
+            self._opened.append((session_id, opened, hello))
         self._followed[session_id] = _Followed(journal, journal.first_seq)
         journal.sink = self._journal_dirty
         self._journal_dirty(journal)  # what it holds already
+
+    async def live_record(self, session_id: str) -> LiveRecord | None:
+        """What a replica that died left of a session it held live, for another to adopt; None
+        when there is none (it ended, never resumable, or expired). RedisError when Redis fails."""
+        fields: dict[bytes, bytes] = dict(await self._redis.hgetall(live_key(session_id)))  # type: ignore[arg-type]
+        if not fields or b"hello" not in fields:
+            return None
+        found: Any = await self._redis.xrange(journal_key(session_id))
+        entries = [(entry_id, data or {}) for entry_id, data in found or ()]
+        results: dict[bytes, bytes] = dict(await self._redis.hgetall(f"{_PREFIX}results:{session_id}"))  # type: ignore[arg-type]
+        return LiveRecord(
+            session_id=session_id,
+            opened=fields.get(b"opened", b""),
+            hello=fields[b"hello"],
+            checkpoint_seq=int(fields.get(b"checkpoint_seq", b"0")),
+            checkpoint_info=fields.get(b"checkpoint_info", b""),
+            events=[StoredEvent(_seq_of(entry_id), data[_FIELD]) for entry_id, data in entries],
+            tool_results={key.decode(): value for key, value in results.items()},
+        )
 
     def follows(self, session_id: str) -> bool:
         return session_id in self._followed
 
     def checkpoint(self, session_id: str, upstream_seq: int, info: bytes) -> None:
-        self._checkpoints.append((session_id, upstream_seq))
+        self._checkpoints.append((session_id, upstream_seq, info))
         self._wake.set()
 
     def tool_result(self, session_id: str, call_id: str, packet: bytes) -> None:
@@ -124,7 +154,7 @@ class RedisStore:
 
     async def flush(self) -> None:
         """Wait until nothing is queued and no commit is in flight (a failed one queues again)."""
-        while self._dirty or self._results or self._ended or self._checkpoints or self._committing:
+        while self._dirty or self._results or self._ended or self._checkpoints or self._opened or self._committing:
             self._committed.clear()
             self._wake.set()
             await self._committed.wait()
@@ -171,7 +201,10 @@ class RedisStore:
         results, self._results = self._results, []
         ended, self._ended = self._ended, []
         checkpoints, self._checkpoints = self._checkpoints, []
+        opened, self._opened = self._opened, []
         pipe = self._redis.pipeline(transaction=False)
+        for session_id, info, hello in opened:
+            pipe.hset(live_key(session_id), mapping={b"opened": info, b"hello": hello})
         advanced: dict[str, int] = {}
         for session_id, journal in dirty.items():
             journal.dirty = False  # an event appended from now on marks it again
@@ -186,10 +219,13 @@ class RedisStore:
                           approximate=True)  # fmt: skip
                 seq += 1
             advanced[session_id] = seq
+        for session_id, upstream_seq, info in checkpoints:  # after the events they cover, in one pipeline
+            pipe.hset(live_key(session_id), mapping={b"checkpoint_seq": upstream_seq, b"checkpoint_info": info})
         for session_id, call_id, packet in results:
             pipe.hset(f"{_PREFIX}results:{session_id}", call_id, packet)
             pipe.pexpire(f"{_PREFIX}results:{session_id}", self._ttl_ms)
         for session_id, info in ended:
+            pipe.delete(live_key(session_id))
             pipe.set(outcome_key(session_id), info, px=self._ttl_ms)
             pipe.pexpire(journal_key(session_id), self._ttl_ms)
         try:
@@ -198,6 +234,7 @@ class RedisStore:
             for session_id, journal in dirty.items():  # all of it again at the next commit
                 self._dirty.setdefault(session_id, journal)
             self._results[:0], self._ended[:0], self._checkpoints[:0] = results, ended, checkpoints
+            self._opened[:0] = opened
             raise
         for answer in answers:
             # An entry a half-failed earlier commit already wrote is refused as "equal or smaller":
@@ -216,7 +253,7 @@ class RedisStore:
             log.info("store.redis_commit_recovered", store=self._shown)
             self._failing = False
         if self._on_durable is not None:
-            for session_id, upstream_seq in checkpoints:
+            for session_id, upstream_seq, _ in checkpoints:
                 self._on_durable(session_id, upstream_seq)
 
 

@@ -26,7 +26,7 @@ from dispatcher.sessions.pool import PoolSlot
 from dispatcher.sessions.runner import SessionRunner
 from dispatcher.stream.trailers import set_final_status
 from shared import wire
-from shared.errors import ProtocolViolation, ShuttingDown
+from shared.errors import NotFound, ProtocolViolation, ShuttingDown
 from shared.model import valid_session_id
 from shared.tracing import carrier_from_metadata
 from shared.wire import MetadataKey, encode_metadata_value
@@ -124,7 +124,12 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
     ) -> tuple[SessionRunner, Outbox] | None:
         """A commander resumes its session on this new stream (Hello.resume)."""
         try:
-            runner, outbox = self._sessions.resume(session_id, requests, hello, peer=peer, commander=commander)
+            try:
+                runner, outbox = self._sessions.resume(session_id, requests, hello, peer=peer, commander=commander)
+            except NotFound:
+                if not await self._sessions.take_over(session_id):  # its replica died: adopt it here
+                    raise
+                runner, outbox = self._sessions.resume(session_id, requests, hello, peer=peer, commander=commander)
         except (grpc.aio.AbortError, grpc.aio.UsageError):
             raise
         except Exception as error:
