@@ -399,143 +399,7 @@ async def _control_client(proxy: FaultProxy, reader: asyncio.StreamReader, write
         writer.close()
 
 
-async def _serve(self, connection: _Connection, client_reader: asyncio.StreamReader) -> None:
-        if self._mode.kind == "reset":
-            connection.reset()
-            self.counters.resets += 1
-            return
-        await self._link_up.wait()  # a dead link: the onward dial waits for it to come back
-        try:
-            upstream_reader, upstream = await asyncio.open_connection(*self.target)
-        except OSError:
-            self.counters.dial_failures += 1
-            connection.reset()
-            return
-        connection.upstream = upstream
-        if connection.reset_done:  # reset while dialling
-            _rst(upstream)
-            return
-        try:
-            async with asyncio.TaskGroup() as group:
-                group.create_task(self._direction(connection, client_reader, upstream, up=True))
-                group.create_task(self._direction(connection, upstream_reader, connection.client, up=False))
-        except* (ConnectionError, OSError):
-            pass  # a peer went away: _direction has passed it on
-
-    async def _direction(
-        self, connection: _Connection, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, up: bool
-    ) -> None:
-        """One direction: a reader and a writer joined by a bounded delay line (backpressure kept)."""
-        line: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue(QUEUE_CHUNKS)
-        async with asyncio.TaskGroup() as group:
-            group.create_task(self._read_side(connection, reader, line))
-            group.create_task(self._write_side(connection, writer, line, up=up))
-
-    async def _read_side(
-        self, connection: _Connection, reader: asyncio.StreamReader, line: asyncio.Queue[tuple[float, bytes]]
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._link_up.wait()  # blackhole: stop reading; the kernel buffers fill
-            try:
-                chunk = await reader.read(CHUNK_BYTES)
-            except ConnectionResetError:
-                self._pass_reset(connection)
-                raise
-            if not self._link_up.is_set():
-                self.counters.held += 1  # read just before the link died: held, not dropped
-                await self._link_up.wait()
-            mode = self._mode
-            due = loop.time() + (mode.delay_ms / 1000 if mode.kind == "delay" else 0.0)
-            await line.put((due, chunk))
-            if not chunk:
-                return  # EOF travels down the line as an empty chunk
-
-    async def _write_side(
-        self,
-        connection: _Connection,
-        writer: asyncio.StreamWriter,
-        line: asyncio.Queue[tuple[float, bytes]],
-        *,
-        up: bool,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        next_free = 0.0  # throttle: when the paced link is free again
-        while True:
-            due, chunk = await line.get()
-            if not chunk:
-                if writer.can_write_eof():
-                    with contextlib.suppress(OSError):
-                        writer.write_eof()
-                return
-            if (wait := due - loop.time()) > 0:
-                await asyncio.sleep(wait)  # the delay mode's latency: the timing is the feature
-            view = memoryview(chunk)
-            while view:
-                await self._link_up.wait()
-                mode = self._mode
-                if mode.kind == "throttle":
-                    # Slices of ~20 ms of the rate, each sent when the paced link is free.
-                    piece = view[: max(1, int(mode.bytes_per_s / 50))]
-                    now = loop.time()
-                    next_free = max(next_free, now)
-                    if next_free > now:
-                        await asyncio.sleep(next_free - now)
-                    next_free += len(piece) / mode.bytes_per_s
-                else:
-                    piece, next_free = view, 0.0
-                writer.write(piece)
-                try:
-                    await writer.drain()
-                except ConnectionResetError:
-                    self._pass_reset(connection)
-                    raise
-                if up:
-                    self.counters.bytes_up += len(piece)
-                else:
-                    self.counters.bytes_down += len(piece)
-                view = view[len(piece) :]
-
-    def _pass_reset(self, connection: _Connection) -> None:
-        """A peer reset its side: reset the other, as the network would carry the RST."""
-        if connection.reset():
-            self.counters.resets += 1
-
-
-# -- the CLI ------------------------------------------------------------------------------------
-
-
-def _answer(proxy: FaultProxy, command: str) -> dict[str, Any]:
-    words = command.strip()
-    if words in ("stats", ""):
-        return {"mode": str(proxy.mode), **proxy.counters.snapshot()}
-    if words == "reset-once":
-        reset = proxy.reset_current()
-        return {"mode": str(proxy.mode), "reset_now": reset, **proxy.counters.snapshot()}
-    try:
-        proxy.set_mode(parse_mode(words))
-    except ValueError as exc:
-        return {"error": str(exc)}
-    return {"mode": str(proxy.mode), **proxy.counters.snapshot()}
-
-
-async def _control_client(proxy: FaultProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while line := await reader.readline():
-            writer.write((json.dumps(_answer(proxy, line.decode(errors="replace"))) + "\n").encode())
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
-
-
-async def _lines(stream: asyncio.StreamReader) -> AsyncIterator[str]:
-    while line := await stream.readline():
-        yield line.decode(errors="replace")
-
-
-async def _serve(listen: tuple[str, int], target: tuple[str, int], control: tuple[str, int], mode: Mode) -> None:
+async def _run_cli(listen: tuple[str, int], target: tuple[str, int], control: tuple[str, int], mode: Mode) -> None:
     async with FaultProxy(target, listen) as proxy:
         proxy.set_mode(mode)
         server = await asyncio.start_server(lambda r, w: _control_client(proxy, r, w), *control)
@@ -574,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", default="pass", type=parse_mode, help="the mode at start [pass]")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(args.listen, args.target, args.control, args.mode))
+        asyncio.run(_run_cli(args.listen, args.target, args.control, args.mode))
     return 0
 
 
