@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: system-deps help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency model-stop-latency deploy-check node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick
+.PHONY: system-deps help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency model-stop-latency deploy-check node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick chaos
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -68,6 +68,11 @@ bench: $(STAMP)  ## dispatcher vs a bare grpc.aio server, real processes (~20 mi
 
 bench-quick: $(STAMP)  ## the same benchmark with small sizes, about three minutes: bench/results/latest-quick.md
 	$(PY) -m scripts.bench --quick $(BENCH_ARGS)
+
+CHAOS_ARGS ?=
+
+chaos: $(STAMP)  ## the fault-injection suite: resets, blackholes, kill -9, bystanders (~1 min; CHAOS_ARGS='--full' for the issue's sizes)
+	$(PY) -m scripts.chaos.run $(CHAOS_ARGS)
 
 serve: $(STAMP)  ## run a dispatcher on 127.0.0.1:50051
 	$(BIN)/dispatcher serve --listen 127.0.0.1:50051
