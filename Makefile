@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # grpc's C core logs transport events (GOAWAYs at shutdown) at INFO by default.
 export GRPC_VERBOSITY ?= ERROR
 
-.PHONY: system-deps help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency model-stop-latency deploy-check node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick chaos
+.PHONY: system-deps help venv proto proto-check test test-unit test-integration test-e2e lint typecheck check demo serve clean stop-latency model-stop-latency deploy-check node-deps buf-lint buf-breaking interop conformance conformance-self bench bench-quick
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s "$$(printf '\t')"
@@ -71,6 +71,7 @@ bench-quick: $(STAMP)  ## the same benchmark with small sizes, about three minut
 
 CHAOS_ARGS ?=
 
+.PHONY: chaos
 chaos: $(STAMP)  ## the fault-injection suite: resets, blackholes, kill -9, bystanders (~1 min; CHAOS_ARGS='--full' for the issue's sizes)
 	$(PY) -m scripts.chaos.run $(CHAOS_ARGS)
 

@@ -103,6 +103,8 @@ def parse_mode(text: str) -> Mode:
     if not words:
         raise ValueError("empty mode")
     kind, args = words[0].lower(), words[1:]
+    if kind not in Mode.KINDS:
+        raise ValueError(f"unknown mode {kind!r}; one of {', '.join(Mode.KINDS)}")
     if kind in ("delay", "throttle"):
         if len(args) != 1:
             raise ValueError(f"{kind} takes one number")
