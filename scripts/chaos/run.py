@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -58,8 +59,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="the issue's sizes (minutes) instead of the small run")
     parser.add_argument("--only", nargs="+", choices=sorted(SCENARIOS), metavar="NAME",
                         help=f"run only these scenarios: {', '.join(SCENARIOS)}")  # fmt: skip
-    parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "chaos-latest.md",
-                        help="markdown result file (and .json beside it) [bench/results/chaos-latest.md]")  # fmt: skip
+    default_results = os.environ.get("CHAOS_RESULTS") or ROOT / "bench" / "results" / "chaos-latest.md"
+    parser.add_argument("--results", type=Path, default=default_results,
+                        help="markdown result file (and .json beside it) [$CHAOS_RESULTS or "
+                             "bench/results/chaos-latest.md]")  # fmt: skip
     parser.add_argument("--keep", action="store_true", help="keep the run's directory (logs, tool log)")
     args = parser.parse_args(argv)
     names = args.only or list(SCENARIOS)
