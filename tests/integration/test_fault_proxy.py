@@ -11,11 +11,17 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from scripts.chaos.proxy import FaultProxy, Mode, parse_mode
-from tests.conftest import WAIT_S, wait_until
+from commander import CommanderConfig, ConnectionConfig, run_session
+from commander.transport import open_channel
+from scripts.chaos.agent import NumberedAgent, Plan
+from scripts.chaos.proxy import FaultProxy, Mode, parse_address, parse_mode
+from shared.keepalive import KeepaliveConfig
+from shared.model import SessionState
+from tests.conftest import WAIT_S, run_scripted, running_dispatcher, test_config, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -248,3 +254,57 @@ def test_modes_parse(text: str, mode: Mode) -> None:
 def test_bad_modes_are_refused_with_a_reason(text: str) -> None:
     with pytest.raises(ValueError, match=r"."):
         parse_mode(text)
+
+
+# -- gRPC through the proxy ----------------------------------------------------------------------
+
+FAST_KEEPALIVE = {"time_ms": 1000, "timeout_ms": 1000}
+
+
+def no_resume() -> dict[str, Any]:
+    """Today's behaviour, whichever build: a lost stream ends the session (no redial)."""
+    return {"resume_timeout_s": 0} if "resume_timeout_s" in ConnectionConfig.__dataclass_fields__ else {}
+
+
+async def test_a_grpc_session_streams_through_a_delaying_and_throttling_proxy() -> None:
+    async with running_dispatcher() as dispatcher:
+        async with FaultProxy(parse_address(dispatcher.address)) as proxy:
+            proxy.set_mode(Mode.delay(5))
+            result = await run_scripted(proxy.address, "What is 6*7?")
+            assert result.state is SessionState.FINISHED, result
+            proxy.set_mode(Mode.throttle(200_000))
+            result = await run_scripted(proxy.address, "What is 6*7?")
+            assert result.state is SessionState.FINISHED, result
+            assert proxy.counters.connections >= 1 and proxy.counters.bytes_down > 0  # channels share a subchannel
+
+
+async def test_grpc_keepalive_finds_a_blackholed_link_within_its_bound() -> None:
+    config = test_config(keepalive={**FAST_KEEPALIVE, "min_ping_interval_ms": 500})
+    async with running_dispatcher(config) as dispatcher:
+        async with FaultProxy(parse_address(dispatcher.address)) as proxy:
+            commander = CommanderConfig(
+                connection=ConnectionConfig(target=proxy.address, handshake_timeout_s=2.0, **no_resume()),
+                keepalive=KeepaliveConfig(**FAST_KEEPALIVE),
+            )
+            agent = NumberedAgent(Plan(chunks=400, rate=40.0, tools=0))
+            loop = asyncio.get_running_loop()
+            outcome: dict[str, Any] = {}
+
+            async def session() -> None:
+                async with open_channel(commander.connection, commander.keepalive) as channel:
+                    outcome["result"] = await run_session(agent, "", channel=channel, config=commander)
+                outcome["ended_at"] = loop.time()
+
+            task = asyncio.create_task(session())
+            try:
+                await wait_until(lambda: proxy.counters.bytes_up > 2000, "the answer is streaming")
+                proxy.set_mode(Mode.blackhole())
+                cut_at = loop.time()
+                await asyncio.wait_for(asyncio.shield(task), 10)
+            finally:
+                proxy.set_mode(Mode.passing())
+                task.cancel()
+            detected_s = outcome["ended_at"] - cut_at
+            # keepalive time + timeout, plus up to one more PING period of timer slack
+            assert detected_s < (FAST_KEEPALIVE["time_ms"] + FAST_KEEPALIVE["timeout_ms"]) / 1000 + 1.5, detected_s
+            assert outcome["result"].state is not SessionState.FINISHED
