@@ -17,6 +17,9 @@ connection to one target. Its mode applies to every current and every new connec
   intact and late, as TCP's retransmissions would; a side that gave up meanwhile has closed
   its socket, and the proxy, reading again, passes that close on (a late RST or FIN). A
   connection accepted during a blackhole is not dialled onward until the link returns.
+  One difference from a cut cable remains, and it is on purpose: the proxy's kernel still
+  acknowledges what fits its receive buffer, so TCP's own retransmission timeout never fires
+  and only the application's liveness check (gRPC keepalive) can find the dead link.
 - `delay(ms)`: each chunk is forwarded `ms` after it was read (a latency: the chunks behind
   it are read meanwhile, so throughput is not cut).
 - `throttle(bytes_per_s)`: each direction of each connection is paced to that rate.

@@ -10,7 +10,7 @@ import contextlib
 import math
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,54 +103,83 @@ class Context:
 
 NO_RESUME = "this build has no resume (dispatcher serve --session-resume-window-s, commander run --resume-timeout-s)"
 
-Fault = Callable[[Context, FaultProxy, Monitor, list[str]], Awaitable[tuple[float, float]]]
+# A fault, applied to one session's own proxy once that session reached the fault's point;
+# returns when the fault began and when the link was whole again (monotonic).
+Fault = Callable[[Context, FaultProxy, Monitor, str], Awaitable[tuple[float, float]]]
 
 
 # -- faults -------------------------------------------------------------------------------------
 
 
-async def _reset(proxy: FaultProxy, sessions: int) -> tuple[float, float]:
-    """RST every connection; keep resetting redials for RESET_HOLD_S; then let them through."""
+async def _reset(proxy: FaultProxy) -> tuple[float, float]:
+    """RST the session's connection; keep resetting its redials for RESET_HOLD_S; then let them through."""
     started = time.monotonic()
     proxy.set_mode(Mode.reset())
     await asyncio.sleep(RESET_HOLD_S)  # the fault's duration: the timing is the experiment
     proxy.set_mode(Mode.passing())
-    if proxy.counters.resets < sessions:
-        raise AssertionError(f"only {proxy.counters.resets} of {sessions} connections were reset")
+    if not proxy.counters.resets:
+        raise AssertionError("the session's connection was not reset")
     return started, time.monotonic()
 
 
-def _streamed(fraction: float, chunks: int) -> Callable[[dict[str, Timeline]], bool]:
+def _streamed(fraction: float, chunks: int, sid: str | None = None) -> Callable[[dict[str, Timeline]], bool]:
+    """`fraction` of the answer journaled: by one session, or by every one followed."""
+    if sid is not None:
+        return lambda lines: lines[sid].events >= chunks * fraction
     return lambda lines: all(line.events >= chunks * fraction for line in lines.values())
 
 
-async def reset_mid_answer(ctx: Context, proxy: FaultProxy, monitor: Monitor, sids: list[str]) -> tuple[float, float]:
-    await monitor.until(_streamed(1 / 3, ctx.size.chunks), "a third of every answer", ctx.size.answer_s + 20)
-    return await _reset(proxy, len(sids))
+async def reset_mid_answer(ctx: Context, proxy: FaultProxy, monitor: Monitor, sid: str) -> tuple[float, float]:
+    await monitor.until(_streamed(1 / 3, ctx.size.chunks, sid), f"a third of {sid}'s answer", ctx.size.answer_s + 20)
+    return await _reset(proxy)
 
 
 async def _tools_running(ctx: Context, sids: list[str], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not all(ToolLog.read(ctx.tool_log).running(sid) for sid in sids):
         if time.monotonic() > deadline:
-            raise TimeoutError(f"no tool call running in every session within {timeout_s:g} s")
+            raise TimeoutError(f"no tool call running in {', '.join(sids)} within {timeout_s:g} s")
         await asyncio.sleep(0.02)  # polling a file the dispatcher's tool writes; bounded above
 
 
-async def reset_mid_tool_call(
-    ctx: Context, proxy: FaultProxy, monitor: Monitor, sids: list[str]
-) -> tuple[float, float]:
-    await _tools_running(ctx, sids, ctx.size.answer_s + 20)
-    return await _reset(proxy, len(sids))
+async def reset_mid_tool_call(ctx: Context, proxy: FaultProxy, monitor: Monitor, sid: str) -> tuple[float, float]:
+    await _tools_running(ctx, [sid], ctx.size.answer_s + 20)
+    return await _reset(proxy)
 
 
-async def blackhole(ctx: Context, proxy: FaultProxy, monitor: Monitor, sids: list[str]) -> tuple[float, float]:
-    await monitor.until(_streamed(1 / 4, ctx.size.chunks), "a quarter of every answer", ctx.size.answer_s + 20)
+async def blackhole(ctx: Context, proxy: FaultProxy, monitor: Monitor, sid: str) -> tuple[float, float]:
+    await monitor.until(_streamed(1 / 4, ctx.size.chunks, sid), f"a quarter of {sid}'s answer", ctx.size.answer_s + 20)
     started = time.monotonic()
     proxy.set_mode(Mode.blackhole())
     await asyncio.sleep(ctx.size.blackhole_s)  # the outage's length: the timing is the experiment
     proxy.set_mode(Mode.passing())
     return started, time.monotonic()
+
+
+async def _each(
+    ctx: Context, fault: Fault, proxies: dict[str, FaultProxy], monitor: Monitor
+) -> dict[str, tuple[float, float]]:
+    """`fault` on every session at once, each at its own point; the links are whole again after."""
+    try:
+        times = await asyncio.gather(*(fault(ctx, proxy, monitor, sid) for sid, proxy in proxies.items()))
+    finally:
+        for proxy in proxies.values():
+            proxy.set_mode(Mode.passing())
+    return dict(zip(proxies, times, strict=True))
+
+
+@contextlib.asynccontextmanager
+async def _proxies(target: str, sids: list[str]) -> AsyncIterator[dict[str, FaultProxy]]:
+    """One proxy per session, so that a fault hits one session at the point it waits for."""
+    async with contextlib.AsyncExitStack() as stack:
+        yield {sid: await stack.enter_async_context(FaultProxy(parse_address(target))) for sid in sids}
+
+
+def _proxy_note(proxies: dict[str, FaultProxy]) -> str:
+    resets = sum(proxy.counters.resets for proxy in proxies.values())
+    held = sum(proxy.counters.held for proxy in proxies.values())
+    connections = sum(proxy.counters.connections for proxy in proxies.values())
+    return f"proxies: {connections} connections, {resets} reset, {held} chunks held by a blackhole"
 
 
 # -- checks -------------------------------------------------------------------------------------
@@ -163,7 +192,7 @@ def _check_resumed(
     journals: dict[str, list[dict[str, Any]]],
     timelines: dict[str, Timeline],
     tool_log: ToolLog,
-    fault_at: tuple[float, float],
+    fault_at: dict[str, tuple[float, float]],
 ) -> None:
     """Each session FINISHED after resuming, its content exactly once, each call id run once."""
     expected = expected_content(plan)
@@ -185,9 +214,9 @@ def _check_resumed(
         if not resumes:
             problems.append("never resumed")
         if line.detached_at is not None:
-            detects.append(line.detached_at - fault_at[0])
+            detects.append(line.detached_at - fault_at[sid][0])
         if line.resumed_at is not None:
-            recovers.append(max(0.0, line.resumed_at - fault_at[1]))
+            recovers.append(max(0.0, line.resumed_at - fault_at[sid][1]))
         if problems:
             row.problems += [f"{sid}: {problem}" for problem in problems]
         else:
@@ -237,18 +266,15 @@ async def _faulted(ctx: Context, name: str, slug: str, plan: Plan, fault: Fault)
         return row
     sids = [f"{slug}-{i}" for i in range(ctx.size.sessions)]
     async with dispatcher(ctx.workdir, ctx.tool_log, slug, *ctx.resume_flags()) as d:
-        async with FaultProxy(parse_address(d.address)) as proxy, Monitor(d.address) as monitor:
+        async with _proxies(d.address, sids) as proxies, Monitor(d.address) as monitor:
             monitor.follow(sids)
-            commanders = [await ctx.commander(proxy.address, sid, plan) for sid in sids]
-            try:
-                fault_at = await fault(ctx, proxy, monitor, sids)
-            finally:
-                proxy.set_mode(Mode.passing())
+            commanders = [await ctx.commander(proxies[sid].address, sid, plan) for sid in sids]
+            fault_at = await _each(ctx, fault, proxies, monitor)
             await _wait_all(commanders, ctx.size.answer_s + plan.tools * plan.hold_ms / 1000 + END_SLACK_S)
             with contextlib.suppress(TimeoutError):
                 await monitor.until(_all_ended, "every outcome recorded", 10)
             journals = await _journals(d.address, sids)
-            row.notes.append(f"proxy: {proxy.counters.resets} resets, {proxy.counters.held} chunks held")
+            row.notes.append(_proxy_note(proxies))
     _check_resumed(row, plan, commanders, journals, monitor.sessions, ToolLog.read(ctx.tool_log), fault_at)
     return row
 
@@ -425,20 +451,19 @@ async def scenario_neighbours(ctx: Context) -> Row:
                 await stack.enter_async_context(
                     commander_pool(ctx.workdir, ctx.tool_log, d.address, n, f"pool-{index}")
                 )
-            proxy = await stack.enter_async_context(FaultProxy(parse_address(d.address)))
+            proxies = await stack.enter_async_context(_proxies(d.address, faulted_ids))
             monitor = await stack.enter_async_context(Monitor(d.address))
             monitor.follow(faulted_ids)
             channel = await stack.enter_async_context(grpc.aio.insecure_channel(d.address))
             stub = wire.SessionControlServiceStub(channel)
-            faulted = [await ctx.commander(proxy.address, sid, faulted_plan) for sid in faulted_ids]
+            faulted = [await ctx.commander(proxies[sid].address, sid, faulted_plan) for sid in faulted_ids]
             started = time.monotonic()
             async with asyncio.TaskGroup() as group:
                 for sid in sids:
                     group.create_task(_bystander(stub, sid, plan, results))
                 watcher = group.create_task(_slow_watcher(stub, sids[0]))
                 flood = group.create_task(ping_flood(parse_address(d.address)))
-                await monitor.until(_streamed(1 / 3, faulted_plan.chunks), "a third of the faulted answers", 60)
-                fault_at = await _reset(proxy, len(faulted_ids))
+                fault_at = await _each(ctx, reset_mid_answer, proxies, monitor)
             await _wait_all(faulted, size.answer_s + END_SLACK_S)
             with contextlib.suppress(TimeoutError):
                 await monitor.until(_all_ended, "every faulted outcome recorded", 10)
