@@ -323,9 +323,10 @@ async def scenario_kill_commander(ctx: Context) -> Row:
         row.duplicates += check.duplicates
         row.executed_twice += tool_log.executed_twice(sid)
         problems = list(check.problems)
-        if line.ended_at is not None:
+        ended_after = None if line.ended_at is None else line.ended_at - killed_at
+        if ended_after is not None:
             row.recorded += 1
-            ends.append(line.ended_at - killed_at)
+            ends.append(ended_after)
         if line.detached_at is not None:
             detects.append(line.detached_at - killed_at)
         if check.final_state != "SESSION_STATE_CANCELLED" or "not resumed" not in line.reason:
@@ -338,8 +339,8 @@ async def scenario_kill_commander(ctx: Context) -> Row:
             problems.append(
                 f"journal records no dropped result for {set(check.tool_calls) - set(check.dropped_results)}"
             )
-        if ends and ends[-1] < ctx.size.window_s * 0.9:
-            problems.append(f"ended {ends[-1]:.2f} s after the kill, before the {ctx.size.window_s} s window")
+        if ended_after is not None and ended_after < ctx.size.window_s * 0.9:
+            problems.append(f"ended {ended_after:.2f} s after the kill, before the {ctx.size.window_s} s window")
         row.problems += [f"{sid}: {p}" for p in problems]
         row.survived += not problems
     row.detect_s = max(detects) if detects else None
