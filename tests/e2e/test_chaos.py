@@ -119,7 +119,7 @@ async def test_the_proxy_cli_prints_its_ports_and_is_switched_from_another_proce
 
 
 README_FIRST_LINE = ".venv/bin/dispatcher serve --listen 127.0.0.1:50051 --tools scripts.chaos.tools:tools"
-README_PORTS = ("50051", "50061", "50062")
+README_PORTS = ("50051", "50071", "50072")
 
 
 def readme_proxy_commands() -> list[str]:
