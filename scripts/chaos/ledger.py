@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
+
+from dispatcherctl.render import message_to_dict
 
 __all__ = ["JournalCheck", "ToolLog", "check_journal", "event_dict"]
 
@@ -25,8 +26,8 @@ KINDS = (*UPSTREAM_KINDS, "tool_result", "tool_result_dropped", "stop", "state_c
 
 
 def event_dict(event: Message) -> dict[str, Any]:
-    """A SessionEvent as `dispatcherctl watch --json` prints it (the fields this module reads)."""
-    return MessageToDict(event, preserving_proto_field_name=True)
+    """A SessionEvent exactly as `dispatcherctl watch --json` prints it."""
+    return message_to_dict(event)
 
 
 def _kind(event: Mapping[str, Any]) -> str:

@@ -178,16 +178,19 @@ class World:
         with contextlib.suppress(grpc.aio.AioRpcError):
             await self.control.StopSession(request, timeout=SESSION_END_S)
 
-    async def finish(self) -> dict[str, list[dict[str, Any]]]:
-        """Wait for every session to end; their journals."""
+    async def finish(self, prefix: str) -> dict[str, list[dict[str, Any]]]:
+        """Wait for the sessions whose id starts with `prefix` (one example's) to end; their journals."""
         journals = {}
+        mine = [live for sid, live in self.sessions.items() if sid.startswith(prefix)]
         with anyio.fail_after(SESSION_END_S):
-            for live in self.sessions.values():
+            for live in mine:
                 await live.done.wait()
-        for live in self.sessions.values():
+        for live in mine:
             await live.proxy.aclose()
             request = wire.ctl.WatchSessionRequest(session_id=live.session_id, from_seq=1)
-            journals[live.session_id] = [event_dict(e) async for e in self.control.WatchSession(request, timeout=10)]
+            journals[live.session_id] = [
+                event_dict(answer.event) async for answer in self.control.WatchSession(request, timeout=10)
+            ]
         return journals
 
 
@@ -242,12 +245,9 @@ class ResumeMachine(RuleBasedStateMachine):
         assert self.world.tools.executed_twice() == 0, self.world.tools.starts
 
     def teardown(self) -> None:
-        journals = self.call(self.world.finish)
+        journals = self.call(self.world.finish, f"prop-{self.example}-")
         for sid, events in journals.items():
-            if not sid.startswith(f"prop-{self.example}-"):
-                continue
-            live = self.world.sessions[sid]
-            self.check_session(live, events)
+            self.check_session(self.world.sessions[sid], events)
 
     def check_session(self, live: Live, events: list[dict[str, Any]]) -> None:
         sid, result = live.session_id, live.result
@@ -255,7 +255,7 @@ class ResumeMachine(RuleBasedStateMachine):
         check = check_journal(sid, events, None)
         assert check.final_state in TERMINAL, f"no recorded outcome: {check.states} ({context})"
         assert check.duplicates == 0 and check.seq_gaps == 0, f"{check.problems} ({context})"
-        text = "".join(event["content"]["text"] for event in events if "content" in event)
+        text = "".join(event["content"].get("text", "") for event in events if "content" in event)
         expected = expected_content(live.plan)
         if check.final_state == "SESSION_STATE_FINISHED":
             assert text == expected, f"content differs ({context})"
