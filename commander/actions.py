@@ -160,6 +160,7 @@ class SessionResult:
     assigned: wire.pb.Assignment | None = None  # pool streams: the session handed to us
     error_code: str = ""  # the agent's failure: AGENT_ERROR, or its AgentFailure's code (MODEL_...)
     usage: UsageTotals = field(default_factory=UsageTotals)
+    resumes: int = 0  # times the session was resumed on a new stream after a break
 
     @property
     def ok(self) -> bool:

@@ -42,10 +42,25 @@ class ConnectionConfig:
     )
     coalesce_max_bytes: int = setting(16 * KiB, "largest text (UTF-8 bytes) of one merged message")
     coalesce_max_packets: int = setting(64, "most agent packets merged into one message")
+    resume_timeout_s: float = setting(
+        30.0,
+        "when the stream breaks without the dispatcher ending it (reset, keepalive timeout, GOAWAY, a restart), "
+        "keep the agent running and redial with jittered backoff for at most this long, resuming the same "
+        'session (only with a dispatcher whose Welcome offers "resume"); 0 = never: the session ends',
+        flag="resume-timeout-s",
+    )
+    resume_buffer_packets: int = setting(
+        4096,
+        "upstream packets kept until the dispatcher acknowledges them, to re-send after a resume; when full, "
+        "the agent's writes wait for acks",
+        flag="resume-buffer-packets",
+    )
 
     def __post_init__(self) -> None:
         if self.outbox_size < 1:
             raise ValueError("outbox_size must be >= 1")
+        if self.resume_timeout_s < 0 or self.resume_buffer_packets < 1:
+            raise ValueError("resume_timeout_s must be >= 0 and resume_buffer_packets >= 1")
         if self.handshake_timeout_s < 0 or self.end_timeout_s <= 0:
             raise ValueError("handshake_timeout_s must be >= 0 and end_timeout_s > 0")
         if self.coalesce_max_packets < 1 or self.coalesce_max_bytes < 1:
@@ -65,6 +80,11 @@ class ConnectionConfig:
         return [
             ("grpc.max_receive_message_length", self.max_receive_message_bytes),
             ("grpc.max_send_message_length", self.max_send_message_bytes),
+            # A resume redials within its own jittered backoff: grpc's reconnect backoff (1 s
+            # growing to 120 s by default) would keep the channel down long after the link is back.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
             *keepalive.client_options(),
         ]
 

@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from commander import actions
-from commander.events import HandshakeDone, StopReceived, ToolResultReceived
+from commander.events import HandshakeDone, Resumed, StopReceived, ToolResultReceived
 from shared import wire
 from shared.errors import AgentFailure, describe_exception
 from shared.model import SessionState, StopCode, StopInfo
@@ -81,6 +81,7 @@ class CommanderSession:
         now: float,
         await_assignment: bool = False,
         tools: Sequence[str] = (),
+        resume: bool = False,
     ) -> None:
         self.session_id = session_id
         self.prompt = prompt
@@ -95,10 +96,14 @@ class CommanderSession:
             session_id=session_id,
             agent_name=agent_name,
             agent_version=agent_version,
-            features=list(wire.FEATURES),
+            features=[*wire.FEATURES, "resume"] if resume else list(wire.FEATURES),
             awaits_assignment=await_assignment,
             tools=list(tools),
         )
+        self._resume = resume
+        self.last_downstream_seq = 0  # the newest numbered downstream packet processed
+        self.resumes = 0
+        self.duplicates = 0  # downstream packets re-sent after a resume that were already processed
         self._started_at = now
         self._agent_running = False
         self._calls: dict[str, _Call] = {}  # in the order they were sent: compatibility mode matches by it
@@ -121,6 +126,28 @@ class CommanderSession:
         return self.welcome.limits if self.welcome is not None else None
 
     @property
+    def resumable(self) -> bool:
+        """The dispatcher holds this session for a resume when the stream breaks (its Welcome says)."""
+        welcome = self.welcome
+        return (
+            self._resume
+            and not self.compat_mode
+            and welcome is not None
+            and "resume" in welcome.features
+            and welcome.resume_window_s > 0
+        )
+
+    def resume_hello(self, last_upstream_seq: int) -> wire.pb.UpstreamPacket:
+        """The first packet of a resumed stream: this session, and what this side has."""
+        hello = wire.pb.Hello()
+        hello.CopyFrom(self._hello)
+        hello.session_id = self.session_id
+        hello.awaits_assignment = False
+        hello.resume.last_downstream_seq = self.last_downstream_seq
+        hello.resume.last_upstream_seq = last_upstream_seq
+        return wire.pb.UpstreamPacket(hello=hello)
+
+    @property
     def is_ended(self) -> bool:
         """True once the stream's end was fed in."""
         return self._end is not None
@@ -132,6 +159,12 @@ class CommanderSession:
         return (actions.Send(wire.pb.UpstreamPacket(hello=self._hello)),)
 
     def on_downstream(self, packet: wire.pb.DownstreamPacket, now: float) -> Sequence[actions.Effect]:
+        seq = packet.seq
+        if seq:
+            if seq <= self.last_downstream_seq:  # re-sent after a resume, already processed
+                self.duplicates += 1
+                return _NONE
+            self.last_downstream_seq = seq
         kind = packet.WhichOneof("signal")
         if self.phase is Phase.AWAITING_ASSIGNMENT:
             if kind != "assignment":  # the contract: always a pool stream's first packet
@@ -154,6 +187,10 @@ class CommanderSession:
             effects.extend(self._handshake_done())
         if kind == "ack":
             self._acked_seq = packet.ack.seq
+        elif kind == "welcome" and packet.welcome.resumed:
+            self.resumes += 1
+            self._acked_seq = max(self._acked_seq, packet.welcome.last_upstream_seq)
+            effects.append(actions.Notify(Resumed(self.session_id, packet.welcome.last_upstream_seq, self.resumes)))
         elif kind == "tool_result":
             effects.extend(self._on_tool_result(packet.tool_result))
         elif kind == "stop":
@@ -317,6 +354,7 @@ class CommanderSession:
             assigned=self.assignment,
             error_code=self._agent_error_code,
             usage=self.usage,
+            resumes=self.resumes,
         )
 
     # -- helpers --------------------------------------------------------------------------

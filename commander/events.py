@@ -14,6 +14,7 @@ __all__ = [
     "ContentEmitted",
     "HandshakeDone",
     "Observer",
+    "Resumed",
     "SessionEvent",
     "StopReceived",
     "ThoughtEmitted",
@@ -28,6 +29,15 @@ class HandshakeDone:
     session_id: str
     dispatcher_id: str
     compat_mode: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """The stream broke and the session was resumed on a new one."""
+
+    session_id: str
+    dispatcher_holds_seq: int  # the last upstream seq the dispatcher had; the rest was re-sent
+    resumes: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +83,14 @@ class UsageReported:
 
 
 SessionEvent = (
-    HandshakeDone | ThoughtEmitted | ContentEmitted | ToolCallSent | ToolResultReceived | StopReceived | UsageReported
+    HandshakeDone
+    | Resumed
+    | ThoughtEmitted
+    | ContentEmitted
+    | ToolCallSent
+    | ToolResultReceived
+    | StopReceived
+    | UsageReported
 )
 
 

@@ -11,6 +11,7 @@ from commander.events import (
     ContentEmitted,
     HandshakeDone,
     Observer,
+    Resumed,
     SessionEvent,
     StopReceived,
     ThoughtEmitted,
@@ -68,6 +69,9 @@ class ConsoleRenderer(Observer):
                 self._line(s("  answer: ", "1"), end="")
                 self._mode = "content"
             self._write(event.text)
+        elif isinstance(event, Resumed):
+            self._line(s(f"  ↻ stream broke; resumed (resume {event.resumes}, dispatcher held seq "
+                         f"{event.dispatcher_holds_seq})", "33"))  # fmt: skip
         elif isinstance(event, StopReceived):
             self._line(s(f"  ■ STOP received: {event.stop.code.name} — {event.stop.reason}", "1;33"))
         elif isinstance(event, UsageReported) and not self.quiet:

@@ -17,6 +17,7 @@ from contextlib import nullcontext
 import anyio
 import grpc
 import structlog
+from anyio.abc import TaskGroup
 from opentelemetry import trace
 
 from commander import actions, core
@@ -26,7 +27,7 @@ from commander.config import CommanderConfig, ConnectionConfig
 from commander.context import AgentContext
 from commander.events import Observer
 from commander.tracing import SessionSpan, session_tracer
-from commander.transport import Link
+from commander.transport import Link, ResumePolicy
 from shared import wire
 
 __all__ = ["Agent", "PendingAtStop", "SessionResult", "run_session"]
@@ -76,6 +77,7 @@ async def run_session(
         await_assignment=await_assignment,
         now=time.perf_counter(),
         tools=config.agent.tools,
+        resume=conn.resume_timeout_s > 0,
     )
     shell = _Shell(machine, channel, conn, observer or Observer(), metadata, tracer, span)
     with structlog.contextvars.bound_contextvars(session_id=machine.session_id):
@@ -124,39 +126,55 @@ class _Shell:
         self._ctx = AgentContext(machine, send=self.link.send, observer=observer)
 
     async def run(self, agent: Agent, cancel: anyio.Event | None) -> None:
-        machine, link, conn = self._machine, self.link, self._connection
+        machine, link = self._machine, self.link
         try:
             async with anyio.create_task_group() as tg:
-                await tg.start(link.run)
-                if cancel is not None:
-                    tg.start_soon(self._cancel_on, cancel)
-                await self._perform(machine.start())
-                await self._until(lambda: machine.phase is not core.Phase.AWAITING_ASSIGNMENT)  # a pool waits unbounded
-                if machine.assignment is not None:  # bound here: this task's logs are the session's
-                    structlog.contextvars.bind_contextvars(session_id=machine.session_id)
-                    log.info("session.assigned", started_by=machine.assignment.started_by)
-                    self.span = SessionSpan.begin(
-                        self._tracer, machine.session_id, dict(machine.assignment.trace_context)
-                    )
-                with anyio.move_on_after(conn.handshake_timeout_s):
-                    await self._until(lambda: machine.phase is not core.Phase.HANDSHAKE)
-                if machine.phase is core.Phase.HANDSHAKE:
-                    log.info("session.compat_mode", reason="no Welcome within the handshake timeout")
-                    self._apply_all(machine.on_handshake_timeout())
-                if machine.phase is core.Phase.RUNNING:
-                    if conn.coalesce and machine.welcome is not None:
-                        # Only a peer that answered Hello treats deltas as a text stream; an
-                        # original-contract server may count chunks, so it gets them as produced.
-                        link.coalesce_with(
-                            Coalescer(max_bytes=conn.coalesce_max_bytes, max_packets=conn.coalesce_max_packets)
-                        )
-                    await self._finish(await self._run_agent(agent))
+                await tg.start(link.run)  # shielded: only abort() or cancel() end it early
+                try:
+                    await self._converse(agent, cancel, tg)
+                except BaseException:
+                    # Our caller cancelled us (or a bug of ours): say so in-band, bounded, so that
+                    # the dispatcher does not hold the session for a resume that will never come;
+                    # then take the RPC down.
+                    await link.abort(CANCEL_REASON, tell=machine.phase is core.Phase.RUNNING)
+                    raise
+                if not link.ended.is_set():
+                    link.cancel()
                 tg.cancel_scope.cancel()  # the cancel watcher, if any
-        except BaseException:
-            link.cancel()  # our caller cancelled us: take the RPC down with us
-            raise
         finally:
             link.close_upstream()  # idempotent; also when the final packet could not be queued in time
+
+    async def _converse(self, agent: Agent, cancel: anyio.Event | None, tg: TaskGroup) -> None:
+        """The session over the open link: Hello, assignment, handshake, the agent, the end."""
+        machine, link, conn = self._machine, self.link, self._connection
+        if cancel is not None:
+            tg.start_soon(self._cancel_on, cancel)
+        await self._perform(machine.start())
+        await self._until(lambda: machine.phase is not core.Phase.AWAITING_ASSIGNMENT)  # a pool waits unbounded
+        if machine.assignment is not None:  # bound here: this task's logs are the session's
+            structlog.contextvars.bind_contextvars(session_id=machine.session_id)
+            log.info("session.assigned", started_by=machine.assignment.started_by)
+            self.span = SessionSpan.begin(self._tracer, machine.session_id, dict(machine.assignment.trace_context))
+        with anyio.move_on_after(conn.handshake_timeout_s):
+            await self._until(lambda: machine.phase is not core.Phase.HANDSHAKE)
+        if machine.phase is core.Phase.HANDSHAKE:
+            log.info("session.compat_mode", reason="no Welcome within the handshake timeout")
+            self._apply_all(machine.on_handshake_timeout())
+        if machine.phase is core.Phase.RUNNING:
+            if machine.resumable:
+                link.enable_resume(
+                    ResumePolicy(
+                        timeout_s=conn.resume_timeout_s,
+                        buffer_packets=conn.resume_buffer_packets,
+                        hello=machine.resume_hello,
+                        processed=lambda: machine.last_downstream_seq,
+                    )
+                )
+            if conn.coalesce and machine.welcome is not None:
+                # Only a peer that answered Hello treats deltas as a text stream; an
+                # original-contract server may count chunks, so it gets them as produced.
+                link.coalesce_with(Coalescer(max_bytes=conn.coalesce_max_bytes, max_packets=conn.coalesce_max_packets))
+            await self._finish(await self._run_agent(agent))
 
     async def _run_agent(self, agent: Agent) -> Sequence[actions.Action]:
         machine = self._machine
@@ -177,6 +195,8 @@ class _Shell:
         """The final packet and the half-close, then the dispatcher's status: all within end_timeout_s
         (a dispatcher that stops reading leaves a full outbox, and the final packet waits for room)."""
         timeout_s = self._connection.end_timeout_s
+        if self.link.resumable:  # a break at the end is resumed too
+            timeout_s += self._connection.resume_timeout_s
         with anyio.move_on_after(timeout_s):
             await self._perform(final)
             await self.link.ended.wait()

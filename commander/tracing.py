@@ -87,7 +87,6 @@ class SessionSpan:
             self.span.set_status(Status(StatusCode.ERROR, result.reason))
         self.span.end()
 
-
     def abandon(self, reason: str) -> None:
         """End the span of a session that was cut short before it had a result."""
         self.span.set_attribute("session.reason", reason)

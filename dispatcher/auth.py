@@ -120,9 +120,7 @@ def parse_token_lines(lines: Iterable[str], source: str) -> dict[str, Principal]
             tokens[digest] = Principal(name, role)  # identities are compared exactly
             continue
         if not digest.startswith("sha256:") or len(digest) != 7 + 64:
-            raise ValueError(
-                f"{where}: the token must be given hashed, as sha256:<64 hex digits> (or x509:<identity>)"
-            )
+            raise ValueError(f"{where}: the token must be given hashed, as sha256:<64 hex digits> (or x509:<identity>)")
         tokens[digest.lower()] = Principal(name, role)
     return tokens
 

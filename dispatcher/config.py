@@ -176,6 +176,20 @@ class SessionConfig:
         "when a session ends, how long a cancelled tool call has to finish; one that ignores the "
         "cancellation is then abandoned (recorded, its session freed)",
     )
+    resume_window_s: float = setting(
+        30.0,
+        "hold a session whose stream broke without a half-close (DETACHED) this long for its commander to "
+        "resume it (Hello.resume); timers, budgets and tool calls go on meanwhile. 0 = never: it ends CANCELLED",
+    )
+    replay_max_packets: int = setting(
+        1_024,
+        "downstream packets (tool results, errors, the stop) each resumable session keeps until its commander "
+        "has processed them (UpstreamPacket.downstream_ack), for re-sending after a resume",
+    )
+    replay_max_bytes: int = setting(
+        16 * 1024 * 1024,
+        "...and at most this many bytes of them; a resume that needs a packet no longer kept is refused",
+    )
     ended_sessions_kept: int = setting(1_000, "ended sessions whose outcome stays visible")
     ended_journals_kept: int = setting(
         100,
@@ -197,6 +211,8 @@ class SessionConfig:
             "max_concurrent_tool_calls",
             "journal_max_events",
             "journal_max_bytes",
+            "replay_max_packets",
+            "replay_max_bytes",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"session {name} must be >= 1")
@@ -207,6 +223,7 @@ class SessionConfig:
             "ack_interval_ms",
             "ended_sessions_kept",
             "ended_journals_kept",
+            "resume_window_s",
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"session {name} must be >= 0")

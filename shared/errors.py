@@ -19,7 +19,9 @@ __all__ = [
     "NotFound",
     "OutOfRange",
     "ProtocolViolation",
+    "ResumeRefused",
     "SessionConflict",
+    "SessionEnded",
     "ShuttingDown",
     "ToolCallError",
     "describe_exception",
@@ -56,6 +58,14 @@ class ProtocolViolation(AgentRuntimeError):
 
 class SessionConflict(AgentRuntimeError):
     """The session id asked for is held by another open stream: the caller's fault."""
+
+
+class SessionEnded(AgentRuntimeError):
+    """The session asked for (a resume) has already ended: nothing to resume."""
+
+
+class ResumeRefused(AgentRuntimeError):
+    """The session cannot be resumed as asked (not resumable, or the packets it needs are gone)."""
 
 
 class ShuttingDown(AgentRuntimeError):

@@ -117,6 +117,11 @@ class Journal:
             return self._entries[index]
         return None
 
+    @staticmethod
+    def packet_seq_of(packed: bytes) -> int:
+        """The upstream packet seq of a stored event (`packed`), 0 for events of no packet."""
+        return int(_HEADER.unpack_from(packed)[1])
+
     @classmethod
     def restore(
         cls, session_id: str, events: Iterable[tuple[int, bytes]], *, max_events: int, max_bytes: int

@@ -12,6 +12,7 @@ of its text, and returns the shared empty tuple unless an Ack is due.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,7 @@ __all__ = ["Action", "CancelTools", "Delivery", "EndStream", "Report", "Send", "
 
 
 _NO_ACTIONS: tuple[Action, ...] = ()
+_RESULTS_KEPT = 1024  # results a resumable session keeps by call id for repeated calls
 
 
 class Session:
@@ -51,12 +53,12 @@ class Session:
 
     # Slots: ten thousand idle sessions each save the ~1.2 KiB a per-instance dict costs.
     __slots__ = (
-        "_ack_due", "_ack_every", "_ack_interval_s", "_allowed", "_catalog", "_config", "_ended", "_grace_deadline",
-        "_hop",
-        "_last_activity", "_limits", "_linger_deadline", "_policy", "_received", "_reported", "_sequenced",
-        "_started_at", "_stop", "_stop_detail", "_stop_sent_at", "_time_limits", "_unacked", "_upstream_closed",
-        "dispatcher_hop", "dropped_packets", "hello", "journal", "last_seq", "outcome", "packets_in", "session_id",
-        "started_at_ms", "state", "tools", "usage", "wake_at",
+        "_ack_due", "_ack_every", "_ack_interval_s", "_allowed", "_catalog", "_config", "_detach_deadline",
+        "_detached_reason", "_ended", "_grace_deadline", "_hop", "_last_activity", "_limits", "_linger_deadline",
+        "_policy", "_received", "_reported", "_results", "_sequenced", "_started_at", "_state_before_detach", "_stop",
+        "_stop_detail", "_stop_sent_at", "_time_limits", "_unacked", "_upstream_closed",
+        "detached_at_ms", "dispatcher_hop", "dropped_packets", "duplicates", "hello", "journal", "last_seq", "outcome",
+        "packets_in", "resumable", "resumes", "session_id", "started_at_ms", "state", "tools", "usage", "wake_at",
     )  # fmt: skip
 
     def __init__(
@@ -71,6 +73,7 @@ class Session:
         journal: Journal | None = None,
         catalog: ToolCatalog | None = None,
         allowed_tools: frozenset[str] | None = None,
+        opened: bool = True,
     ) -> None:
         self.session_id = session_id
         self.state = SessionState.OPEN
@@ -81,7 +84,8 @@ class Session:
         self.journal = journal or Journal(
             session_id, max_events=config.journal_max_events, max_bytes=config.journal_max_bytes
         )
-        self.journal.append("state_change", state_change(SessionState.OPEN, "stream opened"))
+        if opened:  # False: a session adopted from a store, whose journal has its history
+            self.journal.append("state_change", state_change(SessionState.OPEN, "stream opened"))
         self.tools = ToolCallBook()
         self.wake_at: float | None = None  # when on_timer wants to run next (monotonic seconds)
         self.packets_in: dict[str, int] = {}
@@ -114,14 +118,33 @@ class Session:
         # The tools served (for the Welcome) and the subset this session may call (None: all).
         self._catalog = catalog
         self._allowed = allowed_tools
+        # Fault survival: a session whose Hello listed "resume" (and a window > 0) outlives its
+        # stream: DETACHED until its commander resumes it or the window passes.
+        self.resumable = False
+        self.resumes = 0
+        self.duplicates = 0  # re-sent upstream packets after a resume that were already held
+        self.detached_at_ms = 0
+        self._detach_deadline: float | None = None
+        self._detached_reason = ""
+        self._state_before_detach = SessionState.OPEN
+        # call_id -> its result, for a repeated call id (resumable sessions; newest kept)
+        self._results: dict[str, wire.pb.ToolCallResult] | None = None
         self._recompute_wake(now)
 
     # -- properties ---------------------------------------------------------------
 
     @property
     def is_closed(self) -> bool:
-        """True once a stop was sent or the session reached a terminal state."""
-        return self.state is SessionState.STOPPING or self.outcome is not None
+        """True once a stop was decided or the session reached a terminal state."""
+        return self._stop is not None or self.outcome is not None
+
+    @property
+    def is_detached(self) -> bool:
+        return self.state is SessionState.DETACHED
+
+    @property
+    def resume_window_s(self) -> float:
+        return self._config.resume_window_s
 
     @property
     def running_tool_calls(self) -> list[str]:
@@ -155,6 +178,9 @@ class Session:
             seq = packet.seq
             if seq > self.last_seq:
                 self._sequenced = True
+            elif seq and self.resumes:  # re-sent after a resume, but already held: once only
+                self.duplicates += 1
+                return _NO_ACTIONS
             else:
                 seq = self._take_seq(seq)
             named = packet.session_id
@@ -200,8 +226,13 @@ class Session:
             self.journal.append("tool_result_dropped", result)
             return _NO_ACTIONS
         self._last_activity = now
-        if not self.tools.has_running and self.state is SessionState.AWAITING_TOOL:
-            self.state = SessionState.ACTIVE
+        if not self.tools.has_running:
+            if self.state is SessionState.AWAITING_TOOL:
+                self.state = SessionState.ACTIVE
+            elif self.state is SessionState.DETACHED and self._state_before_detach is SessionState.AWAITING_TOOL:
+                self._state_before_detach = SessionState.ACTIVE
+        if self.resumable:
+            self._remember_results(released)
         actions: list[Action] = [Send(wire.pb.DownstreamPacket(tool_result=done)) for done in released]
         if not self.tools.has_running:
             if self.outcome is not None:
@@ -223,8 +254,106 @@ class Session:
             actions.extend(self._end_stop(confirmed=False, how=GRACE_EXPIRED, now=now))
         if self._linger_deadline is not None and now >= self._linger_deadline and not self._ended:
             actions.extend(self._end())
+        if self._detach_deadline is not None and now >= self._detach_deadline and not self._ended:
+            actions.extend(self._not_resumed(now))
         self._recompute_wake(now)
         return actions
+
+    def on_detached(self, reason: str, now: float) -> bool:
+        """The stream broke without a half-close (`reason`). A resumable session is held
+        DETACHED for the resume window (True); any other is not (False: the runner ends it
+        with `on_peer_gone`)."""
+        if not self.resumable or self._ended or self._config.resume_window_s <= 0:
+            return False
+        if self.state is SessionState.DETACHED:
+            return True
+        self._state_before_detach = self.state
+        self.state = SessionState.DETACHED
+        self.detached_at_ms = now_ms()
+        self._detached_reason = reason
+        window = self._config.resume_window_s
+        self._detach_deadline = now + window
+        self._upstream_closed = False  # a new stream may send again
+        self.journal.append(
+            "state_change", state_change(SessionState.DETACHED, f"stream lost ({reason}); held {window:g}s for resume")
+        )
+        self._recompute_wake(now)
+        return True
+
+    def adopt(
+        self,
+        *,
+        hello: wire.pb.Hello,
+        info: wire.ctl.SessionInfo,
+        last_seq: int,
+        results: dict[str, wire.pb.ToolCallResult],
+        now: float,
+        reason: str,
+    ) -> list[wire.pb.ToolCallResult]:
+        """Take over a session an earlier process held (its store's records) and hold it
+        DETACHED for its commander's resume. `results`: the answered calls by id (never run
+        again); the calls the journal shows started and never answered died with that process:
+        their answers (CANCELLED, "not run again") are returned, to be sent on resume."""
+        self.hello = hello
+        self.resumable = True
+        self.last_seq = last_seq
+        self._sequenced = True
+        self._received = max(1, last_seq)
+        self.started_at_ms = info.started_at_ms or self.started_at_ms
+        self.packets_in = dict(info.packets_in)
+        self.dropped_packets = info.packets_dropped
+        if info.HasField("usage"):
+            self.usage = wire.ctl.SessionUsage()
+            self.usage.CopyFrom(info.usage)
+        state = wire.session_state_from_wire(info.state)
+        self.state = state if state in (SessionState.ACTIVE, SessionState.AWAITING_TOOL) else SessionState.OPEN
+        interrupted = []
+        started = {}
+        for seq in range(self.journal.first_seq, self.journal.next_seq):
+            entry = self.journal.entry(seq)
+            if entry is not None and entry.kind == "tool_call":
+                call = wire.pb.ToolCallRequest.FromString(entry.data)
+                started[call.call_id] = call
+        for call_id, call in started.items():
+            self.tools.mark_seen(call_id)
+            if call_id not in results:
+                error = wire.pb.ToolError(
+                    code=wire.pb.TOOL_ERROR_CODE_CANCELLED,
+                    message="the call was running when the dispatcher restarted; it is not run again",
+                )
+                results[call_id] = wire.pb.ToolCallResult(tool_name=call.tool_name, call_id=call_id, error=error)
+                interrupted.append(results[call_id])
+        for call_id in results:
+            self.tools.mark_seen(call_id)
+        self._results = dict(results)
+        if self.state is SessionState.AWAITING_TOOL:
+            self.state = SessionState.ACTIVE
+        self.on_detached(reason, now)
+        return interrupted
+
+    def on_resume(self, resume: wire.pb.Resume, now: float) -> wire.pb.DownstreamPacket:
+        """The commander resumed the session on a new stream: the Welcome that answers it. The
+        runner then re-sends the downstream packets after `resume.last_downstream_seq`."""
+        if self.state is not SessionState.DETACHED:  # the old stream still looked alive: taken over
+            self._state_before_detach = self.state
+        self.state = self._state_before_detach
+        self.resumes += 1
+        self._detach_deadline = None
+        self.detached_at_ms = 0
+        self._last_activity = now
+        if self._stop is not None and self._grace_deadline is None:  # stopped while detached: the grace starts now
+            self._grace_deadline = now + self._config.stop_grace_ms / 1000
+            self._stop_sent_at = now
+        self.journal.append(
+            "state_change",
+            state_change(
+                self.state,
+                f"resumed (resume {self.resumes}): commander had downstream seq {resume.last_downstream_seq}, "
+                f"sent upstream seq {resume.last_upstream_seq}; dispatcher holds upstream seq {self.last_seq}",
+            ),
+        )
+        self._recompute_wake(now)
+        return wire.pb.DownstreamPacket(welcome=self._welcome(resumed=True))
 
     def set_caller_deadline(self, deadline: float, caller_hop: str, now: float) -> None:
         """A StartSession caller's deadline (monotonic seconds): a TIMEOUT stop when it passes."""
@@ -316,6 +445,8 @@ class Session:
         if ordered:
             call_id = f"seq-{seq}"
         if self.tools.is_duplicate(call_id):
+            if self.resumable:  # exactly once: the recorded result again, or the running call's own
+                return self._repeated_call(call_id, seq)
             return self._reject(
                 "DUPLICATE_CALL_ID",
                 f"tool call at seq {seq} reuses call_id {call_id!r}; the call was not run",
@@ -349,12 +480,7 @@ class Session:
                 "HELLO_NOT_FIRST", f"hello at seq {seq} ignored: it must be the first packet of the stream", seq
             )
         self.hello = hello
-        welcome = wire.pb.Welcome(
-            session_id=self.session_id,
-            dispatcher_id=self._hop,
-            features=list(wire.FEATURES),
-            limits=self._limits,
-        )
+        self.resumable = "resume" in hello.features and self._config.resume_window_s > 0
         actions: list[Action] = []
         catalog = self._catalog
         if catalog is not None:
@@ -365,9 +491,48 @@ class Session:
                     actions.extend(self._reject("UNKNOWN_TOOLS", message, seq))
                 wanted = frozenset(hello.tools).difference(unknown)
                 self._allowed = wanted if self._allowed is None else self._allowed & wanted
-            welcome.tools.extend(catalog.specs(self._allowed))
-        actions.insert(0, Send(wire.pb.DownstreamPacket(welcome=welcome)))  # the Welcome first, always
+        actions.insert(0, Send(wire.pb.DownstreamPacket(welcome=self._welcome())))  # the Welcome first, always
         return actions
+
+    def _welcome(self, *, resumed: bool = False) -> wire.pb.Welcome:
+        window = self._config.resume_window_s
+        features = [*wire.FEATURES, "resume"] if window > 0 else list(wire.FEATURES)
+        welcome = wire.pb.Welcome(
+            session_id=self.session_id,
+            dispatcher_id=self._hop,
+            features=features,
+            limits=self._limits,
+            resumed=resumed,
+            last_upstream_seq=self.last_seq if resumed else 0,
+            resume_window_s=math.ceil(window) if self.resumable else 0,
+        )
+        if self._catalog is not None:
+            welcome.tools.extend(self._catalog.specs(self._allowed))
+        return welcome
+
+    def _repeated_call(self, call_id: str, seq: int) -> Sequence[Action]:
+        """A call id this session already has: never run twice. Its recorded result goes out
+        again; a call still running answers once, when it ends."""
+        recorded = self._results.get(call_id) if self._results is not None else None
+        if recorded is not None:
+            return [*self._ack(), Send(wire.pb.DownstreamPacket(tool_result=recorded))]
+        if call_id in self.tools.started:
+            return self._ack()
+        return self._reject(
+            "DUPLICATE_CALL_ID",
+            f"tool call at seq {seq} reuses call_id {call_id!r}, whose result is no longer held; the call was not run",
+            seq,
+            call_id=call_id,
+        )
+
+    def _remember_results(self, results: Sequence[wire.pb.ToolCallResult]) -> None:
+        held = self._results
+        if held is None:
+            held = self._results = {}
+        for result in results:
+            held[result.call_id] = result
+        while len(held) > _RESULTS_KEPT:
+            del held[next(iter(held))]
 
     def _on_usage(self, usage: wire.pb.Usage, now: float) -> Sequence[Action]:
         """One model request's tokens: summed, journaled, and checked against the token budgets."""
@@ -468,9 +633,13 @@ class Session:
         grace_ms = self._config.stop_grace_ms
         stop = stop.relayed_by(self._hop).with_grace(grace_ms)
         self._stop = stop
-        self.state = SessionState.STOPPING
         self._stop_sent_at = now
-        self._grace_deadline = now + grace_ms / 1000
+        if self.state is SessionState.DETACHED:  # delivered on resume; its grace starts then
+            self._state_before_detach = SessionState.STOPPING
+            self._grace_deadline = None
+        else:
+            self.state = SessionState.STOPPING
+            self._grace_deadline = now + grace_ms / 1000
         signal = wire.stop_to_wire(stop)
         self.journal.append("stop", signal)
         self.journal.append("state_change", state_change(SessionState.STOPPING, stop.describe()))
@@ -504,6 +673,22 @@ class Session:
         actions: list[Action] = []
         if confirmed:
             actions.extend(self._ack())
+        actions.extend(self._end())
+        return actions
+
+    def _not_resumed(self, now: float) -> list[Action]:
+        """The resume window passed with no resume."""
+        window = self._config.resume_window_s
+        how = f"peer lost, not resumed within {window:g}s ({self._detached_reason})"
+        if self._stop is not None:
+            self._set_outcome(self._stop_outcome(confirmed=False, how=how, now=now))
+        else:
+            self._set_outcome(SessionOutcome(SessionState.CANCELLED, how, "peer", status="CANCELLED"))
+        self._detach_deadline = None
+        actions: list[Action] = []
+        if self.tools.has_running:
+            actions.append(CancelTools(f"session ended: {how}"))
+            self._forget_running()
         actions.extend(self._end())
         return actions
 
@@ -567,4 +752,6 @@ class Session:
             candidates.append(self._grace_deadline)
         if self._linger_deadline is not None and not self._ended:
             candidates.append(self._linger_deadline)
+        if self._detach_deadline is not None:
+            candidates.append(self._detach_deadline)
         self.wake_at = min(candidates) if candidates and not self._ended else None

@@ -71,6 +71,8 @@ def session_info(
         last_event_seq=journal.last_seq,
         agent_name=hello.agent_name if hello is not None else "",
         agent_version=hello.agent_version if hello is not None else "",
+        resumes=machine.resumes,
+        detached_at_ms=machine.detached_at_ms,
     )
     if machine.usage is not None:
         info.usage.CopyFrom(machine.usage)

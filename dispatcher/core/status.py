@@ -20,7 +20,9 @@ from shared.errors import (
     NotFound,
     OutOfRange,
     ProtocolViolation,
+    ResumeRefused,
     SessionConflict,
+    SessionEnded,
     ShuttingDown,
 )
 from shared.jsontext import JsonTextError
@@ -39,6 +41,8 @@ ERROR_STATUS: Mapping[type[Exception], str] = MappingProxyType(
         ShuttingDown: "UNAVAILABLE",
         NoFreeCommander: "UNAVAILABLE",
         NotFound: "NOT_FOUND",
+        SessionEnded: "FAILED_PRECONDITION",
+        ResumeRefused: "FAILED_PRECONDITION",
         AccessDenied: "PERMISSION_DENIED",
         OutOfRange: "OUT_OF_RANGE",
         FellBehind: "RESOURCE_EXHAUSTED",

@@ -37,6 +37,10 @@ class ToolCallBook:
     def is_duplicate(self, call_id: str) -> bool:
         return call_id in self._seen
 
+    def mark_seen(self, call_id: str) -> None:
+        """A call id an earlier process of this session used (a restart): never run again."""
+        self._seen.add(call_id)
+
     def start(self, call_id: str, tool_name: str, *, ordered: bool) -> None:
         self._seen.add(call_id)
         self._running[call_id] = ordered

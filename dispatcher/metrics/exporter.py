@@ -185,7 +185,8 @@ def runtime_metrics(sessions: SessionManager) -> list[Metric]:
             value=lag.lag_s,
         ),
         GaugeMetricFamily(
-            "dispatcher_overloaded", "1 while new sessions are refused because the loop lags (load shedding).",
+            "dispatcher_overloaded",
+            "1 while new sessions are refused because the loop lags (load shedding).",
             value=int(lag.overloaded),
         ),
     ]

@@ -97,9 +97,7 @@ class GrpcServerMetrics:
     """The five go-grpc-middleware server metrics of one process, in `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.started = Counter(
-            "grpc_server_started", "RPCs started on the server.", _LABELS, registry=registry
-        )
+        self.started = Counter("grpc_server_started", "RPCs started on the server.", _LABELS, registry=registry)
         self.handled = Counter(
             "grpc_server_handled",
             "RPCs completed on the server, regardless of success or failure.",

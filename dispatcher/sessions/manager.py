@@ -22,16 +22,27 @@ from dispatcher.core.policies import Policy
 from dispatcher.core.session import Session
 from dispatcher.metrics.stats import RuntimeStats
 from dispatcher.sessions.directory import SessionDirectory
+from dispatcher.sessions.outbox import Outbox
 from dispatcher.sessions.overload import LoopLag
 from dispatcher.sessions.pool import CommanderPool, PoolSlot
 from dispatcher.sessions.registry import EndedSession, SessionHandle, SessionRegistry
 from dispatcher.sessions.runner import RunnerSettings, SessionRunner
 from dispatcher.sessions.tasks import SessionTasks
 from dispatcher.sessions.timers import Timers
+from dispatcher.store import LiveRecord, MemoryStore, SessionStore
 from dispatcher.tools import ToolExecutor, ToolRegistry
 from dispatcher.tools.catalog import ToolCatalog
 from shared import wire
-from shared.errors import AgentRuntimeError, AtCapacity, NoFreeCommander, SessionConflict, ShuttingDown
+from shared.errors import (
+    AccessDenied,
+    AgentRuntimeError,
+    AtCapacity,
+    NoFreeCommander,
+    NotFound,
+    SessionConflict,
+    SessionEnded,
+    ShuttingDown,
+)
 from shared.model import StopInfo
 
 __all__ = ["SessionManager", "StreamSessions"]
@@ -60,6 +71,16 @@ class StreamSessions(Protocol):
 
     def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None: ...
 
+    def resume(
+        self,
+        session_id: str,
+        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        hello: wire.pb.Hello,
+        *,
+        peer: str,
+        commander: str = "",
+    ) -> tuple[SessionRunner, Outbox]: ...
+
     def park(self, slot: PoolSlot) -> None: ...
 
     def unpark(self, slot: PoolSlot) -> None: ...
@@ -68,8 +89,15 @@ class StreamSessions(Protocol):
 class SessionManager(SessionDirectory):
     """Implements `StreamSessions` and `SessionDirectory` for one dispatcher process."""
 
-    def __init__(self, config: DispatcherConfig, tools: ToolRegistry, stats: RuntimeStats | None = None) -> None:
+    def __init__(
+        self,
+        config: DispatcherConfig,
+        tools: ToolRegistry,
+        stats: RuntimeStats | None = None,
+        store: SessionStore | None = None,
+    ) -> None:
         self._config = config
+        self.store: SessionStore = store or MemoryStore()  # where sessions outlive the process
         self.stats = stats or RuntimeStats()  # what ended sessions leave behind for the metrics
         self.hop = f"dispatcher:{config.server.instance}"
         self.registry = SessionRegistry(
@@ -98,7 +126,11 @@ class SessionManager(SessionDirectory):
             on_ended=self._ended,
             abandoned=self.abandoned,
             stats=self.stats,
+            replay_max_packets=config.session.replay_max_packets,
+            replay_max_bytes=config.session.replay_max_bytes,
+            store=self.store,
         )
+        self.store.on_durable(self._durable)
         self._draining = False
         self._none_open = asyncio.Event()  # set whenever the last open session ends
 
@@ -154,8 +186,97 @@ class SessionManager(SessionDirectory):
         self.registry.claim(session_id, runner)
         return runner
 
-    def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket) -> None:
+    def start(self, runner: SessionRunner, first: wire.pb.UpstreamPacket | None) -> None:
         self._tasks.start(runner.run(first), name=f"session:{runner.session_id}")
+
+    def adopt(self, record: LiveRecord, *, reason: str) -> bool:
+        """Hold a session an earlier process held when it died (the store's live record) DETACHED
+        for the resume window, as if its stream had just broken: its commander may resume it here.
+        False when it cannot be resumed (no "resume" in its Hello, or no window): the caller records
+        it as ended by the crash."""
+        if self._config.session.resume_window_s <= 0 or not record.hello or self._draining:
+            return False
+        hello = wire.pb.Hello.FromString(record.hello)
+        if "resume" not in hello.features or self.registry.get_open(record.session_id) is not None:
+            return False
+        info = wire.ctl.SessionInfo.FromString(record.checkpoint_info or record.opened)
+        last_seq = max(record.checkpoint_seq, 1)  # the Hello (seq 1) is in the record
+        # The journal up to the first event of a packet the store never acked: the commander
+        # re-sends those packets, and they are journaled again, once.
+        config = self._config.session
+        prefix = []
+        for event in record.events:
+            if Journal.packet_seq_of(event.packed) > last_seq:
+                break
+            prefix.append((event.seq, event.packed))
+        journal = Journal.restore(
+            record.session_id, prefix, max_events=config.journal_max_events, max_bytes=config.journal_max_bytes
+        )
+        machine = Session(
+            session_id=record.session_id,
+            dispatcher_hop=self.hop,
+            config=config,
+            policy=self._policy,
+            limits=self._limits,
+            now=time.monotonic(),
+            journal=journal,
+            catalog=self._catalog,
+            allowed_tools=frozenset(hello.tools) if hello.tools else None,
+            opened=False,
+        )
+        kept = sorted((wire.pb.DownstreamPacket.FromString(data) for data in record.tool_results.values()),
+                      key=lambda packet: packet.seq)  # fmt: skip
+        answered = {journal_result.call_id for journal_result in _journaled_results(journal)}
+        written = {packet.seq for packet in kept if packet.tool_result.call_id in answered}
+        interrupted = machine.adopt(
+            hello=hello,
+            info=info,
+            last_seq=last_seq,
+            results={packet.tool_result.call_id: packet.tool_result for packet in kept},
+            now=time.monotonic(),
+            reason=reason,
+        )
+        runner = SessionRunner(
+            machine=machine,
+            requests=None,
+            settings=self._settings,
+            peer=info.commander_peer,
+            commander=info.commander,
+            started_by=info.started_by,
+        )
+        runner.adopted(interrupted, kept, written)
+        self.registry.claim(record.session_id, runner)
+        self.store.session_opened(record.session_id, opened=record.opened, hello=record.hello, journal=journal)
+        self.start(runner, None)
+        log.info("session.adopted", session_id=record.session_id, last_seq=last_seq, window_s=config.resume_window_s)
+        return True
+
+    def resume(
+        self,
+        session_id: str,
+        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        hello: wire.pb.Hello,
+        *,
+        peer: str,
+        commander: str = "",
+    ) -> tuple[SessionRunner, Outbox]:
+        """Hand a new stream to the open session it resumes (Hello.resume): the runner and the
+        stream's outbox. NotFound / SessionEnded / ResumeRefused / AccessDenied otherwise."""
+        if self._draining:
+            raise ShuttingDown("dispatcher is shutting down; the session cannot be resumed here")
+        handle = self.registry.get_open(session_id)
+        if not isinstance(handle, SessionRunner):
+            ended = self.registry.get_ended(session_id)
+            if ended is not None:
+                outcome = ended.outcome
+                raise SessionEnded(
+                    f"session {session_id!r} has ended {outcome.state.value} ({outcome.reason}); it cannot be resumed"
+                )
+            raise NotFound(f"session {session_id!r} is not held by this dispatcher; it cannot be resumed")
+        if handle.commander and commander != handle.commander:
+            raise AccessDenied(f"session {session_id!r} belongs to another commander; it cannot be resumed by this one")
+        outbox = handle.attach(requests, hello.resume, peer=peer)
+        return handle, outbox
 
     # -- the commander pool ---------------------------------------------------------------
 
@@ -222,6 +343,11 @@ class SessionManager(SessionDirectory):
     def ended_sessions(self) -> Iterator[EndedSession]:
         return self.registry.ended_sessions()
 
+    def _durable(self, session_id: str, upstream_seq: int) -> None:
+        handle = self.registry.get_open(session_id)
+        if isinstance(handle, SessionRunner):
+            handle.durable(upstream_seq)
+
     def _ended(self, ended: EndedSession) -> None:
         self.registry.release(ended)
         if not self.registry.open_count:
@@ -262,6 +388,13 @@ class SessionManager(SessionDirectory):
         if left:
             log.warning("dispatcher.tasks_abandoned", tasks=left[:20], count=len(left))
         return left
+
+
+def _journaled_results(journal: Journal) -> Iterator[wire.pb.ToolCallResult]:
+    for seq in range(journal.first_seq, journal.next_seq):
+        entry = journal.entry(seq)
+        if entry is not None and entry.kind == "tool_result":
+            yield wire.pb.ToolCallResult.FromString(entry.data)
 
 
 def _limits(config: DispatcherConfig) -> wire.pb.SessionLimits:

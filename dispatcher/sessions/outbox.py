@@ -117,6 +117,19 @@ class Outbox:
         self._wake_reader()
         return True
 
+    def preload(self, packets: list[Packet]) -> None:
+        """Queue in-order packets whatever the capacity: what a resumed stream re-sends (a new
+        outbox, before its reader starts; the replay buffer bounds how many)."""
+        if self._closed or self._sealed or self._finished:
+            return
+        self._queue.extend(packets)
+        self._wake_reader()
+
+    def seal(self) -> None:
+        """Take no more in-order packets (a resumed stream whose stop is already queued)."""
+        self._sealed = True
+        self._wake_all_writers()
+
     def push_ack(self, packet: Packet) -> None:
         """Queue a cumulative ack; one still queued takes its seq instead. Never waits."""
         if self._closed or self._finished:

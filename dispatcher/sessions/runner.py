@@ -19,6 +19,7 @@ Cancellation discipline (asyncio throughout, written down in docs/architecture.m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -37,12 +38,14 @@ from dispatcher.sessions.approvals import Approvals, Decided, Decision, decide_r
 from dispatcher.sessions.latch import Latch
 from dispatcher.sessions.outbox import Outbox, OutboxClosed
 from dispatcher.sessions.registry import EndedSession
+from dispatcher.sessions.replay import Replay
 from dispatcher.sessions.timers import Timers
 from dispatcher.sessions.tool_tasks import ToolTasks
+from dispatcher.store import MemoryStore, SessionStore
 from dispatcher.tools import PreparedCall, ToolErrorCode, ToolExecutor, ToolOutcome
 from dispatcher.tracing import SessionTrace
 from shared import tracing, wire
-from shared.errors import NotFound
+from shared.errors import NotFound, ResumeRefused, SessionEnded
 from shared.model import StopInfo
 
 __all__ = ["RunnerSettings", "SessionRunner", "tool_result_to_wire"]
@@ -68,8 +71,8 @@ class RunnerSettings:
     """What every runner of one dispatcher shares (built once by the manager)."""
 
     __slots__ = (
-        "abandoned", "approval_timeout_s", "executor", "max_tool_calls", "on_ended", "outbox_size", "stats",
-        "timers", "tool_cancel_grace_s", "tracer",
+        "abandoned", "approval_timeout_s", "executor", "max_tool_calls", "on_ended", "outbox_size", "replay_max_bytes",
+        "replay_max_packets", "stats", "store", "timers", "tool_cancel_grace_s", "tracer",
     )  # fmt: skip
 
     def __init__(
@@ -84,8 +87,14 @@ class RunnerSettings:
         on_ended: Callable[[EndedSession], None],
         abandoned: set[asyncio.Task[None]],
         stats: RuntimeStats | None = None,
+        replay_max_packets: int = 1024,
+        replay_max_bytes: int = 16 * 1024 * 1024,
+        store: SessionStore | None = None,
     ) -> None:
         self.executor = executor
+        self.store: SessionStore = store or MemoryStore()
+        self.replay_max_packets = replay_max_packets
+        self.replay_max_bytes = replay_max_bytes
         self.stats = stats or RuntimeStats()
         self.approval_timeout_s = approval_timeout_s
         self.timers = timers
@@ -102,8 +111,9 @@ class SessionRunner:
 
     # `__weakref__`: the process's Timers hold runners weakly.
     __slots__ = (
-        "__weakref__", "_approvals", "_armed", "_cleaning_up", "_ending_self", "_gone_reason", "_requests", "_settings",
-        "_task", "_tools", "assignment", "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer",
+        "__weakref__", "_approvals", "_armed", "_cleaning_up", "_durable", "_durable_seq", "_ending_self",
+        "_gone_reason", "_idle", "_interrupted", "_reading", "_requests", "_settings", "_switching", "_task", "_tools",
+        "assignment", "commander", "done", "machine", "outbox", "outcome", "packets_out", "peer", "replay",
         "session_id", "settled", "started_by", "trace", "unsent",
     )  # fmt: skip
 
@@ -111,7 +121,7 @@ class SessionRunner:
         self,
         *,
         machine: Session,
-        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        requests: AsyncIterator[wire.pb.UpstreamPacket] | None,
         settings: RunnerSettings,
         peer: str,
         commander: str = "",
@@ -128,7 +138,9 @@ class SessionRunner:
         self.assignment = assignment
         self.packets_out: dict[str, int] = {}  # by DownstreamPacket signal name, as written
         self.unsent = 0  # downstream packets decided but never written (a stop went first, the stream ended)
-        self.outbox = Outbox(settings.outbox_size)
+        self.outbox = Outbox(settings.outbox_size)  # the current stream's (a resume brings a new one)
+        # Downstream numbering, and what a resumable session keeps for a resume (replay.py).
+        self.replay = Replay(keeps=False, max_packets=settings.replay_max_packets, max_bytes=settings.replay_max_bytes)
         # The session's span (tracing on): child of the backend's context (in the Assignment) or
         # of the commander's (ChatStream metadata); the Assignment then carries ours onward.
         parent = dict(assignment.trace_context) if assignment is not None and assignment.trace_context else None
@@ -139,8 +151,10 @@ class SessionRunner:
             if self.trace is not None:
                 assignment.trace_context.clear()
                 assignment.trace_context.update(self.trace.carrier())
-            self.outbox.put_nowait(wire.pb.DownstreamPacket(assignment=assignment))
-        self._requests = requests
+            first_down = wire.pb.DownstreamPacket(assignment=assignment)
+            self.replay.number(first_down)
+            self.outbox.put_nowait(first_down)
+        self._requests: AsyncIterator[wire.pb.UpstreamPacket] | None = requests
         self._settings = settings
         self._tools: ToolTasks | None = None  # built on first use: most sessions never call a tool
         self._approvals: Approvals | None = None  # likewise: built by the first call that needs approval
@@ -149,6 +163,14 @@ class SessionRunner:
         self._cleaning_up = False
         self._armed = math.inf  # the deadline armed with the timers (mirrors it: read per packet)
         self._gone_reason: str | None = None
+        self._reading = False  # the session task awaits the stream's next packet (safe to interrupt)
+        self._switching = False  # it was interrupted because its stream was lost or replaced
+        self._idle: asyncio.Future[None] | None = None  # it waits for a stream (detached) or for the end
+        # A durable store: acks cover only what it has committed (`durable`, from its callback).
+        self._durable_seq = 0
+        self._durable: asyncio.Event | None = None
+        # Adopted after a restart: answers for the calls that died with the earlier process.
+        self._interrupted: list[wire.pb.ToolCallResult] = []
         self.settled = Latch()  # the outcome is decided (EndStream): the stream can end
         self.done = Latch()  # the outcome is recorded and every task of the session has ended
 
@@ -191,10 +213,84 @@ class SessionRunner:
         self._gone_reason = reason
         self._end_task()
 
-    def rpc_ended(self, _context: object = None) -> None:
-        """The RPC's done-callback: whatever ended it, nothing more can be written."""
+    def rpc_ended(self, _context: object = None, *, outbox: Outbox | None = None) -> None:
+        """The RPC's done-callback: whatever ended it, nothing more can be written on it.
+        `outbox`: the one of the stream that ended (the current stream's by default); a stream
+        already replaced by a resume changes nothing."""
+        if outbox is not None and outbox is not self.outbox:
+            return
         self._writer_gone(None)
-        self.peer_gone("the commander cancelled or disconnected")
+        self.stream_lost("the commander cancelled or disconnected")
+
+    def stream_lost(self, reason: str) -> None:
+        """The current stream is gone without a half-close. A resumable session is DETACHED
+        until its commander resumes it (or the window passes); any other ends now."""
+        if self.settled.is_set() or self._gone_reason is not None:
+            return
+        if self.machine.on_detached(reason, _clock()):
+            if self._requests is not None:
+                log.info("session.detached", reason=reason, window_s=self.machine.resume_window_s)
+            self._requests = None  # the pump leaves the dead stream (at once if it awaits a packet)
+            self._interrupt_read()
+            self._rearm_timer()
+            return
+        self.peer_gone(reason)
+
+    def attach(self, requests: AsyncIterator[wire.pb.UpstreamPacket], resume: wire.pb.Resume, *, peer: str) -> Outbox:
+        """A new stream resumes this session (Hello.resume): its outbox, which starts with the
+        Welcome and the packets the commander missed. Raises a domain error when it cannot."""
+        machine = self.machine
+        if self.settled.is_set() or machine.is_ended:
+            raise SessionEnded(f"session {self.session_id!r} has ended; it cannot be resumed")
+        if not machine.resumable:
+            raise ResumeRefused(
+                f'session {self.session_id!r} was not opened with the "resume" feature; it cannot be resumed'
+            )
+        self.replay.skip_to(resume.last_downstream_seq)
+        missed = self.replay.after(resume.last_downstream_seq)
+        if missed is None:
+            raise ResumeRefused(
+                f"session {self.session_id!r} no longer holds the downstream packets after seq "
+                f"{resume.last_downstream_seq} (its replay buffer kept packets after {self.replay.lost_through}); "
+                "it cannot be resumed"
+            )
+        old = self.outbox
+        if self._requests is not None:  # its old stream still looked alive: this one takes over
+            log.info("session.taken_over", old_peer=self.peer, peer=peer)
+            self._requests = None
+            self._interrupt_read()
+        old.close()  # its handler ends (ABORTED: resumed elsewhere); what it held is in the replay
+        welcome = machine.on_resume(resume, _clock())
+        self.replay.number(welcome)
+        for result in self._interrupted:  # adopted after a restart: those calls died with it
+            answer = wire.pb.DownstreamPacket(tool_result=result)
+            self.replay.number(answer)
+            missed.append(answer)
+        self._interrupted = []
+        outbox = self.outbox = Outbox(self._settings.outbox_size)
+        stop = next((p for p in missed if p.HasField("stop")), None) if machine.pending_stop else None
+        if stop is not None:  # the stop overtakes whatever is queued, as it always does (after the Welcome)
+            unwritten = self.replay.never_written()
+            self._dropped(tuple(p for p in missed if p is not stop and p in unwritten))
+            outbox.preload([welcome, stop])
+            outbox.seal()
+        else:
+            outbox.preload([welcome, *missed])
+        self.peer = peer
+        self._requests = requests
+        idle = self._idle
+        if idle is not None and not idle.done():
+            idle.set_result(None)
+        self._rearm_timer()
+        log.info(
+            "session.resumed",
+            peer=peer,
+            resumes=machine.resumes,
+            resent=len(missed),
+            last_downstream_seq=resume.last_downstream_seq,
+            last_upstream_seq=machine.last_seq,
+        )
+        return outbox
 
     def timer_fired(self, now: float) -> None:
         """Called by the process's `Timers` at the armed deadline (never waits)."""
@@ -208,25 +304,43 @@ class SessionRunner:
 
     # -- the stream's writer reports here -------------------------------------------------
 
-    def written(self, packet: wire.pb.DownstreamPacket) -> None:
-        """The handler wrote `packet`: only now is a tool result delivered (and journaled)."""
-        self.outbox.written()
+    def written(self, packet: wire.pb.DownstreamPacket, outbox: Outbox | None = None) -> None:
+        """The handler wrote `packet` (from `outbox`, the current stream's by default): only now
+        is a tool result delivered (and journaled, once: a re-sent one is not journaled again)."""
+        (outbox or self.outbox).written()
         kind = packet.WhichOneof("signal") or "none"
         if self.done.is_set():  # already folded into the metrics (the last Ack, the stop)
             self._settings.stats.packet_written_after_end(kind)
         self.packets_out[kind] = self.packets_out.get(kind, 0) + 1
-        if kind == "tool_result":
+        if self.replay.first_write(packet.seq) and kind == "tool_result":
             self.machine.journal.append("tool_result", packet.tool_result)
 
-    def writer_gone(self, in_flight: wire.pb.DownstreamPacket | None) -> None:
-        """The handler stopped writing (the stream ends): what it never wrote is dropped."""
+    def writer_gone(self, in_flight: wire.pb.DownstreamPacket | None, outbox: Outbox | None = None) -> None:
+        """The handler stopped writing (the stream ends): what it never wrote is dropped, or
+        kept for a resume. A replaced stream's handler changes nothing."""
+        if outbox is not None and outbox is not self.outbox:
+            return
         self._writer_gone(in_flight)
         if not self.settled.is_set():
-            self.peer_gone("the stream ended: the commander cancelled or disconnected")
+            self.stream_lost("the stream ended: the commander cancelled or disconnected")
+
+    @property
+    def is_detached(self) -> bool:
+        return self.machine.is_detached
 
     # -- the session task ------------------------------------------------------------
 
-    async def run(self, first: wire.pb.UpstreamPacket) -> None:
+    def adopted(
+        self, interrupted: list[wire.pb.ToolCallResult], kept: list[wire.pb.DownstreamPacket], written: set[int]
+    ) -> None:
+        """This runner holds a session an earlier process held (a store's live record), DETACHED:
+        `kept` its stored tool results (numbered then; `written`: the seqs its journal shows were
+        written), `interrupted` the answers for calls that died with that process."""
+        self.replay.keeps = True
+        self.replay.restore(kept, written=written)
+        self._interrupted = interrupted
+
+    async def run(self, first: wire.pb.UpstreamPacket | None) -> None:
         # The session task runs in its own copy of the context: binding here tags every log
         # line of this task and of the tool tasks it starts, with nothing to unbind.
         structlog.contextvars.bind_contextvars(session_id=self.session_id)
@@ -236,14 +350,12 @@ class SessionRunner:
         try:
             try:
                 if self._gone_reason is None:
-                    await self._apply(self.machine.on_packet(first, _clock()))
+                    if first is not None:  # None: adopted after a restart, detached (`adopted`)
+                        await self._apply(self.machine.on_packet(first, _clock()))
+                        self.replay.keeps = self.machine.resumable
+                        self._record_opened(first)
                     self._rearm_timer()
-                    if not self.machine.is_ended:
-                        await self._pump_upstream()
-                    if not self.machine.is_ended and self._gone_reason is None:
-                        # Upstream is done; a timer, a tool result or the peer going away ends
-                        # the session, and cancels this wait (`_end_task`).
-                        await asyncio.get_running_loop().create_future()
+                    await self._serve()
             except asyncio.CancelledError:
                 if not (self._ending_self and task.uncancel() == 0):
                     raise  # shutdown: clean up below, then let it through
@@ -259,16 +371,97 @@ class SessionRunner:
             finally:  # even if shutdown cancels us right here, the outcome is recorded
                 self._finish()
 
-    async def _pump_upstream(self) -> None:
+    async def _serve(self) -> None:
+        """Read each stream the session gets until it ends: the first, then each resumed one."""
         machine = self.machine
+        while not machine.is_ended and self._gone_reason is None:
+            requests = self._requests
+            if requests is not None:
+                await self._pump_upstream(requests)
+                if self._requests is requests:
+                    self._requests = None  # its upstream is over (half-closed)
+            else:
+                # Detached (attach() resolves this), or upstream is done: a timer, a tool result
+                # or the peer going away ends the session and cancels this wait (`_end_task`).
+                self._idle = asyncio.get_running_loop().create_future()
+                try:
+                    await self._idle
+                finally:
+                    self._idle = None
+
+    def _record_opened(self, first: wire.pb.UpstreamPacket) -> None:
+        hello = first.hello.SerializeToString() if first.WhichOneof("payload") == "hello" else b""
+        self._settings.store.session_opened(
+            self.session_id, opened=self.info().SerializeToString(), hello=hello, journal=self.machine.journal
+        )
+
+    def durable(self, upstream_seq: int) -> None:
+        """The store has committed everything up to this upstream seq: the ack may go out."""
+        if upstream_seq <= self._durable_seq:
+            return
+        self._durable_seq = upstream_seq
+        self.outbox.push_ack(wire.pb.DownstreamPacket(ack=wire.pb.Ack(seq=upstream_seq)))
+        if self._durable is not None:
+            self._durable.set()
+
+    def _push_ack(self, packet: wire.pb.DownstreamPacket) -> None:
+        """An ack the machine decided: at once, or (a durable store) once what it covers is committed."""
+        store = self._settings.store
+        seq = packet.ack.seq
+        if store.durable and seq > self._durable_seq:
+            store.checkpoint(self.session_id, seq, self.info().SerializeToString())
+            return
+        self.outbox.push_ack(packet)
+
+    async def _until_durable(self, upstream_seq: int, timeout_s: float) -> None:
+        """Wait (bounded) until the store has committed up to `upstream_seq` (a durable store)."""
+        if not self._settings.store.durable:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while self._durable_seq < upstream_seq:
+                    if self._durable is None:
+                        self._durable = asyncio.Event()
+                    self._durable.clear()
+                    await self._durable.wait()
+
+    def _interrupt_read(self) -> None:
+        """Make the session task leave the stream it reads (lost, or replaced by a resume)."""
+        task = self._task
+        if self._reading and task is not None and not task.done() and task is not asyncio.current_task():
+            self._switching = True
+            task.cancel()
+
+    async def _next_packet(self, packets: AsyncIterator[wire.pb.UpstreamPacket]) -> wire.pb.UpstreamPacket | None:
+        """The stream's next packet; None when it ended, or when it was left (`_interrupt_read`)."""
+        self._reading = True
         try:
-            async for packet in self._requests:
+            return await anext(packets)
+        except StopAsyncIteration:
+            return None
+        except asyncio.CancelledError:
+            task = self._task
+            if self._switching and not self._ending_self and task is not None and task.uncancel() == 0:
+                self._switching = False
+                return None
+            raise
+        finally:
+            self._reading = False
+
+    async def _pump_upstream(self, requests: AsyncIterator[wire.pb.UpstreamPacket]) -> None:
+        machine = self.machine
+        replay = self.replay
+        packets = aiter(requests)
+        try:
+            while (packet := await self._next_packet(packets)) is not None:
                 actions = machine.on_packet(packet, _clock())
                 if actions:
                     await self._apply(actions)
                 if machine.wake_at is not None and machine.wake_at < self._armed:
                     self._rearm_timer()
-                if machine.is_ended:
+                if replay.keeps and packet.downstream_ack > replay.released:
+                    replay.release_through(packet.downstream_ack)
+                if machine.is_ended or self._requests is not requests:
                     return
         except grpc.aio.AioRpcError as exc:  # pragma: no cover - grpc reports most read failures as cancel
             await self._apply(machine.on_upstream_failed(exc.code().name, exc.details() or "read failed", _clock()))
@@ -283,9 +476,12 @@ class SessionRunner:
         # the call (a message over the size limit, a transport error). The write of the ack
         # that is due now tells them apart: on a live stream it completes; on a killed one the
         # handler is cancelled or its write fails, the outbox closes and flush() says so.
+        if self._requests is not requests:
+            return  # left for a resumed stream
         await self._apply(machine.on_upstream_eof())
+        await self._until_durable(machine.last_seq, machine.stop_grace_s)  # the final ack goes out then
         if not await self._stream_alive():
-            self.peer_gone("grpc ended the call (transport error or a message over the size limit)")
+            self.stream_lost("grpc ended the call (transport error or a message over the size limit)")
             return
         await self._apply(machine.on_upstream_closed(_clock()))
         self._rearm_timer()
@@ -303,6 +499,8 @@ class SessionRunner:
     def _finish(self) -> None:
         outcome = self.machine.outcome or self.machine.on_peer_gone(self._gone_reason or "stream closed")
         self.outcome = outcome
+        if self.replay.keeps:  # kept for a resume that never came: never written, so dropped
+            self._dropped(tuple(self.replay.never_written()))
         self._settings.timers.disarm(self)
         self._armed = -math.inf  # never again
         self.settled.set()
@@ -391,16 +589,25 @@ class SessionRunner:
             if type(action) is Send:
                 delivery = action.delivery
                 if delivery is Delivery.IN_ORDER:
+                    self.replay.number(action.packet)
+                    if action.packet.HasField("tool_result") and self._settings.store.durable:
+                        packet = action.packet
+                        self._settings.store.tool_result(
+                            self.session_id, packet.tool_result.call_id, packet.SerializeToString()
+                        )
                     try:
                         if not await self.outbox.put(action.packet):
                             self._dropped((action.packet,))
                     except OutboxClosed:  # the RPC is over (its done-callback may still be to come)
+                        if self.replay.keeps:
+                            continue  # kept: a resumed stream gets it
                         self._dropped((action.packet,))
                         self.peer_gone("the stream ended while the session was still sending")
                         return
                 elif delivery is Delivery.ACK:
-                    self.outbox.push_ack(action.packet)
+                    self._push_ack(action.packet)
                 else:
+                    self.replay.number(action.packet)
                     self._dropped(self.outbox.push_urgent(action.packet))
             elif type(action) is StartTool:
                 await self._start_tool(action)
@@ -413,10 +620,12 @@ class SessionRunner:
         for action in actions:
             if type(action) is Send:
                 if action.delivery is Delivery.ACK:
-                    self.outbox.push_ack(action.packet)
-                elif action.delivery is Delivery.URGENT:
+                    self._push_ack(action.packet)
+                    continue
+                self.replay.number(action.packet)
+                if action.delivery is Delivery.URGENT:
                     self._dropped(self.outbox.push_urgent(action.packet))
-                elif not self.outbox.put_nowait(action.packet):
+                elif not self.outbox.put_nowait(action.packet) and not (self.replay.keeps and self.is_detached):
                     self._dropped((action.packet,))
             elif type(action) is StartTool:  # pragma: no cover - tool calls start only from packets
                 raise AssertionError("tool calls start from the upstream pump")
@@ -449,6 +658,8 @@ class SessionRunner:
 
     def _writer_gone(self, in_flight: wire.pb.DownstreamPacket | None) -> None:
         left = self.outbox.close()
+        if self.replay.keeps and not self.settled.is_set():
+            return  # kept in the replay: a resume re-sends them, the end journals them dropped
         self._dropped((in_flight, *left) if in_flight is not None else left)
 
     def _end_reason(self) -> str:

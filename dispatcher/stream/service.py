@@ -9,6 +9,7 @@ a session's outcome becomes the stream's final status and `x-*` trailers (`trail
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -20,6 +21,7 @@ from google.protobuf.message import DecodeError
 from dispatcher.auth import AccessPolicy
 from dispatcher.boundary import await_first_write, refuse
 from dispatcher.sessions.manager import StreamSessions
+from dispatcher.sessions.outbox import Outbox
 from dispatcher.sessions.pool import PoolSlot
 from dispatcher.sessions.runner import SessionRunner
 from dispatcher.stream.trailers import set_final_status
@@ -44,26 +46,35 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
     async def ChatStream(  # noqa: N802 - the proto's name
         self, request_iterator: AsyncIterator[wire.pb.UpstreamPacket], context: Context
     ) -> AsyncIterator[wire.pb.DownstreamPacket]:
-        runner = await self._admit(request_iterator, context)
-        if runner is None:
+        admitted = await self._admit(request_iterator, context)
+        if admitted is None:
             return
+        runner, outbox = admitted
         # Whatever ends the RPC (client cancel, deadline, connection loss, grpc killing it), the
-        # runner learns of it here, even if grpc never resumes this generator.
-        context.add_done_callback(runner.rpc_ended)  # type: ignore[arg-type]  # grpc-stubs protocol quirk
-        outbox = runner.outbox
+        # runner learns of it here, even if grpc never resumes this generator. Bound to this
+        # stream's outbox: once a resume has replaced the stream, its end changes nothing.
+        context.add_done_callback(functools.partial(_rpc_ended, runner, outbox))  # type: ignore[arg-type]
         in_flight: wire.pb.DownstreamPacket | None = None
         try:
             while (packet := await outbox.get()) is not None:
                 in_flight = packet
                 yield packet  # grpc resumes us once the write has completed
                 in_flight = None
-                runner.written(packet)
+                runner.written(packet, outbox)
         finally:
-            runner.writer_gone(in_flight)
+            runner.writer_gone(in_flight, outbox)
+        if runner.outbox is not outbox and not runner.settled.is_set():
+            context.set_code(grpc.StatusCode.ABORTED)
+            context.set_details(f"session {runner.session_id} was resumed on another stream")
+            return
+        if runner.is_detached:
+            return  # this stream is gone; the session waits for a resume
         await runner.settled.wait()
         set_final_status(context, runner.outcome, runner.session_id)
 
-    async def _admit(self, requests: AsyncIterator[wire.pb.UpstreamPacket], context: Context) -> SessionRunner | None:
+    async def _admit(
+        self, requests: AsyncIterator[wire.pb.UpstreamPacket], context: Context
+    ) -> tuple[SessionRunner, Outbox] | None:
         peer = describe_peer(context)
         try:
             if self._sessions.is_draining:
@@ -77,8 +88,11 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
                 return None  # the commander half-closed before saying anything: no session
             commander = self._commander_name(first, context)
             if first.WhichOneof("payload") == "hello" and first.hello.awaits_assignment:
-                return await self._await_assignment(PoolSlot(first, requests, peer, commander), context)
+                pooled = await self._await_assignment(PoolSlot(first, requests, peer, commander), context)
+                return None if pooled is None else (pooled, pooled.outbox)
             session_id = _choose_session_id(first, context)
+            if first.WhichOneof("payload") == "hello" and first.hello.HasField("resume"):
+                return await self._resume(session_id, first.hello, requests, context, peer=peer, commander=commander)
             runner = self._sessions.open(
                 session_id, requests, peer=peer, commander=commander,
                 trace_parent=carrier_from_metadata(context.invocation_metadata()),
@@ -96,7 +110,36 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
             )
         finally:  # if that failed the call is over: the session then ends at once, recorded
             self._sessions.start(runner, first)
-        return runner
+        return runner, runner.outbox
+
+    async def _resume(
+        self,
+        session_id: str,
+        hello: wire.pb.Hello,
+        requests: AsyncIterator[wire.pb.UpstreamPacket],
+        context: Context,
+        *,
+        peer: str,
+        commander: str,
+    ) -> tuple[SessionRunner, Outbox] | None:
+        """A commander resumes its session on this new stream (Hello.resume)."""
+        try:
+            runner, outbox = self._sessions.resume(session_id, requests, hello, peer=peer, commander=commander)
+        except (grpc.aio.AbortError, grpc.aio.UsageError):
+            raise
+        except Exception as error:
+            await refuse(context, error, session_id=session_id, method="ChatStream", event="session.resume_refused")
+        try:
+            await context.send_initial_metadata(
+                (
+                    (MetadataKey.SESSION_ID, session_id),
+                    (MetadataKey.DISPATCHER_ID, encode_metadata_value(self._sessions.hop)),
+                )
+            )
+        except Exception:  # the new call is already over: the session stays detached
+            runner.rpc_ended(outbox=outbox)
+            return None
+        return runner, outbox
 
     async def _await_assignment(self, slot: PoolSlot, context: Context) -> SessionRunner | None:
         """Park a pool stream until a session is assigned to it (or the dispatcher drains)."""
@@ -118,6 +161,10 @@ class AgentInteractionService(wire.AgentInteractionServicer):  # type: ignore[mi
         if principal.role is not None:
             return principal.name
         return first.hello.agent_name if first.WhichOneof("payload") == "hello" else ""
+
+
+def _rpc_ended(runner: SessionRunner, outbox: Outbox, _context: object) -> None:
+    runner.rpc_ended(outbox=outbox)
 
 
 def describe_peer(context: Any) -> str:

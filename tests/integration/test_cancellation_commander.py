@@ -88,7 +88,9 @@ async def test_a_cancel_while_waiting_in_the_pool_leaves_the_pool() -> None:
     assert not started and not result.compat_mode
 
 
-async def test_cancelling_the_caller_mid_tool_call_resets_the_call() -> None:
+async def test_cancelling_the_caller_mid_tool_call_tells_the_dispatcher_in_band() -> None:
+    """run_session cancelled by its caller: the dispatcher is told (ErrorSignal CANCELLED) before
+    the call goes down, so it does not hold the session for a resume that will never come."""
     gate = Gate()
     session_id = "cancelled-caller"
 
@@ -114,4 +116,5 @@ async def test_cancelling_the_caller_mid_tool_call_resets_the_call() -> None:
         ended = registry.get_ended(session_id)
 
     assert ended is not None
-    assert (ended.outcome.state, ended.outcome.ended_by) == (SessionState.CANCELLED, "peer")
+    assert (ended.outcome.state, ended.outcome.ended_by) == (SessionState.CANCELLED, "commander")
+    assert "cancelled by the commander" in ended.outcome.reason

@@ -131,7 +131,7 @@ def test_hello_first_gets_welcome_with_session_id_features_and_limits() -> None:
     (welcome,) = sent(actions, "welcome")
     assert welcome.session_id == "s1"
     assert welcome.dispatcher_id == HOP
-    assert list(welcome.features) == list(wire.FEATURES)
+    assert list(welcome.features) == [*wire.FEATURES, "resume"]  # resume: the default window is on
     assert {"seq", "call_id", "stop_confirm"} <= set(welcome.features)
     assert welcome.limits == limits
     assert machine.hello is not None and machine.hello.agent_name == "test-agent"
