@@ -437,14 +437,18 @@ async def scenario_neighbours(ctx: Context) -> Row:
     """Bystander sessions (a `commander serve` pool, StartSession), a slow watcher and a ping
     flood beside sessions whose link is reset: no bystander is affected."""
     size = ctx.size
-    row = Row(f"neighbours: {size.bystanders} sessions, slow watcher, ping flood, resets", sessions=size.bystanders)
+    fault = f"neighbours: {size.bystanders} bystanders + {size.sessions} reset, slow watcher, ping flood"
+    row = Row(fault, sessions=size.bystanders)
     plan = Plan(chunks=40, rate=8.0, tools=1, hold_ms=200)
     faulted_plan = size.plan()
     sids = [f"bystander-{i}" for i in range(size.bystanders)]
     faulted_ids = [f"neighbour-reset-{i}" for i in range(size.sessions)]
     pools = math.ceil(size.bystanders / 250)
     results: dict[str, tuple[str, str]] = {}
-    waiting = ("--pool-max-waiting-callers", str(size.bystanders + 16))  # all of them start at once
+    kept = str(size.bystanders + size.sessions + 16)
+    # All of them start at once; every journal is read after all have ended (only the newest
+    # --session-ended-journals-kept ended sessions keep theirs, 100 by default).
+    waiting = ("--pool-max-waiting-callers", kept, "--session-ended-journals-kept", kept)
     async with dispatcher(ctx.workdir, ctx.tool_log, "neighbours", *waiting, *ctx.resume_flags()) as d:
         async with contextlib.AsyncExitStack() as stack:
             for index in range(pools):
@@ -499,6 +503,9 @@ async def scenario_neighbours(ctx: Context) -> Row:
         _check_resumed(faulted_row, faulted_plan, faulted, faulted_journals, monitor.sessions, tool_log, fault_at)
         row.problems += faulted_row.problems
         row.lost, row.duplicates = row.lost + faulted_row.lost, row.duplicates + faulted_row.duplicates
+        row.sessions += faulted_row.sessions
+        row.survived, row.recorded = row.survived + faulted_row.survived, row.recorded + faulted_row.recorded
+        row.executed_twice += faulted_row.executed_twice
         row.detect_s, row.recover_s = faulted_row.detect_s, faulted_row.recover_s
         row.notes.append(f"faulted sessions beside them: {faulted_row.survived}/{len(faulted)} resumed and FINISHED")
     else:
