@@ -21,6 +21,7 @@ from scripts.chaos.agent import Plan, expected_content
 from scripts.chaos.flood import ping_flood
 from scripts.chaos.ledger import JournalCheck, ToolLog, check_journal, event_dict
 from scripts.chaos.procs import (
+    ENDED,
     KEEPALIVE_BOUND_S,
     Commander,
     Features,
@@ -372,7 +373,7 @@ async def scenario_kill_dispatcher(ctx: Context) -> Row:
             await _wait_all(done, END_SLACK_S)
             monitor.follow(live_ids)
             live = [await ctx.commander(proxy.address, sid, long) for sid in live_ids]
-            await monitor.until(_streamed(1 / 4, long.chunks), "a quarter of every live answer", long.chunks)
+            await monitor.until(_streamed(1 / 4, long.chunks), "a quarter of every live answer", ctx.size.answer_s + 20)
             killed_at = time.monotonic()
             await first.kill9()
             second = await start_dispatcher(ctx.workdir, ctx.tool_log, "restart-2", *flags)
@@ -404,7 +405,7 @@ async def scenario_kill_dispatcher(ctx: Context) -> Row:
         sid = commander.session_id
         line = monitor.sessions[sid]
         check = check_journal(sid, journals[sid], expected_content(long))
-        if sid in listed and listed[sid] != 0:
+        if listed.get(sid) in ENDED:
             row.recorded += 1
         if commander.result.get("state") == "FINISHED" and int(commander.result.get("resumes", 0)):
             row.lost, row.duplicates = row.lost + check.lost, row.duplicates + check.duplicates
