@@ -423,15 +423,20 @@ async def scenario_kill_dispatcher(ctx: Context) -> Row:
 
 async def _listed(address: str) -> dict[str, int]:
     """Every session ListSessions shows, with its state."""
-    states: dict[str, int] = {}
+    return {sid: int(info.state) for sid, info in (await _list_infos(address)).items()}
+
+
+async def _list_infos(address: str) -> dict[str, Any]:
+    """Every session ListSessions shows (paged: one call per 1 000, not one per session)."""
+    infos: dict[str, Any] = {}
     async with grpc.aio.insecure_channel(address) as channel:
         stub = wire.SessionControlServiceStub(channel)
         token = ""
         while True:
-            page = await stub.ListSessions(wire.ctl.ListSessionsRequest(page_size=1000, page_token=token), timeout=10)
-            states.update({info.session_id: int(info.state) for info in page.sessions})
+            page = await stub.ListSessions(wire.ctl.ListSessionsRequest(page_size=1000, page_token=token), timeout=30)
+            infos.update({info.session_id: info for info in page.sessions})
             if not (token := page.next_page_token):
-                return states
+                return infos
 
 
 async def scenario_neighbours(ctx: Context) -> Row:
@@ -447,9 +452,10 @@ async def scenario_neighbours(ctx: Context) -> Row:
     pools = math.ceil(size.bystanders / 250)
     results: dict[str, tuple[str, str]] = {}
     kept = str(size.bystanders + size.sessions + 16)
-    # All of them start at once; every journal is read after all have ended (only the newest
-    # --session-ended-journals-kept ended sessions keep theirs, 100 by default).
-    waiting = ("--pool-max-waiting-callers", kept, "--session-ended-journals-kept", kept)
+    # All of them start at once; every journal and outcome is read after all have ended (only
+    # the newest --session-ended-journals-kept / -sessions-kept keep theirs, 100 / 1 000 by default).
+    waiting = ("--pool-max-waiting-callers", kept, "--session-ended-journals-kept", kept,
+               "--session-ended-sessions-kept", kept)  # fmt: skip
     async with dispatcher(ctx.workdir, ctx.tool_log, "neighbours", *waiting, *ctx.resume_flags()) as d:
         async with contextlib.AsyncExitStack() as stack:
             for index in range(pools):
@@ -473,7 +479,7 @@ async def scenario_neighbours(ctx: Context) -> Row:
             await _wait_all(faulted, size.answer_s + END_SLACK_S)
             with contextlib.suppress(TimeoutError):
                 await monitor.until(_all_ended, "every faulted outcome recorded", 10)
-            infos = {sid: await _info(stub, sid) for sid in sids}
+            infos = await _list_infos(d.address)
             faulted_journals = await _journals(d.address, faulted_ids)
     elapsed = time.monotonic() - started
     tool_log = ToolLog.read(ctx.tool_log)
@@ -487,7 +493,7 @@ async def scenario_neighbours(ctx: Context) -> Row:
         dup = len(got) - len(set(got))
         row.lost, row.duplicates = row.lost + check.lost, row.duplicates + dup
         row.executed_twice += tool_log.executed_twice(sid)
-        info = infos[sid]
+        info = infos.get(sid)
         problems = []
         if state != "SESSION_STATE_FINISHED" or got != want:
             problems.append(f"ended {state}, {check.lost} lost, {dup} duplicated")
@@ -559,13 +565,6 @@ async def _slow_watcher(stub: Any, sid: str) -> str:
     except grpc.aio.AioRpcError as exc:
         return f"read {read} events, then {exc.code().name}"
     return f"read {read} events, one per 50 ms, to the end"
-
-
-async def _info(stub: Any, sid: str) -> Any:
-    try:
-        return (await stub.GetSession(wire.ctl.GetSessionRequest(session_id=sid), timeout=5)).session
-    except grpc.aio.AioRpcError:
-        return None
 
 
 SCENARIOS: dict[str, Callable[[Context], Awaitable[Row]]] = {
