@@ -94,12 +94,13 @@ $(NODE_STAMP): $(NODE_DIR)/package-lock.json $(NODE_DIR)/package.json
 
 # Debian packages the tests drive, installed only when missing (CI runs as root on a fresh machine):
 # chromium for the gateway console's browser test (Playwright cannot download a browser here),
-# promtool (package prometheus) for deploy-check.
+# promtool (package prometheus) for deploy-check, redis-server for the replica tests (started by
+# the tests themselves on a free port; its service is not needed).
 APT_INSTALL = env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq
 
-system-deps:  ## apt-get install the Debian packages the tests need (chromium, prometheus) when missing
+system-deps:  ## apt-get install the Debian packages the tests need (chromium, prometheus, redis-server) when missing
 	@as_root=""; [ "$$(id -u)" -eq 0 ] || as_root="sudo"; updated=""; \
-	for tool in chromium:chromium promtool:prometheus; do \
+	for tool in chromium:chromium promtool:prometheus redis-server:redis-server; do \
 		command -v $${tool%%:*} >/dev/null && continue; \
 		[ -n "$$updated" ] || { $$as_root apt-get update -qq && updated=1; }; \
 		if [ $${tool##*:} = prometheus ]; then extra=--no-install-recommends; else extra=""; fi; \

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -24,11 +25,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from dispatcher.auth import AccessPolicy, AuthInterceptor
+from dispatcher.cluster.admission import AdmittingSessions
+from dispatcher.cluster.membership import Membership
 from dispatcher.cluster.peers import PeerGroup
+from dispatcher.cluster.redis_replicas import RedisReplicas
 from dispatcher.config import DispatcherConfig
 from dispatcher.control.service import SessionControlService
 from dispatcher.metrics.exporter import DispatcherMetrics
 from dispatcher.sessions.manager import SessionManager
+from dispatcher.store.loading import open_store
+from dispatcher.store.recovery import RESTARTED_REASON, end_crashed_sessions, ended_session
+from dispatcher.store.redis import RedisStore
 from dispatcher.stream.service import AgentInteractionService
 from dispatcher.tls import CertificateReloader
 from dispatcher.tools import ToolRegistry, served_tools
@@ -66,7 +73,11 @@ class Dispatcher:
         self.tools = tools
         # --metrics-listen: built first, the session manager counts into its stats.
         self.metrics = DispatcherMetrics(config.metrics.listen) if config.metrics.listen else None
-        self.sessions = SessionManager(config, self.tools, self.metrics.stats if self.metrics else None)
+        # --store: a URL it does not know is a ValueError here (exit 2); the file opens in serve().
+        self.store = open_store(config.store.url, config)
+        self.sessions = SessionManager(
+            config, self.tools, self.metrics.stats if self.metrics else None, store=self.store
+        )
         self.address: str | None = None
         self.health = health.aio.HealthServicer()
         self.access = AccessPolicy.load(tokens_file=config.auth.tokens_file, tokens_env=config.auth.tokens)
@@ -74,11 +85,21 @@ class Dispatcher:
         self.tls = tls_reloader(config)
         if self.tls is not None and config.tls.require_client_cert:
             self.access.group_leaf = self.tls.own_leaf
-        self.peers = (
-            PeerGroup(config.server.peer_dir, config.server.instance, dial=peer_dialer(config, self.tls))
-            if config.server.peer_dir
-            else None
-        )
+        self.peers: Membership | None = None
+        # With replicas (--store redis://), the store is their Redis: journals in streams, outcomes.
+        self.journals = self.store if isinstance(self.store, RedisStore) else None
+        if config.store.redis_url:  # replicas on any machines, sharing a Redis
+            self.peers = RedisReplicas(
+                config.replicas,
+                self.sessions,
+                url=config.store.redis_url,
+                instance=config.server.instance,
+                hop=self.sessions.hop,
+                dial=peer_dialer(config, self.tls),
+                journals=self.journals,
+            )
+        elif config.server.peer_dir:  # a --workers group on this host
+            self.peers = PeerGroup(config.server.peer_dir, config.server.instance, dial=peer_dialer(config, self.tls))
         self._shutdown = asyncio.Event()
         self._shutdown_reason = ""
         self.mcp: list[McpConnection] = []
@@ -114,7 +135,11 @@ class Dispatcher:
         # A group member also listens on a port of its own, so that the others can reach
         # *this* process (the shared port goes to whichever member the kernel picks). It
         # speaks TLS like the shared one: forwarded calls carry the callers' tokens.
-        member_address = f"127.0.0.1:{_add_port(server, '127.0.0.1:0', self.tls)}" if self.peers else ""
+        member_address = ""
+        if isinstance(self.peers, RedisReplicas):  # the others dial the serving port (or what is in front of it)
+            member_address = config.replicas.advertise or _reachable(self.address)
+        elif self.peers is not None:
+            member_address = f"127.0.0.1:{_add_port(server, '127.0.0.1:0', self.tls)}"
         if self.metrics is not None:  # OSError (address in use, ...) before anything runs
             self.metrics.start(self.sessions, asyncio.get_running_loop())
         loop = asyncio.get_running_loop()
@@ -122,13 +147,17 @@ class Dispatcher:
             loop.create_task(self.sessions.timers.run(), name="dispatcher:timers"),
             loop.create_task(self.sessions.loop_lag.run(), name="dispatcher:loop-lag"),
         ]
+        membership: asyncio.Task[None] | None = None  # leases and directory: stopped by _close first
         try:
+            # What an earlier process left (StoreOpenError, a start-up error, if it cannot open).
+            await self._restore_sessions()
             # The MCP servers' tools are in the registry before the first session can ask for
             # them; one that cannot be reached is a start-up error (McpStartError).
             self.mcp = await connect_all(config.tools.mcp, self.tools)
             await server.start()
             if self.peers is not None:
-                self.peers.advertise(member_address)
+                await self.peers.join(member_address)
+                membership = loop.create_task(self.peers.run(), name="dispatcher:membership")
             for service in ("", wire.SERVICE_NAME, wire.CONTROL_SERVICE_NAME):
                 await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
             if config.server.ready_file:
@@ -138,7 +167,32 @@ class Dispatcher:
             await self._shutdown.wait()
             await self._drain()  # a second signal cancels this wait: see run_until_signalled
         finally:
-            await self._close(server, background)
+            await self._close(server, background, membership)
+
+    async def _restore_sessions(self) -> None:
+        """Open the store; its ended sessions go back into the registry, and the sessions that
+        were live when the last process died are held for their commanders' resume, or recorded
+        as ended by that crash."""
+        recovered = await self.store.open()
+        limits = {
+            "max_events": self.config.session.journal_max_events,
+            "max_bytes": self.config.session.journal_max_bytes,
+        }
+        ended = [ended_session(stored, **limits) for stored in recovered.ended]
+        self.sessions.registry.restore(ended)
+        # A live one whose commander can resume it is held DETACHED for the resume window;
+        # the others are recorded as ended by the crash.
+        crashed = [record for record in recovered.live if not self.sessions.adopt(record, reason=RESTARTED_REASON)]
+        restored_crashed = end_crashed_sessions(self.store, crashed, hop=self.sessions.hop, **limits)
+        self.sessions.registry.restore(restored_crashed)
+        if recovered.ended or recovered.live:
+            log.info(
+                "store.restored",
+                url=self.store.url,
+                ended=len(recovered.ended),
+                crashed=len(crashed),
+                held_for_resume=len(recovered.live) - len(crashed),
+            )
 
     def _build_server(self) -> grpc.aio.Server:
         config = self.config
@@ -146,7 +200,9 @@ class Dispatcher:
         if self.metrics is not None:  # first: refusals by the ones after it are counted too
             interceptors.insert(0, self.metrics.interceptor)
         server = grpc.aio.server(options=config.grpc_options(), interceptors=interceptors)
-        wire.add_servicer(AgentInteractionService(sessions=self.sessions, access=self.access), server)
+        # With a membership, new sessions pass it first (refused while the replicas' store is down).
+        streams = AdmittingSessions(self.sessions, self.peers) if self.peers is not None else self.sessions
+        wire.add_servicer(AgentInteractionService(sessions=streams, access=self.access), server)
         control = SessionControlService(
             config=config, sessions=self.sessions, access=self.access, peers=self.peers, stats=self.sessions.stats
         )
@@ -177,7 +233,9 @@ class Dispatcher:
             tls="mutual" if self.config.tls.require_client_cert else "on" if self.tls is not None else "off",
             instance=self.sessions.hop,
             tools=self.tools.names(),
+            store=self.store.url,
             tokens=self.access.describe(),
+            replicas=self.peers.url if isinstance(self.peers, RedisReplicas) else None,
             config=settings.describe(self.config),
         )
         if not self.access.enabled:
@@ -200,16 +258,23 @@ class Dispatcher:
         await self.health.enter_graceful_shutdown()
         await self.sessions.wait_all_ended(grace_s)
 
-    async def _close(self, server: grpc.aio.Server, background: list[asyncio.Task[None]]) -> None:
+    async def _close(
+        self, server: grpc.aio.Server, background: list[asyncio.Task[None]], membership: asyncio.Task[None] | None
+    ) -> None:
         """The last phase, also after a forced exit: every wait bounded, nothing shielded."""
         if not self.sessions.is_draining:  # serve() failed or was cancelled before the drain
             self.sessions.begin_drain(StopInfo(StopCode.SHUTDOWN, "dispatcher is shutting down"))
         left = self.sessions.registry.open_count
+        if membership is not None:  # before the withdrawal: nothing re-publishes after it
+            membership.cancel()
+            await asyncio.wait([membership], timeout=_CLOSE_BOUND_S)
         if self.peers is not None:
             await _bounded(self.peers.close())
         # Whatever is still open is cut now; grpc cancels the remaining calls.
         await _bounded(server.stop(grace=None))
         await self.sessions.aclose(_CLOSE_BOUND_S)
+        # After the sessions, whose ends it records: it commits what is queued (bounded), then closes.
+        await self.store.aclose()
         # After the sessions: no call is left to need them. Each close is bounded.
         await asyncio.gather(*(connection.aclose(_CLOSE_BOUND_S) for connection in self.mcp))
         for task in background:
@@ -266,6 +331,14 @@ def peer_dialer(config: DispatcherConfig, reloader: CertificateReloader | None) 
         return grpc.aio.secure_channel(address, credentials, options=options)
 
     return dial
+
+
+def _reachable(address: str) -> str:
+    """The serving address as another machine dials it: a wildcard host becomes this host's name."""
+    host, port = address.rsplit(":", 1)
+    if host in ("0.0.0.0", "[::]", "::", ""):
+        host = socket.getfqdn()
+    return f"{host}:{port}"
 
 
 def _write_text(path: str, text: str) -> None:

@@ -16,6 +16,7 @@ from dispatcher.auth import AccessPolicy, Role, hash_token
 from dispatcher.cluster.workers import run_workers
 from dispatcher.config import DispatcherConfig
 from dispatcher.process import run_process
+from dispatcher.store.base import StoreOpenError
 from dispatcher.tls import exposure_problem
 from dispatcher.tools import ToolRegistry, served_tools
 from dispatcher.tools.mcp import McpStartError, connect_all
@@ -51,6 +52,14 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     fmt = config.log.format
     configure_logging(config.log.level, json=None if fmt == "auto" else fmt == "json")
     _refuse_if_exposed(config)
+    if config.server.workers > 1 and config.store.url.startswith("sqlite:"):
+        # Each worker would open the one file and take the others' live sessions for crashed.
+        click.echo(f"dispatcher: --store {config.store.url} serves one process; use --workers 1", err=True)
+        sys.exit(2)
+    if config.server.workers > 1 and config.store.redis_url:
+        click.echo("dispatcher: --workers with --store redis://: run one replica per process, each with its own "
+                   "--listen (and --replica-advertise), behind the balancer", err=True)  # fmt: skip
+        sys.exit(2)
     if config.server.workers > 1:
         try:  # checked here once, so that a bad --tools or TLS file is one line, not one per worker
             served_tools(config.tools.modules, test_tools=config.tools.test_tools)
@@ -80,6 +89,9 @@ def serve(config_file: str | None, print_config: bool, **flags: Any) -> None:
     try:
         status = run_process(run_until_signalled(dispatcher), use_uvloop=config.server.uvloop)
     except McpStartError as exc:  # an --mcp server that cannot be reached: the operator's to fix
+        click.echo(f"dispatcher: {exc}", err=True)
+        sys.exit(2)
+    except StoreOpenError as exc:  # --store names a file that cannot be opened or is no store
         click.echo(f"dispatcher: {exc}", err=True)
         sys.exit(2)
     except OSError as exc:

@@ -7,6 +7,7 @@ import re
 import socket
 from dataclasses import dataclass, field, replace
 
+from dispatcher.cluster.store_url import parse_redis_url
 from shared.keepalive import KeepaliveConfig
 from shared.metrics import MetricsConfig
 from shared.settings import setting
@@ -18,8 +19,10 @@ __all__ = [
     "MetricsConfig",
     "PolicyConfig",
     "PoolConfig",
+    "ReplicasConfig",
     "ServerConfig",
     "SessionConfig",
+    "StoreConfig",
     "TlsConfig",
     "ToolsConfig",
 ]
@@ -415,6 +418,47 @@ class ToolsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreConfig:
+    """Where sessions outlive the process (dispatcher/store): outcomes, journals, the directory."""
+
+    url: str = setting(
+        "memory://",
+        "where ended sessions' outcomes and journals (and the live sessions' directory) are kept: "
+        "memory:// (nothing survives the process), sqlite:///PATH (an SQLite file in WAL mode; "
+        "sqlite:///relative.db, sqlite:////absolute.db) or redis://HOST:PORT/DB (replicas on any machines share "
+        "a session directory, membership, free capacity, journals and outcomes in this Redis)",
+        flag="store",
+        secret=True,  # a redis:// URL may carry a password; the serving line shows it without
+    )
+    # 5 ms: at most that much is added to an ack's delay, and at an LLM's pace it batches every
+    # session's events of a few ms into one transaction (README, Durability).
+    commit_interval_ms: float = setting(
+        5.0,
+        "group commit: after the first write, how long the store gathers more before one transaction",
+        flag="store-commit-interval-ms",
+    )
+    sync: str = setting(
+        "normal",
+        "SQLite synchronous mode: normal (a commit survives kill -9 of the process, not a power loss) "
+        "or full (an fsync per commit: survives an OS crash too)",
+        flag="store-sync",
+    )
+
+    def __post_init__(self) -> None:
+        if not self.commit_interval_ms >= 0:  # also NaN
+            raise ValueError(f"--store-commit-interval-ms must be >= 0, got {self.commit_interval_ms!r}")
+        if self.sync not in {"normal", "full"}:
+            raise ValueError(f"--store-sync must be normal or full, got {self.sync!r}")
+        if self.redis_url:
+            parse_redis_url(self.redis_url)  # ValueError with the reason
+
+    @property
+    def redis_url(self) -> str:
+        """The URL when the store is a Redis (replicas), else empty."""
+        return self.url if self.url.startswith(("redis://", "rediss://")) else ""
+
+
+@dataclass(frozen=True, slots=True)
 class LogConfig:
     level: str = setting("info", "log level: debug, info, warning, error", flag="log-level")
     format: str = setting(
@@ -431,6 +475,36 @@ class LogConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplicasConfig:
+    """Replicas on several machines sharing a Redis (docs/architecture.md, "Replicas")."""
+
+    advertise: str = setting(
+        "",
+        "HOST:PORT other replicas dial for control calls about sessions this one holds (default: --listen)",
+        flag="replica-advertise",
+    )
+    lease_ms: int = setting(
+        3000,
+        "replica and session leases in Redis; a replica silent this long is lost and its sessions end "
+        'CANCELLED "replica lost"',
+        flag="replica-lease-ms",
+    )
+    ended_ttl_s: float = setting(
+        3600.0,
+        "how long Redis keeps ended sessions' outcomes and journals (and lost replicas' sessions)",
+        flag="store-ended-ttl-s",
+    )
+
+    def __post_init__(self) -> None:
+        if self.advertise and not re.fullmatch(r"\[?[\w.:-]+\]?:\d+", self.advertise):
+            raise ValueError(f"replica-advertise must be HOST:PORT, got {self.advertise!r}")
+        if not 300 <= self.lease_ms <= 600_000:
+            raise ValueError("replica-lease-ms must be between 300 and 600000")
+        if not self.ended_ttl_s >= 1:  # also NaN
+            raise ValueError("store-ended-ttl-s must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
 class DispatcherConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     keepalive: KeepaliveConfig = field(default_factory=KeepaliveConfig)
@@ -442,6 +516,8 @@ class DispatcherConfig:
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     tls: TlsConfig = field(default_factory=TlsConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    replicas: ReplicasConfig = field(default_factory=ReplicasConfig)
 
     @classmethod
     def for_tests(cls, **sections: object) -> DispatcherConfig:

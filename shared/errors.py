@@ -23,6 +23,7 @@ __all__ = [
     "SessionConflict",
     "SessionEnded",
     "ShuttingDown",
+    "StoreUnavailable",
     "ToolCallError",
     "describe_exception",
 ]
@@ -70,6 +71,10 @@ class ResumeRefused(AgentRuntimeError):
 
 class ShuttingDown(AgentRuntimeError):
     """The dispatcher is draining and takes no new sessions: retry elsewhere."""
+
+
+class StoreUnavailable(AgentRuntimeError):
+    """The replicas' shared store (Redis) does not answer: no new session until it does."""
 
 
 class NoFreeCommander(AgentRuntimeError):

@@ -9,14 +9,14 @@ is never forwarded twice, with the caller's own credentials (each member checks 
 again): its bearer token, or under mutual TLS the identities of its client certificate,
 which a member believes only from a peer presenting the group's own certificate
 (dispatcher/peer_cert.py). With TLS the members dial each other with TLS too. Across
-machines the same interface would read a shared store instead of a directory
-(docs/architecture.md, "Beyond one process"); nothing else changes.
+machines the same interface (`Membership`, dispatcher/cluster/membership.py) reads a shared
+Redis instead (dispatcher/cluster/redis_replicas.py); nothing else changes.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import grpc
 import structlog
 
 from dispatcher.auth import AUTHORIZATION
+from dispatcher.control.via import FORWARDED_BY
 from dispatcher.peer_cert import FORWARDED_PEER, caller_identities
 from shared import wire
 from shared.tracing import carrier_from_metadata
@@ -41,16 +42,19 @@ def is_forwarded(context: Any) -> bool:
     return any(key == FORWARDED for key, _ in context.invocation_metadata() or ())
 
 
-def forward_metadata(context: Any) -> tuple[tuple[str, str], ...]:
+def forward_metadata(context: Any, hop: str = "") -> tuple[tuple[str, str], ...]:
     """The caller's credentials and `x-via` hops (dispatcher/control/via.py) plus the forwarded
     mark: its bearer token, else (mutual TLS) its certificate's identities. Without a client
-    certificate there are none to read."""
+    certificate there are none to read. `hop`: this member, for the paths of the stops the
+    call causes there (after the caller's own hop: `operator:x -> dispatcher:a -> dispatcher:c`)."""
     metadata = context.invocation_metadata() or ()
     kept = tuple((k, v) for k, v in metadata if k in _FORWARDED_KEYS and isinstance(v, str))
     if not any(k == AUTHORIZATION for k, _ in kept):
         identities = caller_identities(context, None)
         if identities:
             kept = (*kept, (FORWARDED_PEER, ",".join(identities)))
+    if hop:
+        kept = (*kept, (FORWARDED_BY, hop))
     # The caller's trace context too: a session started on a member is still part of its trace.
     return (*kept, *carrier_from_metadata(metadata).items(), (FORWARDED, "1"))
 
@@ -95,6 +99,40 @@ class PeerGroup:
 
     def stubs(self) -> list[wire.SessionControlServiceStub]:
         return [wire.SessionControlServiceStub(self._channel(address)) for address in self.addresses()]
+
+    # -- Membership (dispatcher/cluster/membership.py): a directory knows addresses only --
+
+    async def join(self, address: str) -> None:
+        self.advertise(address)
+
+    async def run(self) -> None:
+        return None  # a file needs no lease
+
+    def refusal(self) -> str | None:
+        return None
+
+    def opened(self, session_id: str) -> None:
+        return None
+
+    async def others(self) -> list[wire.SessionControlServiceStub]:
+        return self.stubs()
+
+    async def holders(self, session_id: str) -> list[wire.SessionControlServiceStub]:
+        return self.stubs()  # which member holds it is not written down: ask each
+
+    async def placements(self) -> list[wire.SessionControlServiceStub]:
+        return self.stubs()
+
+    async def recorded(self, session_id: str) -> wire.ctl.SessionInfo | None:
+        return None
+
+    async def recorded_lost(self) -> list[wire.ctl.SessionInfo]:
+        return []
+
+    def stored_events(
+        self, session_id: str, from_seq: int, kinds: Collection[int]
+    ) -> AsyncIterator[wire.ctl.SessionEvent] | None:
+        return None  # journals live in their worker only
 
     def _channel(self, address: str) -> grpc.aio.Channel:
         channel = self._channels.get(address)

@@ -20,7 +20,7 @@ import structlog
 
 from dispatcher.auth import AccessPolicy, Principal
 from dispatcher.boundary import guarded, guarded_stream
-from dispatcher.cluster.peers import PeerGroup, forward_metadata
+from dispatcher.cluster.membership import Membership
 from dispatcher.config import DispatcherConfig
 from dispatcher.control.caller import CallerTie, caller_deadline_s
 from dispatcher.control.listing import already_ended, decode_page_token, encode_page_token, session_filter
@@ -33,7 +33,7 @@ from dispatcher.metrics.stats import RuntimeStats
 from dispatcher.sessions.directory import SessionDirectory
 from dispatcher.sessions.registry import SessionHandle
 from shared import wire
-from shared.errors import AccessDenied, BadRequest, FellBehind, NotFound, OutOfRange
+from shared.errors import AccessDenied, BadRequest, FellBehind, NotFound, OutOfRange, StoreUnavailable
 from shared.jsontext import parse_json_object
 from shared.model import StopCode, StopInfo, now_ms, valid_session_id
 from shared.tracing import carrier_from_metadata
@@ -57,14 +57,14 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         config: DispatcherConfig,
         sessions: SessionDirectory,
         access: AccessPolicy,
-        peers: PeerGroup | None = None,
+        peers: Membership | None = None,
         stats: RuntimeStats | None = None,
     ) -> None:
         self._config = config
         self._stats = stats  # watchers following a journal, and those cut off (metrics)
         self._sessions = sessions
         self._access = access
-        self._members = Members(peers)
+        self._members = Members(peers, hop=f"dispatcher:{config.server.instance}")
 
     # -- inspect ---------------------------------------------------------------------
 
@@ -77,6 +77,8 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         infos = [handle.info() for handle in self._sessions.open_sessions()]
         infos += [ended.info for ended in self._sessions.ended_sessions() if ended.info is not None]
         infos += await self._members.list_sessions(request, context)
+        infos += await self._members.recorded_lost(context)  # sessions of lost replicas
+        infos = list({info.session_id: info for info in reversed(infos)}.values())  # the first of each wins
         wanted = session_filter(request, now_ms())
         rows = sorted(
             (info for info in infos if principal.may_manage(info.started_by) and wanted(info)),
@@ -102,7 +104,10 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
                 )
             return wire.ctl.GetSessionResponse(session=self._ended_session(request.session_id, principal))
         except NotFound as missing:
-            return await self._members.forward("GetSession", request, context, missing)  # type: ignore[no-any-return]
+            try:
+                return await self._members.forward("GetSession", request, context, missing)  # type: ignore[no-any-return]
+            except NotFound:
+                return wire.ctl.GetSessionResponse(session=await self._recorded(request.session_id, principal, context))
 
     # -- stop ------------------------------------------------------------------------
 
@@ -123,7 +128,10 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
             if handle is None:
                 return already_ended(session_id, self._ended_session(session_id, principal))
         except NotFound as missing:
-            return await self._members.forward("StopSession", request, context, missing)  # type: ignore[no-any-return]
+            try:
+                return await self._members.forward("StopSession", request, context, missing)  # type: ignore[no-any-return]
+            except NotFound:
+                return already_ended(session_id, await self._recorded(session_id, principal, context))
         if handle.settled.is_set():
             return already_ended(session_id, handle.info())
         path = caller_path(principal, context)
@@ -181,8 +189,17 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         except NotFound:
             holder = await self._members.holder_of(session_id, context)
             if holder is None:
-                raise
-            async for response in relay(holder.WatchSession(request, metadata=forward_metadata(context)), context):
+                await self._recorded(session_id, principal, context)  # NotFound when no one knows it
+                stored = self._members.stored_events(session_id, request.from_seq, set(request.kinds), context)
+                if stored is None:
+                    raise OutOfRange(
+                        f"session {session_id!r} ended when its replica was lost; its events are not kept"
+                    ) from None
+                async for event in stored:  # its journal as the shared store kept it, up to the loss
+                    yield wire.ctl.WatchSessionResponse(event=event)
+                return
+            call = holder.WatchSession(request, metadata=self._members.metadata(context))
+            async for response in relay(call, context):
                 yield response
             return
         from_seq = request.from_seq or journal.first_seq
@@ -237,6 +254,9 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         self, request: wire.ctl.StartSessionRequest | wire.ctl.AskRequest, principal: Principal, context: Context
     ) -> tuple[SessionHandle, CallerTie]:
         """Check the request, hand the session to a free pool commander, tie it to this call."""
+        refusal = self._members.refusal()
+        if refusal is not None:  # the replicas' store is down: no one else could find the session
+            raise StoreUnavailable(refusal)
         session_id = request.session_id or str(uuid.uuid4())
         path = caller_path(principal, context)  # a malformed x-via refuses the call before a commander is taken
         if not (request.input_text or request.input_json):
@@ -267,6 +287,7 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
                 raise BadRequest(f"tools this dispatcher does not serve: {', '.join(unknown)}")
             tools = frozenset(request.tools)
         session = await self._sessions.start_on_pool(assignment, wait_ms / 1000, tools=tools)
+        self._members.opened(session_id)
         if deadline is not None:
             session.set_caller_deadline(time.monotonic() + deadline, principal.hop)
         tie = CallerTie(session, principal, context, path)
@@ -299,6 +320,15 @@ class SessionControlService(wire.SessionControlServiceServicer):  # type: ignore
         if not principal.may_manage(ended.started_by):
             raise AccessDenied(f"{principal.hop} may only manage sessions it started")
         return ended.info
+
+    async def _recorded(self, session_id: str, principal: Principal, context: Context) -> wire.ctl.SessionInfo:
+        """A session the replicas' store recorded as ended (its replica lost); NotFound if none."""
+        info = await self._members.recorded(session_id, context)
+        if info is None:
+            raise NotFound(f"no session {session_id!r} on this dispatcher (open or recently ended)")
+        if not principal.may_manage(info.started_by):
+            raise AccessDenied(f"{principal.hop} may only manage sessions it started")
+        return info
 
     def _journal(self, session_id: str, principal: Principal) -> Journal:
         handle = self._open_session(session_id, principal)

@@ -250,8 +250,9 @@ class Session:
             stop = self._time_limits.due(now, self._last_activity, self.tools.has_running)
             if stop is not None:
                 actions.extend(self._stop_now(stop, now))
-        if self.state is SessionState.STOPPING and self._grace_deadline is not None and now >= self._grace_deadline:
-            actions.extend(self._end_stop(confirmed=False, how=GRACE_EXPIRED, now=now))
+        if self._stop is not None and self.outcome is None and self._grace_deadline is not None:
+            if now >= self._grace_deadline:  # STOPPING, or DETACHED after the stop went out
+                actions.extend(self._end_stop(confirmed=False, how=GRACE_EXPIRED, now=now))
         if self._linger_deadline is not None and now >= self._linger_deadline and not self._ended:
             actions.extend(self._end())
         if self._detach_deadline is not None and now >= self._detach_deadline and not self._ended:
@@ -748,7 +749,7 @@ class Session:
             limit = self._time_limits.next_deadline(self._last_activity, self.tools.has_running)
             if limit is not None:
                 candidates.append(limit)
-        if self.state is SessionState.STOPPING and self._grace_deadline is not None:
+        if self._stop is not None and self.outcome is None and self._grace_deadline is not None:
             candidates.append(self._grace_deadline)
         if self._linger_deadline is not None and not self._ended:
             candidates.append(self._linger_deadline)

@@ -24,6 +24,7 @@ from shared.errors import (
     SessionConflict,
     SessionEnded,
     ShuttingDown,
+    StoreUnavailable,
 )
 from shared.jsontext import JsonTextError
 from shared.model import StopCode
@@ -40,6 +41,7 @@ ERROR_STATUS: Mapping[type[Exception], str] = MappingProxyType(
         SessionConflict: "ALREADY_EXISTS",
         ShuttingDown: "UNAVAILABLE",
         NoFreeCommander: "UNAVAILABLE",
+        StoreUnavailable: "UNAVAILABLE",
         NotFound: "NOT_FOUND",
         SessionEnded: "FAILED_PRECONDITION",
         ResumeRefused: "FAILED_PRECONDITION",

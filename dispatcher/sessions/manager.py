@@ -97,7 +97,7 @@ class SessionManager(SessionDirectory):
         store: SessionStore | None = None,
     ) -> None:
         self._config = config
-        self.store: SessionStore = store or MemoryStore()  # where sessions outlive the process
+        self.store: SessionStore = store if store is not None else MemoryStore()  # where sessions outlive the process
         self.stats = stats or RuntimeStats()  # what ended sessions leave behind for the metrics
         self.hop = f"dispatcher:{config.server.instance}"
         self.registry = SessionRegistry(
@@ -350,6 +350,12 @@ class SessionManager(SessionDirectory):
 
     def _ended(self, ended: EndedSession) -> None:
         self.registry.release(ended)
+        if ended.info is not None:  # the outcome and the journal's last events, to the store
+            info = ended.info.SerializeToString()
+            journal = ended.journal
+            if journal is not None and journal.sink is None:  # a store follows the journals it was given
+                self.store.session_opened(ended.session_id, opened=info, hello=b"", journal=journal)
+            self.store.session_ended(ended.session_id, info)
         if not self.registry.open_count:
             self._none_open.set()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -90,6 +90,13 @@ class SessionRegistry:
             self._journals.move_to_end(ended.session_id)
         while len(self._journals) > self._journals_kept or (self._journals and not self._ended_kept):
             self._journals.popitem(last=False)
+
+    def restore(self, ended: Iterable[EndedSession]) -> None:
+        """Ended sessions a store kept from an earlier process, oldest first: listed and, with
+        their journals, watchable as if they had ended here (the same retention applies)."""
+        for session in ended:
+            if session.session_id not in self._open:
+                self.release(session)
 
     def get_open(self, session_id: str) -> SessionHandle | None:
         return self._open.get(session_id)

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from dispatcher.core.journal import Journal
 
-__all__ = ["LiveRecord", "Recovered", "SessionStore", "StoredEvent", "StoredSession"]
+__all__ = ["LiveRecord", "Recovered", "SessionStore", "StoreOpenError", "StoredEvent", "StoredSession"]
+
+
+class StoreOpenError(Exception):
+    """`SessionStore.open` cannot open the store (an unwritable path, a file that is not a
+    database, a newer schema, an unreachable server): the operator's to fix; `dispatcher serve`
+    prints it as one line and exits 2."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from scripts.bench.procs import (
     run_loaders,
     split_spec,
 )
+from scripts.bench.replicas import REPLICAS_METHOD, replicas_case
 from scripts.bench.report import Figure, Target
 from scripts.bench.runner import (
     Budget,
@@ -59,6 +60,10 @@ METHODS = [
     "1m. metrics on / off: case 1 with two servers that are both ours: `dispatcher serve` with "
     "--metrics-listen 127.0.0.1:0 (never scraped; in the `ours` column) and without it (in the `bare` column), "
     "so the ratio is what the counting costs (`python -m scripts.bench --only metrics`).",
+    "1s. store on / off: case 1 at 10 and 100 sessions with two servers that are both ours: `dispatcher serve "
+    "--store sqlite:///FILE` (a fresh file per server, WAL, synchronous=NORMAL, 5 ms group commit; in the `ours` "
+    "column) and the default memory:// (in the `bare` column), so the ratio is what the store costs "
+    "(`python -m scripts.bench --only store`).",
     "2. tool round trip: each session calls `echo` one call at a time; latency = call written -> "
     "ToolCallResult read (both servers also send an Ack per call); calls/s over the window.",
     "3. stop latency: agents stream tokens at 50 tokens/s in bursts of 1-8 (or as fast as the outbox takes "
@@ -92,6 +97,7 @@ METHODS = [
     "call_id, timeout, execution time; Ack without seq). The ratio prices the added fields only.",
     SEED_METHOD,
     GATEWAY_METHOD,
+    REPLICAS_METHOD,
 ]
 
 
@@ -108,9 +114,18 @@ def metrics_cost(ctx: Context) -> None:
     _throughput(ctx, "1m. upstream, metrics on / off", ("ours-metrics", "ours-plain"), Target("≥ 0.97×", 0.97))
 
 
-def _throughput(ctx: Context, section: str, kinds: tuple[str, str], target: Target) -> None:
+def store_cost(ctx: Context) -> None:
+    """Case 1 at 10 and 100 sessions, ours with --store sqlite:///FILE (the `ours` column) against
+    ours on memory:// (the `baseline` column): the ratio is what the durable store costs."""
+    sizes = tuple(n for n in ctx.plan.throughput_sessions if n in (10, 100)) or (10, 100)
+    _throughput(ctx, "1s. upstream, store on / off", ("ours-store", "ours-plain"), Target("≥ 0.9×", 0.9), sizes)
+
+
+def _throughput(
+    ctx: Context, section: str, kinds: tuple[str, str], target: Target, sizes: tuple[int, ...] = ()
+) -> None:
     plan, budget = ctx.plan, Budget(ctx.plan.case_budget_s)
-    sizes = plan.throughput_sessions
+    sizes = sizes or plan.throughput_sessions
     rates = {n: Figure(section, sessions_text(n), "packets/s", "higher", target=target) for n in sizes}
     cpu = {n: Figure(section, f"server CPU per packet, {sessions_text(n)}", "µs", "lower") for n in sizes}
     errors: list[str] = []
@@ -352,6 +367,7 @@ def serialization(ctx: Context) -> None:
 CASES: dict[str, Callable[[Context], None]] = {
     "throughput": upstream_throughput,
     "metrics": metrics_cost,
+    "store": store_cost,
     "tool": tool_round_trip,
     "stop": stop_latency,
     "capacity": capacity,
@@ -359,4 +375,5 @@ CASES: dict[str, Callable[[Context], None]] = {
     "serialization": serialization,
     "seed": seed_capacity,
     "gateway": gateway_case,
+    "replicas": replicas_case,
 }

@@ -37,6 +37,8 @@ class Plan:
     gateway_events: int = 20_000  # content events of the gateway case's full-speed session
     gateway_rate: float = 200.0  # events/s of its paced session
     gateway_paced_s: float = 5.0  # how long the paced session is written
+    replica_stops: int = 200  # case 9: stops of a session on replica C, half through A, half through C
+    replica_window_s: float = 5.0  # case 9: the Ask throughput window for each replica count
 
 
 QUICK = Plan(
@@ -61,6 +63,8 @@ QUICK = Plan(
     stop_wait_s=1.5,
     gateway_events=5_000,
     gateway_paced_s=2.0,
+    replica_stops=40,
+    replica_window_s=2.0,
 )
 
 FULL = Plan(

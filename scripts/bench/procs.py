@@ -101,7 +101,9 @@ def _server_command(kind: str, ready: Path, defaults: bool = False) -> list[str]
     loop_flag = ["--uvloop"] if use_uvloop() else ["--no-uvloop"]
     if kind == "ours-metrics":  # the metrics case: ours with --metrics-listen (never scraped)
         return [*_server_command("ours", ready), "--metrics-listen", "127.0.0.1:0"]
-    if kind == "ours-plain":  # the metrics case's other column: ours as always
+    if kind == "ours-store":  # the store case: ours with an SQLite store, a fresh file per server
+        return [*_server_command("ours", ready), "--store", f"sqlite:///{ready.parent.resolve() / 'store.db'}"]
+    if kind == "ours-plain":  # the metrics and store cases' other column: ours as always
         return _server_command("ours", ready)
     if kind == "ours" and defaults:
         # As an operator starts it: every limit and timer at its default (only the port is chosen).

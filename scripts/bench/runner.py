@@ -162,8 +162,9 @@ def servers(ctx: Context, rep: int, budget: Budget, errors: list[str], kinds: tu
 
 
 def side(kind: str) -> str:
-    """Which column a server's figures go in: `ours` (or, in the metrics case, ours with metrics on)."""
-    return "ours" if kind in ("ours", "ours-metrics") else "baseline"
+    """Which column a server's figures go in: `ours` (or, in the metrics and store cases, ours with
+    metrics or the store on)."""
+    return "ours" if kind in ("ours", "ours-metrics", "ours-store") else "baseline"
 
 
 def paced_spec(

@@ -243,7 +243,8 @@ async def test_a_worker_group_forwards_a_certificate_callers_identity_over_mutua
             )
             raw = held["grp-w0"]
             stop = (await raw.recv_kind("stop")).stop
-            assert list(stop.path) == ["operator:alice", "dispatcher:grp-w0"]  # the caller, not the member
+            # the caller (its own identity, not the member's), then the member that forwarded the stop
+            assert list(stop.path) == ["operator:alice", "dispatcher:grp-w1", "dispatcher:grp-w0"]
             await raw.send(wire.pb.UpstreamPacket(seq=2, stop_confirm=wire.pb.StopConfirm(stop_id=stop.stop_id)))
             assert (await stopping).result == wire.ctl.STOP_RESULT_CONFIRMED
         # The commander's certificate may not, forwarded or not.

@@ -76,7 +76,8 @@ async def test_a_session_is_found_and_stopped_from_the_other_worker(
             )
             raw = held["grp-w0"]
             stop = (await raw.recv_kind("stop")).stop
-            assert list(stop.path) == ["operator:anonymous", "dispatcher:grp-w0"]
+            # the forwarding worker is named after the caller: the stop went through it
+            assert list(stop.path) == ["operator:anonymous", "dispatcher:grp-w1", "dispatcher:grp-w0"]
             await raw.send(wire.pb.UpstreamPacket(seq=3, stop_confirm=wire.pb.StopConfirm(stop_id=stop.stop_id)))
             await raw.call.done_writing()
             response = await asyncio.wait_for(answer, WAIT_S)

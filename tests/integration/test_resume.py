@@ -248,3 +248,40 @@ async def test_a_resume_needing_packets_no_longer_kept_is_refused() -> None:
         result = await again.recv_kind("tool_result")
         assert result.tool_result.call_id == "e2"
         again.call.cancel()
+
+
+async def test_a_stop_already_sent_keeps_its_grace_when_the_stream_then_breaks() -> None:
+    async with running_dispatcher() as dispatcher, grpc.aio.insecure_channel(dispatcher.address) as channel:
+        raw, _ = await open_session(channel, "stopped-then-lost")
+        handle = dispatcher.sessions.get_open("stopped-then-lost")
+        handle.request_stop(StopInfo(StopCode.OPERATOR, "operator stop", path=("operator:test",)))
+        await raw.recv_kind("stop")  # it went out on this stream...
+        raw.call.cancel()  # ...and the stream broke before any confirm
+        await wait_until(lambda: dispatcher.sessions.get_ended("stopped-then-lost") is not None, "ended by the grace")
+        ended = dispatcher.sessions.get_ended("stopped-then-lost")
+    assert ended.outcome.state is SessionState.STOPPED and not ended.outcome.stop_confirmed
+    assert "grace" in ended.outcome.reason
+
+
+async def test_with_a_durable_store_an_ack_covers_only_what_is_committed(tmp_path: Any) -> None:
+    import sqlite3
+
+    from dispatcher.core.journal import Journal
+
+    path = tmp_path / "acks.db"
+    config = test_config(store={"url": f"sqlite:///{path}", "commit_interval_ms": 50})
+    async with running_dispatcher(config) as dispatcher, grpc.aio.insecure_channel(dispatcher.address) as channel:
+        raw, _ = await open_session(channel, "durable-acks")
+        for seq in range(2, 12):
+            await raw.content(seq, f"c{seq} ")
+        await raw.tool_call(12, "echo", '{"text": "x"}', call_id="e1")  # an ack is due at once after a call
+        while not (ack := await raw.recv()).HasField("ack"):  # the result may come first: the ack waits
+            assert ack.HasField("tool_result")
+        # The moment the ack is read, the store already holds every event it covers.
+        with sqlite3.connect(path) as db:
+            rows = db.execute("SELECT packed FROM events WHERE session_id = ?", ("durable-acks",)).fetchall()
+            checkpoint = db.execute("SELECT checkpoint_seq FROM sessions WHERE id = ?", ("durable-acks",)).fetchone()
+        stored = {Journal.packet_seq_of(row[0]) for row in rows}
+        assert ack.ack.seq == 12 and set(range(2, 13)) <= stored
+        assert checkpoint == (12,)
+        raw.call.cancel()

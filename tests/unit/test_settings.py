@@ -235,6 +235,8 @@ def test_config_constructors_raise_value_error() -> None:
 def test_describe_lists_every_section() -> None:
     described = describe(DispatcherConfig())
     sections = {"server", "keepalive", "session", "policy", "pool", "auth", "tools", "log", "metrics", "tls"}
+    sections.add("store")
+    sections.add("replicas")
     assert set(described) == sections
     assert described["server"]["listen"] == "127.0.0.1:50051"
 
