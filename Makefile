@@ -69,6 +69,12 @@ bench: $(STAMP)  ## dispatcher vs a bare grpc.aio server, real processes (~20 mi
 bench-quick: $(STAMP)  ## the same benchmark with small sizes, about three minutes: bench/results/latest-quick.md
 	$(PY) -m scripts.bench --quick $(BENCH_ARGS)
 
+CHAOS_ARGS ?=
+
+.PHONY: chaos
+chaos: $(STAMP)  ## the fault-injection suite: resets, blackholes, kill -9, bystanders (~1 min; CHAOS_ARGS='--full' for the issue's sizes)
+	$(PY) -m scripts.chaos.run $(CHAOS_ARGS)
+
 serve: $(STAMP)  ## run a dispatcher on 127.0.0.1:50051
 	$(BIN)/dispatcher serve --listen 127.0.0.1:50051
 

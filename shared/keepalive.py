@@ -43,6 +43,7 @@ class KeepaliveConfig:
         return [
             ("grpc.keepalive_time_ms", self.time_ms),
             ("grpc.keepalive_timeout_ms", self.timeout_ms),
+            *self._ping_timeout(),
             ("grpc.keepalive_permit_without_calls", int(self.permit_without_calls)),
             ("grpc.http2.min_ping_interval_without_data_ms", self.min_ping_interval_ms),
             ("grpc.http2.max_ping_strikes", self.max_ping_strikes),
@@ -52,10 +53,19 @@ class KeepaliveConfig:
         return [
             ("grpc.keepalive_time_ms", self.time_ms),
             ("grpc.keepalive_timeout_ms", self.timeout_ms),
+            *self._ping_timeout(),
             ("grpc.keepalive_permit_without_calls", int(self.permit_without_calls)),
             # 0 = keep pinging through long silences; the server's interval policy bounds the rate.
             ("grpc.http2.max_pings_without_data", 0),
         ]
+
+    def _ping_timeout(self) -> list[tuple[str, int]]:
+        # grpcio 1.85's chttp2 gives an unanswered keepalive PING the transport's generic ping
+        # timeout (grpc.http2.ping_timeout_ms, 60 s by default: "Set ping timeout timer of 60000ms"
+        # with GRPC_TRACE=http2_ping), not keepalive_timeout_ms: with timeout_ms 1000 a blackholed
+        # link went unnoticed for the whole 5 s it lasted. Setting both makes timeout_ms the bound
+        # it claims to be (tests/integration/test_fault_proxy.py, the blackhole case).
+        return [("grpc.http2.ping_timeout_ms", self.timeout_ms)]
 
     def accepts_client(self, client: KeepaliveConfig) -> bool:
         """Whether a client pinging per `client` stays within this server's policy."""

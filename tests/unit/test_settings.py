@@ -326,6 +326,7 @@ def test_keepalive_server_options() -> None:
     assert options == {
         "grpc.keepalive_time_ms": 21_000,
         "grpc.keepalive_timeout_ms": 9_000,
+        "grpc.http2.ping_timeout_ms": 9_000,  # what bounds an unanswered keepalive PING in grpcio 1.85
         "grpc.keepalive_permit_without_calls": 0,
         "grpc.http2.min_ping_interval_without_data_ms": 4_000,
         "grpc.http2.max_ping_strikes": 3,
@@ -337,6 +338,7 @@ def test_keepalive_client_options() -> None:
     assert options == {
         "grpc.keepalive_time_ms": 20_000,
         "grpc.keepalive_timeout_ms": 10_000,
+        "grpc.http2.ping_timeout_ms": 10_000,
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.http2.max_pings_without_data": 0,
     }
