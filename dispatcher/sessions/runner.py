@@ -227,6 +227,8 @@ class SessionRunner:
         until its commander resumes it (or the window passes); any other ends now."""
         if self.settled.is_set() or self._gone_reason is not None:
             return
+        if self.machine.is_detached:
+            return  # told already (the RPC's done-callback and the writer both say so)
         if self.machine.on_detached(reason, _clock()):
             if self._requests is not None:
                 log.info("session.detached", reason=reason, window_s=self.machine.resume_window_s)
@@ -428,6 +430,8 @@ class SessionRunner:
     def _interrupt_read(self) -> None:
         """Make the session task leave the stream it reads (lost, or replaced by a resume)."""
         task = self._task
+        if self._switching:
+            return  # one interruption is on its way: a second cancel would outlive `uncancel`
         if self._reading and task is not None and not task.done() and task is not asyncio.current_task():
             self._switching = True
             task.cancel()

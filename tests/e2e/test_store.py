@@ -116,7 +116,7 @@ def test_ended_sessions_are_listable_shown_and_watchable_after_kill_9(
     [
         ("sqlite:///{tmp}/not-a-db", (), "is not a usable database"),
         ("sqlite:///{tmp}/no-such-dir/s.db", (), "cannot open"),
-        ("redis-ish://somewhere", (), "unknown store; use one of memory://, sqlite://"),
+        ("redis-ish://somewhere", (), "unknown store; use one of memory://, redis://, rediss://, sqlite://"),
         ("sqlite:///{tmp}/s.db", ("--workers", "2"), "serves one process; use --workers 1"),
     ],
 )

@@ -285,3 +285,26 @@ async def test_with_a_durable_store_an_ack_covers_only_what_is_committed(tmp_pat
         assert ack.ack.seq == 12 and set(range(2, 13)) <= stored
         assert checkpoint == (12,)
         raw.call.cancel()
+
+
+async def test_a_stream_lost_twice_in_a_row_is_detached_once() -> None:
+    """The RPC's done-callback and the writer's end both report the loss, often before the session
+    task runs again: the second report must not cancel it a second time (it would end the session)."""
+    async with running_dispatcher() as dispatcher, grpc.aio.insecure_channel(dispatcher.address) as channel:
+        raw, _ = await open_session(channel, "lost-twice")
+        await raw.content(2, "a ")
+        handle = dispatcher.sessions.get_open("lost-twice")
+        await wait_until(lambda: handle.machine.last_seq == 2, "read")
+        handle.rpc_ended()  # both at once, with no await between them
+        handle.writer_gone(None)
+        await anyio.sleep(0)  # the session task takes its interruption
+        await wait_until(lambda: handle._idle is not None, "the session task waiting for a stream")
+        assert dispatcher.sessions.get_open("lost-twice") is handle
+        assert handle.info().state == wire.ctl.SESSION_STATE_DETACHED
+        again, first = await resume(channel, "lost-twice", last_downstream_seq=1)
+        assert first.welcome.resumed
+        await again.content(3, "b", is_finish=True)
+        await again.call.done_writing()
+        code, _, _ = await again.status()
+        raw.call.cancel()
+    assert code is grpc.StatusCode.OK

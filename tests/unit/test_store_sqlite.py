@@ -357,7 +357,7 @@ def test_store_urls(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("postgres://db/sessions", "unknown store; use one of memory://, sqlite://"),
+        ("postgres://db/sessions", "unknown store; use one of memory://, redis://, rediss://, sqlite://"),
         ("sessions.db", "unknown store"),
         ("sqlite://", "sqlite:///relative/path.db or sqlite:////absolute/path.db"),
         ("sqlite:///", "sqlite:///relative/path.db"),
