@@ -297,7 +297,6 @@ async def test_a_stream_lost_twice_in_a_row_is_detached_once() -> None:
         await wait_until(lambda: handle.machine.last_seq == 2, "read")
         handle.rpc_ended()  # both at once, with no await between them
         handle.writer_gone(None)
-        await anyio.sleep(0)  # the session task takes its interruption
         await wait_until(lambda: handle._idle is not None, "the session task waiting for a stream")
         assert dispatcher.sessions.get_open("lost-twice") is handle
         assert handle.info().state == wire.ctl.SESSION_STATE_DETACHED
