@@ -131,13 +131,15 @@ class World:
         return answer.session
 
     async def wait_for(self, live: Live, what: str, predicate: Any, timeout_s: float) -> bool:
-        """Poll (bounded) until `predicate(info)`; False when the session ended first or time ran out."""
-        with anyio.move_on_after(timeout_s):
-            while not live.done.is_set():
-                info = await self.info(live.session_id)
-                if info is not None and predicate(info):
-                    return True
-                await anyio.sleep(0.02)  # another component's state: no event to await
+        """Poll (bounded) until `predicate(info)`; False when the session ended first or time ran out.
+        A deadline, not a cancel scope: cancelling a grpc.aio await from an anyio scope can let a bare
+        CancelledError escape the scope (and end the test, and the event loop the suite shares)."""
+        deadline = anyio.current_time() + timeout_s
+        while not live.done.is_set() and anyio.current_time() < deadline:
+            info = await self.info(live.session_id)  # bounded by its own grpc deadline
+            if info is not None and predicate(info):
+                return True
+            await anyio.sleep(0.02)  # another component's state: no event to await
         return False
 
     async def cut(self, live: Live, kind: str) -> None:
