@@ -132,7 +132,6 @@ class Link:
         self._unacked: deque[wire.pb.UpstreamPacket] = deque()  # written, not acked (resumable only)
         self._acked = anyio.Event()
         self._half_closed = False  # the writer half-closed: a resumed call half-closes again
-        self._downstream_ack = 0
 
     @property
     def resumable(self) -> bool:
@@ -373,8 +372,7 @@ class Link:
                 if resume is not None:
                     while len(self._unacked) >= resume.buffer_packets:  # bounded: wait for acks
                         await self._acked.wait()
-                    self._downstream_ack = resume.processed()
-                    packet.downstream_ack = self._downstream_ack
+                    packet.downstream_ack = resume.processed()
                 seq += 1
                 stamp(packet, seq=seq, session_id=self.session_id)
                 if packet.HasField("stop_confirm"):

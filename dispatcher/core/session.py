@@ -264,8 +264,8 @@ class Session:
         """The stream broke without a half-close (`reason`). A resumable session is held
         DETACHED for the resume window (True); any other is not (False: the runner ends it
         with `on_peer_gone`)."""
-        if not self.resumable or self._ended or self._config.resume_window_s <= 0:
-            return False
+        if not self.resumable or self._ended or self.outcome is not None or self._config.resume_window_s <= 0:
+            return False  # an outcome already decided (finished, lingering for the half-close) stands
         if self.state is SessionState.DETACHED:
             return True
         self._state_before_detach = self.state

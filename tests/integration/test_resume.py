@@ -307,3 +307,17 @@ async def test_a_stream_lost_twice_in_a_row_is_detached_once() -> None:
         code, _, _ = await again.status()
         raw.call.cancel()
     assert code is grpc.StatusCode.OK
+
+
+async def test_a_stream_lost_after_the_finish_keeps_the_finished_outcome() -> None:
+    async with running_dispatcher() as dispatcher, grpc.aio.insecure_channel(dispatcher.address) as channel:
+        raw, _ = await open_session(channel, "finished-then-lost")
+        await raw.content(2, "done", is_finish=True)  # FINISHED, lingering for the half-close...
+        await wait_until(lambda: dispatcher.sessions.get_open("finished-then-lost").machine.outcome is not None, "done")
+        raw.call.cancel()  # ...which never comes: the stream dies instead
+        await wait_until(lambda: dispatcher.sessions.get_ended("finished-then-lost") is not None, "ended")
+        ended = dispatcher.sessions.get_ended("finished-then-lost")
+        events = journal_kinds(dispatcher, "finished-then-lost")
+    assert ended.outcome.state is SessionState.FINISHED
+    states = [event.state for kind, event in events if kind == "state_change"]
+    assert wire.ctl.SESSION_STATE_DETACHED not in states
